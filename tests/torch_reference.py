@@ -1,0 +1,73 @@
+"""A small PyTorch VAE written independently of vae_jax, used to cross-check its numbers.
+
+Weights are copied from Flax parameters (a Dense kernel `[in, out]` is a Linear weight `[out, in]`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if final_activation or i < len(sizes) - 2:
+            layers.append(nn.ELU())
+    return nn.Sequential(*layers)
+
+
+class TorchVAE(nn.Module):
+    """Encoder 784 -> hidden -> 2J (mean, logvar); decoder J -> hidden -> 784 logits; ELU activations."""
+
+    def __init__(self, latent_dim: int, encoder_hidden: list[int], decoder_hidden: list[int], num_pixels: int = 784):
+        super().__init__()
+        self.encoder = _mlp([num_pixels, *encoder_hidden, 2 * latent_dim], final_activation=False)
+        self.decoder = _mlp([latent_dim, *decoder_hidden, num_pixels], final_activation=False)
+
+    def load_flax(self, params: dict, dtype: torch.dtype) -> TorchVAE:
+        """Copies `{"encoder": ..., "decoder": ...}` Flax variables into this module, in `dtype`."""
+        for name, sequential in (("encoder", self.encoder), ("decoder", self.decoder)):
+            dense = _flax_dense_layers(params[name]["params"])
+            linears = [m for m in sequential if isinstance(m, nn.Linear)]
+            assert len(dense) == len(linears)
+            for (kernel, bias), linear in zip(dense, linears):
+                linear.weight = nn.Parameter(torch.tensor(np.asarray(kernel).T, dtype=dtype))
+                linear.bias = nn.Parameter(torch.tensor(np.asarray(bias), dtype=dtype))
+        return self
+
+    def terms(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-example (nelbo, rec, kl) for x `[B, D]` and eps `[B, S, J]`."""
+        mean, logvar = self.encoder(x).chunk(2, dim=-1)
+        z = mean[:, None, :] + torch.exp(0.5 * logvar)[:, None, :] * eps
+        logits = self.decoder(z)
+        log_px = -F.binary_cross_entropy_with_logits(logits, x[:, None, :].expand_as(logits), reduction="none")
+        rec = -log_px.sum(-1).mean(-1)
+        kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp(), dim=-1)
+        return rec + kl, rec, kl
+
+    def gradients_as_flax(self) -> dict:
+        """The `.grad` of every Linear, in the nesting and layout of the Flax parameters."""
+        return {
+            name: [(linear.weight.grad.numpy().T, linear.bias.grad.numpy())
+                   for linear in sequential if isinstance(linear, nn.Linear)]
+            for name, sequential in (("encoder", self.encoder), ("decoder", self.decoder))
+        }
+
+
+def _flax_dense_layers(tree: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(kernel, bias) of every Dense layer in forward order: MLP layers Dense_0, Dense_1, ..., then the head."""
+    layers = []
+    if "MLP_0" in tree:
+        mlp = tree["MLP_0"]
+        layers += [(mlp[f"Dense_{i}"]["kernel"], mlp[f"Dense_{i}"]["bias"]) for i in range(len(mlp))]
+    layers.append((tree["Dense_0"]["kernel"], tree["Dense_0"]["bias"]))
+    return layers
+
+
+def flax_dense_layers(params: dict) -> dict:
+    """The Flax parameters (or gradients) as `{"encoder": [(kernel, bias), ...], "decoder": [...]}`."""
+    return {name: _flax_dense_layers(params[name]["params"]) for name in ("encoder", "decoder")}

@@ -1,0 +1,128 @@
+"""Command line: `python -m vae_jax train|eval|sample`. The only place that prints errors and exits.
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 3 training diverged (NaN/Inf), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from vae_jax import configs, data
+from vae_jax.errors import DivergenceError, VaeError
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=str(data.DEFAULT_DATA_DIR),
+                        help="where TFDS stores prepared datasets and vae_jax caches decoded splits")
+    parser.add_argument("--manual-dir", default=None,
+                        help="folder with the dataset's original files, for machines without internet "
+                             "(e.g. ../shared/data/binarized_mnist)")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr, with exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="python -m vae_jax", description="Variational autoencoders on MNIST.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train (or resume) a run in a work directory")
+    train.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl")
+    train.add_argument("--config", default=None,
+                       help=f"preset, one of {sorted(configs.PRESETS)} (default: the stored one when resuming, "
+                            "else 'default')")
+    train.add_argument("--dataset", default=None, help=f"one of {list(configs.DATASETS)}")
+    train.add_argument("--epochs", type=int, default=None, help="total epochs; a larger N continues a finished run")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides, e.g. model.latent_dim=20 optim.learning_rate=3e-4")
+    _add_data_options(train)
+
+    evaluate = commands.add_parser("eval", help="negative ELBO of a checkpoint on a whole split (one JSON line)")
+    evaluate.add_argument("--workdir", required=True)
+    evaluate.add_argument("--split", default="test", help=f"one of {list(data.SPLITS)}")
+    evaluate.add_argument("--epoch", type=int, default=None, help="checkpoint epoch (default: best validation)")
+    evaluate.add_argument("--batch-size", type=int, default=None, help="examples per chunk (memory only)")
+    evaluate.add_argument("--seed", type=int, default=0, help="evaluation seed (noise, dynamic binarization)")
+    _add_data_options(evaluate)
+
+    sample = commands.add_parser("sample", help="PNG grids of prior samples and test reconstructions")
+    sample.add_argument("--workdir", required=True)
+    sample.add_argument("--out", required=True, help="PNG of prior samples; reconstructions go to <stem>_reconstructions.png")
+    sample.add_argument("--num-images", type=int, default=100)
+    sample.add_argument("--seed", type=int, default=0)
+    _add_data_options(sample)
+    return parser
+
+
+def _train_config(args: argparse.Namespace) -> configs.Config:
+    """The preset (or the stored config of a run being resumed) with the command line's overrides."""
+    from vae_jax import runner
+
+    stored = runner.stored_config(args.workdir)
+    if args.config is None and stored is not None:
+        config = stored
+    else:
+        config = configs.get_config(args.config or "default")
+    overrides = list(args.overrides)
+    if args.dataset is not None:
+        overrides.append(f"dataset={args.dataset}")
+    if args.epochs is not None:
+        overrides.append(f"epochs={args.epochs}")
+    return configs.apply_overrides(config, overrides)
+
+
+def _require_workdir(workdir: str) -> None:
+    if not Path(workdir).is_dir():
+        raise VaeError(f"work directory {workdir} does not exist; pass the --workdir of a trained run")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vae_jax import runner
+
+    if args.command == "train":
+        config = _train_config(args)
+        record = runner.train_and_evaluate(config, args.workdir, data_dir=args.data_dir, manual_dir=args.manual_dir,
+                                           progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(record))
+    elif args.command == "eval":
+        _require_workdir(args.workdir)
+        if args.batch_size is not None and args.batch_size <= 0:
+            raise VaeError(f"--batch-size must be positive, got {args.batch_size}")
+        print(json.dumps(runner.evaluate_checkpoint(
+            args.workdir, args.split, epoch=args.epoch, batch_size=args.batch_size, eval_seed=args.seed,
+            data_dir=args.data_dir, manual_dir=args.manual_dir)))
+    else:
+        _require_workdir(args.workdir)
+        if args.num_images <= 0:
+            raise VaeError(f"--num-images must be positive, got {args.num_images}")
+        paths = runner.write_sample_figures(args.workdir, args.out, num_images=args.num_images, seed=args.seed,
+                                            data_dir=args.data_dir, manual_dir=args.manual_dir)
+        print(json.dumps({"samples": str(paths[0]), "reconstructions": str(paths[1])}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except DivergenceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except VaeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; checkpoints of completed epochs are kept, re-run the same command to resume",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,118 @@
+"""Datasets as whole-split uint8 arrays, and in-graph binarization. The only module that touches TFDS.
+
+`binarized_mnist` holds the static binarization of Larochelle & Murray (2011): pixels already in {0, 1},
+splits train 50,000 / validation 10,000 / test 10,000. `mnist` holds grey levels 0..255; it is binarized
+dynamically (a fresh Bernoulli draw per use) and its last 10,000 training images are held out as validation,
+so its splits have the same sizes.
+
+Each split is decoded once and cached as `<data_dir>/vae_jax_cache/<dataset>/<split>.npy`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax.errors import DataError
+
+NUM_PIXELS = 784
+SPLIT_SIZES = {"train": 50_000, "validation": 10_000, "test": 10_000}  # the same for both datasets
+SPLITS = tuple(SPLIT_SIZES)
+DYNAMIC_DATASETS = ("mnist",)
+_TFDS_SPLITS = {
+    "binarized_mnist": {"train": "train", "validation": "validation", "test": "test"},
+    "mnist": {"train": "train[:50000]", "validation": "train[50000:]", "test": "test"},
+}
+DEFAULT_DATA_DIR = Path("~/tensorflow_datasets").expanduser()
+
+
+def binarize(key: jax.Array, pixels: jax.Array, dynamic: bool) -> jax.Array:
+    """Float pixels in {0, 1} from uint8 pixels.
+
+    Args:
+        key: key of this example's binarization (used only when `dynamic`).
+        pixels: `[D]` uint8, 0/1 when `dynamic` is False, grey levels 0..255 when True.
+        dynamic: draw each pixel from Bernoulli(grey / 255).
+
+    Returns:
+        `[D]` float array of zeros and ones.
+    """
+    dtype = jnp.result_type(float)
+    if dynamic:
+        return jax.random.bernoulli(key, pixels.astype(dtype) / 255).astype(dtype)
+    return pixels.astype(dtype)
+
+
+def is_dynamic(dataset: str) -> bool:
+    """Whether `dataset` holds grey levels that are binarized dynamically."""
+    return dataset in DYNAMIC_DATASETS
+
+
+def check_pixels(pixels: np.ndarray, dynamic: bool, name: str = "data") -> np.ndarray:
+    """Returns `pixels` if it is a `[N, 784]` uint8 array of the right range, else raises `DataError`."""
+    if pixels.ndim != 2 or pixels.shape[1] != NUM_PIXELS:
+        raise DataError(f"{name} has shape {pixels.shape}, expected (N, {NUM_PIXELS}) flattened 28x28 images")
+    if pixels.dtype != np.uint8:
+        raise DataError(f"{name} has dtype {pixels.dtype}, expected uint8 (0/1 or grey levels 0..255)")
+    if not dynamic and pixels.size and pixels.max() > 1:
+        raise DataError(f"{name} holds values up to {pixels.max()}, expected 0/1 for a statically binarized dataset")
+    return pixels
+
+
+def load_split(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+               manual_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """A whole split as a `[N, 784]` uint8 array, prepared by TFDS on first use and cached on disk.
+
+    Args:
+        dataset: `binarized_mnist` or `mnist`.
+        split: `train`, `validation` or `test`.
+        data_dir: where TFDS keeps prepared datasets, and where the decoded arrays are cached.
+        manual_dir: a folder with the dataset's original files, for machines that cannot download.
+
+    Returns:
+        `[N, 784]` uint8 pixels: 0/1 for `binarized_mnist`, 0..255 for `mnist`.
+    """
+    if dataset not in _TFDS_SPLITS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(_TFDS_SPLITS)}")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+    cache = Path(data_dir).expanduser() / "vae_jax_cache" / dataset / f"{split}.npy"
+    if not cache.exists():
+        pixels = _decode_with_tfds(dataset, _TFDS_SPLITS[dataset][split], Path(data_dir).expanduser(), manual_dir)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(".partial.npy")
+        np.save(partial, pixels)
+        partial.replace(cache)
+    try:
+        pixels = np.load(cache)
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read cached split {cache} ({error}); delete it to rebuild it") from None
+    return check_pixels(pixels, is_dynamic(dataset), name=str(cache))
+
+
+def _decode_with_tfds(dataset: str, tfds_split: str, data_dir: Path,
+                      manual_dir: str | os.PathLike | None) -> np.ndarray:
+    """Prepares `dataset` with TFDS (offline from `manual_dir` if given) and returns one split as `[N, 784]` uint8."""
+    import tensorflow_datasets as tfds  # slow import, only needed the first time a split is used
+
+    if manual_dir is not None and not Path(manual_dir).expanduser().is_dir():
+        raise DataError(f"data folder {manual_dir} does not exist; pass --manual-dir a folder with the original "
+                        f"{dataset} files (e.g. ../shared/data/{dataset})")
+    builder = tfds.builder(dataset, data_dir=str(data_dir))
+    config = tfds.download.DownloadConfig(
+        manual_dir=None if manual_dir is None else str(Path(manual_dir).expanduser()))
+    try:
+        builder.download_and_prepare(download_config=config)
+    except Exception as error:  # TFDS raises many kinds (network, checksum, missing file); all end the same way
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        if manual_dir is None:
+            raise DataError(f"cannot download {dataset} ({first_line}); without internet, pass --manual-dir "
+                            f"a folder with the original files (e.g. ../shared/data/{dataset})") from None
+        raise DataError(f"cannot prepare {dataset} from {manual_dir} ({type(error).__name__}: {first_line}); "
+                        f"it must hold the byte-exact original files (see README)") from None
+    images = tfds.as_numpy(builder.as_dataset(split=tfds_split, batch_size=-1, shuffle_files=False))["image"]
+    return np.asarray(images, dtype=np.uint8).reshape(len(images), NUM_PIXELS)

@@ -1,0 +1,21 @@
+"""Exceptions that the library raises for bad input; the CLI turns them into one-line messages."""
+
+
+class VaeError(Exception):
+    """Base class of every error a user can fix: the message names the problem and the fix."""
+
+
+class ConfigError(VaeError, ValueError):
+    """An unknown preset, an unknown field or a value out of range in a config."""
+
+
+class DataError(VaeError):
+    """A dataset that cannot be found, prepared or read, or arrays of the wrong shape."""
+
+
+class CheckpointError(VaeError):
+    """A work directory without usable checkpoints."""
+
+
+class DivergenceError(VaeError):
+    """Training produced a NaN or Inf; the message names the epoch and step."""

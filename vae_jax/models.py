@@ -1,0 +1,94 @@
+"""Flax (linen) encoder and decoder networks. They hold no randomness: keys are the objective's business.
+
+Any pair of modules with these call signatures works with the rest of the library:
+
+- encoder: `x [..., D] float -> (mean [..., J], logvar [..., J])`, the Gaussian q(z|x);
+- decoder: `z [..., J] -> logits [..., D]`, the Bernoulli p(x|z).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+
+from vae_jax.configs import ModelConfig
+
+IMAGE_SHAPE = (28, 28)
+NUM_PIXELS = 28 * 28
+
+_ACTIVATIONS = {
+    "elu": nn.elu,
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "tanh": nn.tanh,
+    "softplus": nn.softplus,
+    "swish": nn.swish,
+}
+
+
+class MLP(nn.Module):
+    """Dense layers of the given widths, each followed by the activation.
+
+    Attributes:
+        widths: output width of each hidden layer.
+        activation: a name in `configs.ACTIVATIONS`.
+    """
+
+    widths: Sequence[int]
+    activation: str = "elu"
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        """`[..., in] -> [..., widths[-1]]` (identity when `widths` is empty)."""
+        for width in self.widths:
+            h = _ACTIVATIONS[self.activation](nn.Dense(width)(h))
+        return h
+
+
+class Encoder(nn.Module):
+    """q(z|x) = N(mean(x), diag exp(logvar(x))): an MLP, then one Dense layer split into mean and logvar.
+
+    Attributes:
+        latent_dim: size J of z.
+        hidden: widths of the hidden layers.
+        activation: a name in `configs.ACTIVATIONS`.
+    """
+
+    latent_dim: int
+    hidden: Sequence[int] = (300, 300)
+    activation: str = "elu"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`x [..., D] -> (mean [..., J], logvar [..., J])`."""
+        h = MLP(self.hidden, self.activation)(x)
+        mean, logvar = jax.numpy.split(nn.Dense(2 * self.latent_dim)(h), 2, axis=-1)
+        return mean, logvar
+
+
+class Decoder(nn.Module):
+    """p(x|z) = Bernoulli(logits(z)): an MLP, then a Dense layer to one logit per pixel.
+
+    Attributes:
+        output_dim: number of pixels D.
+        hidden: widths of the hidden layers.
+        activation: a name in `configs.ACTIVATIONS`.
+    """
+
+    output_dim: int = NUM_PIXELS
+    hidden: Sequence[int] = (300, 300)
+    activation: str = "elu"
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        """`z [..., J] -> logits [..., D]`."""
+        return nn.Dense(self.output_dim)(MLP(self.hidden, self.activation)(z))
+
+
+def build_models(config: ModelConfig) -> tuple[Encoder, Decoder]:
+    """The encoder and decoder that `config` describes."""
+    encoder = Encoder(config.latent_dim, tuple(config.encoder_hidden), config.activation)
+    decoder = Decoder(NUM_PIXELS, tuple(config.decoder_hidden), config.activation)
+    return encoder, decoder

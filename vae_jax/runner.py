@@ -1,0 +1,233 @@
+"""A training run in a work directory: resume, epochs, validation, checkpoints, metrics; and its evaluation.
+
+A work directory holds `checkpoints/` (Orbax), `metrics.jsonl` (one line per epoch) and `eval.jsonl`
+(one line per `evaluate_checkpoint` call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from vae_jax import configs, data, evaluate, models, train
+from vae_jax.checkpoint import Checkpointer, Restored
+from vae_jax.errors import CheckpointError, ConfigError, DivergenceError
+from vae_jax.objective import example_keys
+
+METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.jsonl"
+DIVERGENCE_HINT = "lower optim.learning_rate or set optim.grad_clip_norm (e.g. 100)"
+
+
+def template_state(config: configs.Config) -> train.TrainState:
+    """A freshly initialized train state for `config` (also the structure that checkpoints restore into)."""
+    encoder, decoder = models.build_models(config.model)
+    steps_per_epoch = data.SPLIT_SIZES["train"] // config.batch_size
+    tx = train.make_optimizer(config.optim, total_steps=steps_per_epoch * config.epochs)
+    keys = train.run_keys(jax.random.key(config.seed))
+    return train.create_train_state(keys.init, encoder, decoder, tx)
+
+
+def _append_json(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as file:
+        file.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, last_epoch: int) -> None:
+    """Drops metric lines of epochs after `last_epoch` (work after the last checkpoint that a resume redoes)."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= last_epoch]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def stored_config(workdir: str | os.PathLike) -> configs.Config | None:
+    """The config of the run in `workdir`, or None if it holds no checkpoint."""
+    if not (Path(workdir) / "checkpoints").is_dir():
+        return None
+    checkpointer = Checkpointer(workdir)
+    epochs = checkpointer.epochs()
+    config = checkpointer.read_config(epochs[-1]) if epochs else None
+    checkpointer.close()
+    return config
+
+
+def _resume_or_start(checkpointer: Checkpointer, config: configs.Config) -> tuple[Restored | None, configs.Config]:
+    """The latest good checkpoint and the run's config, or None and `config` for a new run."""
+    if not checkpointer.epochs():
+        return None, config
+    stored = checkpointer.read_config(checkpointer.epochs()[-1])
+    differing = [
+        name for name, value in dataclasses.asdict(stored).items()
+        if name != "epochs" and value != dataclasses.asdict(config)[name]
+    ]
+    if differing:
+        raise ConfigError(f"{checkpointer.workdir} holds a run with another config (differs in {differing}); "
+                          "resume it without overrides or use a fresh --workdir")
+    stored = dataclasses.replace(stored, epochs=config.epochs)
+    return checkpointer.restore(template_state(stored), jax.random.key(0)), stored
+
+
+def train_and_evaluate(
+    config: configs.Config,
+    workdir: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
+    manual_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Trains `config` in `workdir` up to `config.epochs` epochs, resuming from its latest good checkpoint.
+
+    Each epoch is one compiled call; after it the validation split is evaluated, a line is appended to
+    `metrics.jsonl` and a checkpoint is saved. A run whose loss or gradient turns NaN/Inf stops with
+    `DivergenceError`, keeping every good checkpoint and writing the failing epoch and step to the metrics.
+
+    Returns:
+        The last epoch's metrics line (or `{"epoch": E}` when nothing was left to train).
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    restored, config = _resume_or_start(checkpointer, config)
+    for epoch, reason in restored.skipped if restored else []:
+        log(f"warning: checkpoint of epoch {epoch} is unreadable ({reason}); moved aside, resuming before it")
+    state, root_key, done = (
+        (restored.state, restored.key, restored.epoch) if restored
+        else (template_state(config), jax.random.key(config.seed), 0)
+    )
+    metrics_path = workdir / METRICS_FILE
+    _truncate_metrics(metrics_path, done)
+    if done >= config.epochs:
+        log(f"{workdir} already holds {done} epochs (>= --epochs {config.epochs}); nothing to train")
+        checkpointer.close()
+        return {"epoch": done}
+
+    dynamic = data.is_dynamic(config.dataset)
+    train_pixels = jax.device_put(data.load_split(config.dataset, "train", data_dir=data_dir, manual_dir=manual_dir))
+    val_pixels = jax.device_put(data.load_split(config.dataset, "validation", data_dir=data_dir, manual_dir=manual_dir))
+    keys = train.run_keys(root_key)
+    if done:
+        log(f"resuming {workdir} from epoch {done}")
+
+    record: dict[str, Any] = {}
+    bar = tqdm(range(done + 1, config.epochs + 1), initial=done, total=config.epochs, desc="train",
+               unit="epoch", disable=not progress, dynamic_ncols=True)
+    for epoch in bar:
+        start = time.perf_counter()
+        state, result = train.train_epoch_jit(
+            state, train_pixels, jax.random.fold_in(keys.train, epoch), batch_size=config.batch_size,
+            num_samples=config.num_samples, dynamic_binarization=dynamic)
+        failed_step = int(result.failed_step)
+        if failed_step >= 0:
+            _append_json(metrics_path, {"epoch": epoch, "status": "diverged", "failed_step_in_epoch": failed_step,
+                                        "failed_global_step": int(state.step)})
+            checkpointer.close()
+            raise DivergenceError(
+                f"loss or gradient became NaN/Inf at epoch {epoch}, step {failed_step} of the epoch "
+                f"(global step {int(state.step)}); checkpoints up to epoch {done} are kept; {DIVERGENCE_HINT}")
+        val = evaluate.summarize(evaluate.evaluate_elbo(
+            state.params, val_pixels, keys.eval, encoder=state.encoder, decoder=state.decoder,
+            batch_size=config.eval_batch_size, dynamic_binarization=dynamic))
+        record = {
+            "epoch": epoch, "step": int(state.step),
+            "train_nelbo": float(np.mean(result.nelbo)), "train_rec": float(np.mean(result.rec)),
+            "train_kl": float(np.mean(result.kl)),
+            "val_nelbo": val["nelbo"], "val_rec": val["rec"], "val_kl": val["kl"],
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        _append_json(metrics_path, record)
+        checkpointer.save(epoch, state, root_key, config, val_nelbo=val["nelbo"])
+        done = epoch
+        bar.set_postfix(train_nelbo=f"{record['train_nelbo']:.2f}", val_nelbo=f"{val['nelbo']:.2f}")
+    checkpointer.close()
+    return record
+
+
+def _load_checkpoint(workdir: Path, epoch: int | None) -> Restored:
+    """The best checkpoint of `workdir` (by validation NELBO), or that of `epoch`."""
+    if not (workdir / "checkpoints").is_dir():
+        raise CheckpointError(f"work directory {workdir} has no checkpoints; run `train --workdir {workdir}` first")
+    checkpointer = Checkpointer(workdir)
+    epochs = checkpointer.epochs()
+    if not epochs:
+        raise CheckpointError(f"work directory {workdir} has no checkpoints; run `train --workdir {workdir}` first")
+    chosen = checkpointer.best_epoch() if epoch is None else epoch
+    config = checkpointer.read_config(chosen if chosen in epochs else epochs[-1])
+    restored = checkpointer.restore(template_state(config), jax.random.key(0), epoch=chosen)
+    checkpointer.close()
+    return restored
+
+
+def evaluate_checkpoint(
+    workdir: str | os.PathLike,
+    split: str = "test",
+    *,
+    epoch: int | None = None,
+    batch_size: int | None = None,
+    eval_seed: int = 0,
+    data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
+    manual_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Negative ELBO of the best (or a given) checkpoint on a whole split; appends it to `eval.jsonl`.
+
+    Returns:
+        A JSON-ready dict: `nelbo`, `nelbo_stderr`, `rec`, `kl`, `split`, `dataset`, `num_examples`,
+        `epoch`, `step`, `eval_seed`, `config_hash`, `config`.
+    """
+    workdir = Path(workdir)
+    restored = _load_checkpoint(workdir, epoch)
+    config, state = restored.config, restored.state
+    pixels = jax.device_put(data.load_split(config.dataset, split, data_dir=data_dir, manual_dir=manual_dir))
+    terms = evaluate.evaluate_elbo(
+        state.params, pixels, jax.random.key(eval_seed), encoder=state.encoder, decoder=state.decoder,
+        batch_size=batch_size or config.eval_batch_size, dynamic_binarization=data.is_dynamic(config.dataset))
+    result = {
+        **evaluate.summarize(terms), "split": split, "dataset": config.dataset, "epoch": restored.epoch,
+        "step": int(state.step), "eval_seed": eval_seed, "units": "nats",
+        "config_hash": configs.config_hash(config), "config": configs.to_dict(config),
+    }
+    _append_json(workdir / EVAL_FILE, result)
+    return result
+
+
+def write_sample_figures(
+    workdir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    num_images: int = 100,
+    seed: int = 0,
+    data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
+    manual_dir: str | os.PathLike | None = None,
+) -> tuple[Path, Path]:
+    """Writes a PNG grid of prior samples to `out`, and test reconstructions beside their inputs next to it.
+
+    Returns:
+        The paths of the samples grid and of the reconstructions grid (`<out stem>_reconstructions.png`).
+    """
+    restored = _load_checkpoint(Path(workdir), None)
+    state, config = restored.state, restored.config
+    sample_key, binarize_key = jax.random.split(jax.random.key(seed))
+    columns = int(np.ceil(np.sqrt(num_images)))
+    samples = evaluate.sample_prior(state.params, sample_key, decoder=state.decoder, num_images=num_images,
+                                    latent_dim=config.model.latent_dim)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    evaluate.save_png(out, evaluate.image_grid(np.asarray(samples), columns))
+
+    test = data.load_split(config.dataset, "test", data_dir=data_dir, manual_dir=manual_dir)[:num_images]
+    keys = example_keys(binarize_key, np.arange(len(test)))
+    inputs = jax.vmap(data.binarize, in_axes=(0, 0, None))(keys, test, data.is_dynamic(config.dataset))
+    recons = evaluate.reconstruct(state.params, inputs, encoder=state.encoder, decoder=state.decoder)
+    pairs = np.stack([np.asarray(inputs), np.asarray(recons)], axis=1).reshape(-1, inputs.shape[-1])
+    recon_path = out.with_name(out.stem + "_reconstructions.png")
+    evaluate.save_png(recon_path, evaluate.image_grid(pairs, 2 * columns))
+    return out, recon_path

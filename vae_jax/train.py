@@ -1,0 +1,177 @@
+"""Training: the train state, the Optax optimizer, and one epoch as a single compiled `lax.scan`.
+
+Keys: the run's key is `jax.random.key(seed)`, split once into named keys (`init`, `train`, `eval`, `sample`).
+Epoch `e` uses `fold_in(train_key, e)`, split into a shuffle key and the base of the per-example keys
+`fold_in(base, index)`. A resumed run therefore replays exactly the randomness of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from vae_jax.configs import OptimConfig
+from vae_jax.objective import Params, batch_elbo_terms
+
+
+class RunKeys(NamedTuple):
+    """The named keys of a run, all split once from `jax.random.key(seed)`."""
+
+    init: jax.Array
+    train: jax.Array
+    eval: jax.Array
+    sample: jax.Array
+
+
+def run_keys(root_key: jax.Array) -> RunKeys:
+    """Splits the run's key, `jax.random.key(seed)`, into its named keys."""
+    return RunKeys(*jax.random.split(root_key, 4))
+
+
+class TrainState(struct.PyTreeNode):
+    """Parameters, optimizer state and step count; the modules and optimizer ride along as static fields.
+
+    Attributes:
+        step: `[]` int32 number of optimizer steps taken.
+        params: `{"encoder": ..., "decoder": ...}` variables.
+        opt_state: the optimizer's state.
+        encoder: module `x [..., D] -> (mean, logvar) [..., J]`.
+        decoder: module `z [..., J] -> logits [..., D]`.
+        tx: the Optax optimizer.
+    """
+
+    step: jax.Array
+    params: Params
+    opt_state: optax.OptState
+    encoder: nn.Module = struct.field(pytree_node=False)
+    decoder: nn.Module = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    def apply_gradients(self, grads: Params) -> TrainState:
+        """One optimizer step."""
+        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        params = optax.apply_updates(self.params, updates)
+        return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
+
+
+def init_params(key: jax.Array, encoder: nn.Module, decoder: nn.Module, num_pixels: int = 784) -> Params:
+    """Initial `{"encoder": ..., "decoder": ...}` variables, from a `[num_pixels]` dummy input."""
+    encoder_key, decoder_key = jax.random.split(key)
+    x = jnp.zeros((num_pixels,), jnp.float32)
+    encoder_params = encoder.init(encoder_key, x)
+    mean, _ = encoder.apply(encoder_params, x)
+    return {"encoder": encoder_params, "decoder": decoder.init(decoder_key, mean)}
+
+
+def create_train_state(
+    key: jax.Array, encoder: nn.Module, decoder: nn.Module, tx: optax.GradientTransformation, num_pixels: int = 784
+) -> TrainState:
+    """A fresh train state with parameters initialized from `key`."""
+    params = init_params(key, encoder, decoder, num_pixels)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), encoder=encoder, decoder=decoder, tx=tx
+    )
+
+
+def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """The Optax optimizer that `config` describes; `total_steps` sets the length of a cosine schedule."""
+    if config.schedule == "cosine":
+        learning_rate = optax.cosine_decay_schedule(config.learning_rate, total_steps, config.final_lr_fraction)
+    else:
+        learning_rate = config.learning_rate
+    if config.name == "adamw":
+        optimizer = optax.adamw(learning_rate, weight_decay=config.weight_decay)
+    elif config.name == "sgd":
+        optimizer = optax.sgd(learning_rate, momentum=0.9)
+    else:
+        optimizer = optax.adam(learning_rate)
+    if config.grad_clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
+    return optimizer
+
+
+class EpochResult(NamedTuple):
+    """What one epoch returns besides the new state.
+
+    Attributes:
+        nelbo, rec, kl: `[steps]` batch means of the loss terms at each step.
+        failed_step: `[]` int32 index within the epoch of the first step whose loss or gradient was not
+            finite, or -1. From that step on, no update is applied.
+    """
+
+    nelbo: jax.Array
+    rec: jax.Array
+    kl: jax.Array
+    failed_step: jax.Array
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def train_epoch(
+    state: TrainState,
+    pixels: jax.Array,
+    epoch_key: jax.Array,
+    *,
+    batch_size: int,
+    num_samples: int = 1,
+    dynamic_binarization: bool = False,
+) -> tuple[TrainState, EpochResult]:
+    """One epoch: shuffle, batch, binarize and step, all inside one `lax.scan` (jit this function).
+
+    The last `N mod batch_size` examples of the shuffled split are dropped. A step whose loss or gradient is
+    not finite is not applied, nor is any later one; `EpochResult.failed_step` says where it happened.
+
+    Args:
+        state: the train state.
+        pixels: `[N, D]` uint8 training split, resident on the device.
+        epoch_key: `fold_in(train_key, epoch)`.
+        batch_size: examples per step.
+        num_samples: Monte-Carlo samples of z per example.
+        dynamic_binarization: draw pixels from Bernoulli(grey / 255) at each use.
+
+    Returns:
+        The new state and the epoch's `EpochResult`.
+    """
+    shuffle_key, examples_key = jax.random.split(epoch_key)
+    num_steps = pixels.shape[0] // batch_size
+    order = jax.random.permutation(shuffle_key, pixels.shape[0])[: num_steps * batch_size]
+
+    def loss_fn(params: Params, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
+        terms = batch_elbo_terms(
+            params,
+            pixels[indices],
+            indices,
+            examples_key,
+            encoder=state.encoder,
+            decoder=state.decoder,
+            num_samples=num_samples,
+            dynamic_binarization=dynamic_binarization,
+        )
+        means = jnp.stack([jnp.mean(t) for t in terms])
+        return means[0], means
+
+    def step(carry: tuple[TrainState, jax.Array], batch: tuple[jax.Array, jax.Array]) -> tuple[Any, jax.Array]:
+        current, failed_step = carry
+        index_in_epoch, indices = batch
+        (_, means), grads = jax.value_and_grad(loss_fn, has_aux=True)(current.params, indices)
+        finite = _all_finite((means, grads))
+        apply = finite & (failed_step < 0)
+        updated = current.apply_gradients(grads)
+        current = jax.tree.map(lambda new, old: jnp.where(apply, new, old), updated, current)
+        failed_step = jnp.where((failed_step < 0) & ~finite, index_in_epoch, failed_step)
+        return (current, failed_step), means
+
+    batches = order.reshape(num_steps, batch_size)
+    carry = (state, jnp.array(-1, jnp.int32))
+    (state, failed_step), means = jax.lax.scan(step, carry, (jnp.arange(num_steps), batches))
+    return state, EpochResult(nelbo=means[:, 0], rec=means[:, 1], kl=means[:, 2], failed_step=failed_step)
+
+
+train_epoch_jit = jax.jit(train_epoch, static_argnames=("batch_size", "num_samples", "dynamic_binarization"))
