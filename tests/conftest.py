@@ -8,10 +8,18 @@ import pytest
 
 from vae_jax import configs, models
 
-jax.config.update("jax_numpy_dtype_promotion", "strict")
-
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def strict_promotion():
+    """Strict dtype promotion, so that an implicit cast in our code fails the test.
+
+    Not global: optax's bias correction mixes its int32 step count with floats, which strict mode rejects.
+    """
+    with jax.numpy_dtype_promotion("strict"):
+        yield
 
 
 @pytest.fixture(scope="session")

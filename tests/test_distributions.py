@@ -7,6 +7,8 @@ import pytest
 
 from vae_jax import distributions
 
+pytestmark = pytest.mark.usefixtures("strict_promotion")
+
 
 def test_bernoulli_log_prob_matches_direct_formula():
     rng = np.random.default_rng(0)
@@ -27,7 +29,7 @@ def test_bernoulli_log_prob_is_finite_and_exact_for_extreme_logits(logit):
     # log sigmoid(l) + log sigmoid(-l) = -|l| - 2 log(1 + exp(-|l|)), which is -|l| for |l| >= 30 in float32.
     assert np.isfinite(got)
     np.testing.assert_allclose(got, -abs(logit), rtol=1e-6)
-    grad = jax.grad(lambda l: distributions.bernoulli_log_prob(x, l))(logits)
+    grad = jax.grad(lambda lg: distributions.bernoulli_log_prob(x, lg))(logits)
     assert np.all(np.isfinite(np.asarray(grad)))
 
 

@@ -3,8 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vae_jax import distributions, objective, train
+
+pytestmark = pytest.mark.usefixtures("strict_promotion")
 
 
 def _params(small_models):

@@ -6,7 +6,6 @@ Exit codes: 0 success, 2 bad input (one line on stderr), 3 training diverged (Na
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -57,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="PNG grids of prior samples and test reconstructions")
     sample.add_argument("--workdir", required=True)
-    sample.add_argument("--out", required=True, help="PNG of prior samples; reconstructions go to <stem>_reconstructions.png")
+    sample.add_argument("--out", required=True,
+                        help="PNG of prior samples; reconstructions go to <stem>_reconstructions.png")
     sample.add_argument("--num-images", type=int, default=100)
     sample.add_argument("--seed", type=int, default=0)
     _add_data_options(sample)

@@ -126,7 +126,10 @@ def _parse_value(text: str, field_type: Any, key: str) -> Any:
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """Returns `config` with `key=value` overrides applied, e.g. `model.latent_dim=20` or `model.encoder_hidden=512,512`."""
+    """Returns `config` with `key=value` overrides applied.
+
+    Examples: `model.latent_dim=20`, `optim.learning_rate=3e-4`, `model.encoder_hidden=512,512`.
+    """
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep:

@@ -6,7 +6,6 @@ A work directory holds `checkpoints/` (Orbax), `metrics.jsonl` (one line per epo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -60,20 +59,32 @@ def stored_config(workdir: str | os.PathLike) -> configs.Config | None:
     return config
 
 
-def _resume_or_start(checkpointer: Checkpointer, config: configs.Config) -> tuple[Restored | None, configs.Config]:
-    """The latest good checkpoint and the run's config, or None and `config` for a new run."""
+# Fields a resumed run may change: they leave the shapes of the train state alone.
+RESUMABLE_FIELDS = ("epochs", "eval_batch_size", "keep_checkpoints", "optim.learning_rate", "optim.schedule",
+                    "optim.final_lr_fraction", "optim.grad_clip_norm")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{name}."))
+        else:
+            flat[prefix + name] = value
+    return flat
+
+
+def _resume_or_start(checkpointer: Checkpointer, config: configs.Config) -> Restored | None:
+    """The latest good checkpoint, or None for a new run; a resumed run may change only `RESUMABLE_FIELDS`."""
     if not checkpointer.epochs():
-        return None, config
-    stored = checkpointer.read_config(checkpointer.epochs()[-1])
-    differing = [
-        name for name, value in dataclasses.asdict(stored).items()
-        if name != "epochs" and value != dataclasses.asdict(config)[name]
-    ]
+        return None
+    stored = _flatten(configs.to_dict(checkpointer.read_config(checkpointer.epochs()[-1])))
+    given = _flatten(configs.to_dict(config))
+    differing = [name for name in given if name not in RESUMABLE_FIELDS and given[name] != stored[name]]
     if differing:
-        raise ConfigError(f"{checkpointer.workdir} holds a run with another config (differs in {differing}); "
-                          "resume it without overrides or use a fresh --workdir")
-    stored = dataclasses.replace(stored, epochs=config.epochs)
-    return checkpointer.restore(template_state(stored), jax.random.key(0)), stored
+        raise ConfigError(f"{checkpointer.workdir} holds a run whose {', '.join(differing)} differ from this config; "
+                          f"a resumed run may change only {', '.join(RESUMABLE_FIELDS)}; use a fresh --workdir")
+    return checkpointer.restore(template_state(config), jax.random.key(0))
 
 
 def train_and_evaluate(
@@ -97,7 +108,7 @@ def train_and_evaluate(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-    restored, config = _resume_or_start(checkpointer, config)
+    restored = _resume_or_start(checkpointer, config)
     for epoch, reason in restored.skipped if restored else []:
         log(f"warning: checkpoint of epoch {epoch} is unreadable ({reason}); moved aside, resuming before it")
     state, root_key, done = (

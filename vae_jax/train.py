@@ -79,20 +79,24 @@ def create_train_state(
 
 
 def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """The Optax optimizer that `config` describes; `total_steps` sets the length of a cosine schedule."""
+    """The Optax optimizer that `config` describes; `total_steps` sets the length of a cosine schedule.
+
+    The state's structure depends only on `config.name`: clipping and schedule are always present (as
+    `identity` and a constant schedule when off), so a run can resume with another learning rate, schedule
+    or clipping norm.
+    """
     if config.schedule == "cosine":
         learning_rate = optax.cosine_decay_schedule(config.learning_rate, total_steps, config.final_lr_fraction)
     else:
-        learning_rate = config.learning_rate
+        learning_rate = optax.constant_schedule(config.learning_rate)
     if config.name == "adamw":
         optimizer = optax.adamw(learning_rate, weight_decay=config.weight_decay)
     elif config.name == "sgd":
         optimizer = optax.sgd(learning_rate, momentum=0.9)
     else:
         optimizer = optax.adam(learning_rate)
-    if config.grad_clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
-    return optimizer
+    clip = optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm > 0 else optax.identity()
+    return optax.chain(clip, optimizer)
 
 
 class EpochResult(NamedTuple):

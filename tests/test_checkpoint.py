@@ -1,0 +1,88 @@
+"""Orbax checkpoints: exact round trip, independent retention of latest and best, damaged checkpoints."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_jax import configs, runner, train
+from vae_jax.checkpoint import Checkpointer
+from vae_jax.errors import CheckpointError
+
+CONFIG = configs.apply_overrides(configs.get_config("cs236"),
+                                 ["model.encoder_hidden=8", "model.decoder_hidden=8", "model.latent_dim=2"])
+
+
+def _trained_state(binary_pixels):
+    state = runner.template_state(CONFIG)
+    state, _ = train.train_epoch_jit(state, jnp.asarray(binary_pixels), jax.random.key(0), batch_size=16)
+    return state
+
+
+def _assert_trees_equal(a, b):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_is_exact_and_keeps_the_typed_key(tmp_path, binary_pixels):
+    state = _trained_state(binary_pixels)
+    key = jax.random.key(42)
+    checkpointer = Checkpointer(tmp_path, keep=2)
+    checkpointer.save(1, state, key, CONFIG, val_nelbo=100.0)
+    restored = checkpointer.restore(runner.template_state(CONFIG), jax.random.key(0))
+    assert restored.epoch == 1 and restored.config == CONFIG and restored.skipped == []
+    assert int(restored.state.step) == int(state.step) == 4
+    _assert_trees_equal(restored.state.params, state.params)
+    _assert_trees_equal(restored.state.opt_state, state.opt_state)
+    assert jax.dtypes.issubdtype(restored.key.dtype, jax.dtypes.prng_key)
+    np.testing.assert_array_equal(jax.random.key_data(restored.key), jax.random.key_data(key))
+    np.testing.assert_array_equal(jax.random.normal(restored.key, (3,)), jax.random.normal(key, (3,)))
+
+
+def test_latest_and_best_are_kept_independently(tmp_path, binary_pixels):
+    state = _trained_state(binary_pixels)
+    checkpointer = Checkpointer(tmp_path, keep=2)
+    # Validation NELBO is best at epoch 2, then only gets worse.
+    for epoch, val in enumerate([5.0, 1.0, 3.0, 4.0, 6.0, 7.0], start=1):
+        checkpointer.save(epoch, state, jax.random.key(0), CONFIG, val_nelbo=val)
+    # The best survives four newer checkpoints; the latest survives although it is the worst.
+    assert checkpointer.epochs() == [2, 5, 6]
+    assert checkpointer.best_epoch() == 2
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, binary_pixels):
+    state = _trained_state(binary_pixels)
+    checkpointer = Checkpointer(tmp_path, keep=3)
+    for epoch in (1, 2, 3):
+        checkpointer.save(epoch, state, jax.random.key(epoch), CONFIG, val_nelbo=10.0 - epoch)
+    for file in (tmp_path / "checkpoints" / "3" / "state").rglob("*"):
+        if file.is_file():
+            file.write_bytes(b"garbage")
+    restored = Checkpointer(tmp_path, keep=3).restore(runner.template_state(CONFIG), jax.random.key(0))
+    assert restored.epoch == 2
+    assert [epoch for epoch, _ in restored.skipped] == [3]
+    assert (tmp_path / "checkpoints" / "corrupt-3").is_dir()
+    np.testing.assert_array_equal(jax.random.key_data(restored.key), jax.random.key_data(jax.random.key(2)))
+    with pytest.raises(CheckpointError, match="no checkpoint for epoch 3"):
+        Checkpointer(tmp_path).restore(runner.template_state(CONFIG), jax.random.key(0), epoch=3)
+
+
+def test_unfinished_save_is_ignored(tmp_path, binary_pixels):
+    state = _trained_state(binary_pixels)
+    checkpointer = Checkpointer(tmp_path)
+    checkpointer.save(1, state, jax.random.key(0), CONFIG, val_nelbo=1.0)
+    # What a run killed in the middle of saving epoch 2 leaves behind: Orbax's temporary folder.
+    unfinished = Path(tmp_path) / "checkpoints" / "2.orbax-checkpoint-tmp-1234"
+    (unfinished / "state").mkdir(parents=True)
+    reopened = Checkpointer(tmp_path)
+    assert reopened.epochs() == [1]
+    assert reopened.restore(runner.template_state(CONFIG), jax.random.key(0)).epoch == 1
+
+
+def test_empty_workdir_has_nothing_to_restore(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+        Checkpointer(tmp_path).restore(runner.template_state(CONFIG), jax.random.key(0))

@@ -1,0 +1,78 @@
+"""The command line: a tiny run end to end on real data, and one-line errors with exit code 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from vae_jax import cli
+
+TINY = ["model.encoder_hidden=32", "model.decoder_hidden=32", "model.latent_dim=2", "eval_batch_size=5000"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, shared_data, data_dir):
+    """A tiny model trained for one epoch through the CLI."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    code = cli.main(["train", "--workdir", str(workdir), "--config", "cs236", "--epochs", "1", "--no-progress",
+                     "--manual-dir", str(shared_data / "binarized_mnist"), "--data-dir", str(data_dir), *TINY])
+    assert code == 0
+    return workdir
+
+
+def test_train_eval_sample(tiny_run, data_dir, tmp_path, capsys):
+    capsys.readouterr()
+    assert cli.main(["eval", "--workdir", str(tiny_run), "--split", "validation", "--data-dir", str(data_dir)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["split"] == "validation" and result["num_examples"] == 10_000
+    assert result["config"]["model"]["latent_dim"] == 2 and result["epoch"] == 1 and result["step"] == 500
+    assert 100 < result["nelbo"] < 250
+    out = tmp_path / "figures" / "prior.png"
+    assert cli.main(["sample", "--workdir", str(tiny_run), "--out", str(out), "--data-dir", str(data_dir)]) == 0
+    assert out.is_file() and (tmp_path / "figures" / "prior_reconstructions.png").is_file()
+
+
+def test_train_without_config_resumes_the_stored_one(tiny_run, data_dir, capsys):
+    capsys.readouterr()
+    assert cli.main(["train", "--workdir", str(tiny_run), "--no-progress", "--data-dir", str(data_dir)]) == 0
+    assert "nothing to train" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--workdir", "{tmp}/w", "--config", "huge"], "unknown config preset 'huge'"),
+    (["train", "--workdir", "{tmp}/w", "--dataset", "cifar10"], "unknown dataset 'cifar10'"),
+    (["train", "--workdir", "{tmp}/w", "model.latent_dim=-1"], "latent_dim must be positive"),
+    (["train", "--workdir", "{tmp}/w", "--epochs", "1", "--manual-dir", "{tmp}/absent", "--data-dir", "{tmp}/d"],
+     "does not exist; pass --manual-dir"),
+    (["eval", "--workdir", "{tmp}/absent"], "work directory {tmp}/absent does not exist"),
+    (["eval", "--workdir", "{tmp}"], "has no checkpoints"),
+    (["sample", "--workdir", "{tmp}", "--out", "x.png", "--num-images", "0"], "--num-images must be positive"),
+    (["train"], "the following arguments are required: --workdir"),
+    (["fit"], "invalid choice: 'fit'"),
+])
+def test_bad_input_is_one_line_with_exit_code_2(argv, message, tmp_path, capsys):
+    capsys.readouterr()
+    assert _exit_code([arg.format(tmp=tmp_path) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert message.format(tmp=tmp_path) in err
+
+
+def _exit_code(argv: list[str]) -> int:
+    """The exit code of `python -m vae_jax ARGV`, whether `main` returns it or argparse exits with it."""
+    try:
+        return cli.main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def test_module_entry_point_exit_codes(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "vae_jax", "eval", "--workdir", str(tmp_path / "none")],
+                          capture_output=True, text=True, env=env, cwd=REPO)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: work directory {tmp_path / 'none'} does not exist; "
+                                                "pass the --workdir of a trained run"]

@@ -1,0 +1,54 @@
+"""Presets, overrides, validation and serialization of configs."""
+
+import dataclasses
+
+import pytest
+
+from vae_jax import configs
+from vae_jax.errors import ConfigError
+
+
+def test_cs236_preset_is_the_stanford_model():
+    config = configs.get_config("cs236")
+    assert config.model == configs.ModelConfig(10, (300, 300), (300, 300), "elu")
+    assert (config.optim.name, config.optim.learning_rate, config.optim.schedule) == ("adam", 1e-3, "constant")
+    assert (config.batch_size, config.dataset) == (100, "binarized_mnist")
+
+
+def test_overrides_parse_each_field_type():
+    config = configs.apply_overrides(configs.get_config("cs236"), [
+        "model.latent_dim=20", "model.encoder_hidden=512,256", "optim.learning_rate=3e-4", "dataset=mnist",
+    ])
+    assert config.model.latent_dim == 20
+    assert config.model.encoder_hidden == (512, 256)
+    assert config.optim.learning_rate == 3e-4
+    assert config.dataset == "mnist"
+    hash(config)  # usable as a static jit argument
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.latent_dim=-3", "latent_dim must be positive"),
+    ("model.latent_dim=abc", "cannot read 'abc'"),
+    ("model.depth=3", "unknown config field 'model.depth'"),
+    ("model=3", "is a section"),
+    ("dataset=cifar10", "unknown dataset 'cifar10'"),
+    ("batch_size", "not of the form key=value"),
+    ("model.encoder_hidden=512,0", "widths must be positive"),
+    ("optim.name=lbfgs", "unknown optimizer"),
+])
+def test_bad_overrides_raise_config_error(override, message):
+    with pytest.raises(ConfigError, match=message):
+        configs.apply_overrides(configs.get_config("cs236"), [override])
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown config preset 'big'"):
+        configs.get_config("big")
+
+
+@pytest.mark.parametrize("name", sorted(configs.PRESETS))
+def test_dict_round_trip_and_hash(name):
+    config = configs.get_config(name)
+    assert configs.from_dict(configs.to_dict(config)) == config
+    assert configs.config_hash(config) == configs.config_hash(configs.from_dict(configs.to_dict(config)))
+    assert configs.config_hash(config) != configs.config_hash(dataclasses.replace(config, seed=1))

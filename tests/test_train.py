@@ -1,0 +1,79 @@
+"""The compiled epoch: learning, determinism, layout of randomness, and the finite-check."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vae_jax import train
+
+
+def _state(small_models, learning_rate=1e-2):
+    encoder, decoder = small_models
+    return train.create_train_state(jax.random.key(0), encoder, decoder, optax.adam(learning_rate))
+
+
+def test_epochs_lower_the_loss_and_count_steps(small_models, binary_pixels):
+    state = _state(small_models)
+    pixels = jnp.asarray(binary_pixels)
+    first = None
+    for epoch in range(5):
+        state, result = train.train_epoch_jit(state, pixels, jax.random.fold_in(jax.random.key(1), epoch),
+                                              batch_size=16)
+        first = result if first is None else first
+        assert int(result.failed_step) == -1
+    assert result.nelbo.shape == (4,)
+    assert int(state.step) == 5 * 4
+    assert float(result.nelbo.mean()) < float(first.nelbo.mean()) - 20
+    np.testing.assert_allclose(result.nelbo, result.rec + result.kl, rtol=1e-5)
+
+
+def test_same_key_same_parameters(small_models, binary_pixels):
+    runs = [train.train_epoch_jit(_state(small_models), jnp.asarray(binary_pixels), jax.random.key(2), batch_size=16)
+            for _ in range(2)]
+    for a, b in zip(jax.tree.leaves(runs[0][0].params), jax.tree.leaves(runs[1][0].params)):
+        np.testing.assert_array_equal(a, b)
+    other, _ = train.train_epoch_jit(_state(small_models), jnp.asarray(binary_pixels), jax.random.key(3),
+                                     batch_size=16)
+    assert not np.array_equal(jax.tree.leaves(other.params)[0], jax.tree.leaves(runs[0][0].params)[0])
+
+
+def test_epoch_drops_the_incomplete_last_batch(small_models, binary_pixels):
+    state, result = train.train_epoch_jit(_state(small_models), jnp.asarray(binary_pixels[:50]), jax.random.key(0),
+                                          batch_size=16)
+    assert result.nelbo.shape == (3,) and int(state.step) == 3
+
+
+def test_non_finite_step_is_not_applied_and_is_reported(small_models, binary_pixels):
+    state = _state(small_models, learning_rate=1e-3)
+    poisoned = jax.tree.map(lambda p: p, state.params)
+    poisoned["decoder"]["params"]["Dense_0"]["bias"] = poisoned["decoder"]["params"]["Dense_0"]["bias"].at[0].set(
+        jnp.nan)
+    state = state.replace(params=poisoned)
+    new_state, result = train.train_epoch_jit(state, jnp.asarray(binary_pixels), jax.random.key(0), batch_size=16)
+    assert int(result.failed_step) == 0
+    assert int(new_state.step) == int(state.step)
+    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_divergence_mid_epoch_keeps_the_last_good_update(small_models, binary_pixels):
+    # A huge learning rate blows the parameters up within a few steps; the state stops at the last finite one.
+    state = _state(small_models, learning_rate=1e4)
+    new_state, result = train.train_epoch_jit(state, jnp.asarray(np.tile(binary_pixels, (8, 1))), jax.random.key(0),
+                                              batch_size=16)
+    failed = int(result.failed_step)
+    assert failed > 0
+    assert int(new_state.step) == failed
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(new_state.params))
+
+
+def test_cosine_schedule_and_clipping():
+    from vae_jax.configs import OptimConfig
+
+    tx = train.make_optimizer(OptimConfig(schedule="cosine", final_lr_fraction=0.1, grad_clip_norm=1.0), 100)
+    params = {"w": jnp.zeros(3)}
+    state = tx.init(params)
+    updates, _ = tx.update({"w": jnp.array([300.0, 400.0, 0.0])}, state, params)
+    # Clipped to norm 1, then Adam's first step has magnitude lr for each non-zero coordinate.
+    np.testing.assert_allclose(np.abs(np.asarray(updates["w"]))[:2], [1e-3, 1e-3], rtol=1e-4)
