@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains the `cs236` (40 epochs) and `default` presets on binarized_mnist, evaluates the best checkpoint of each
-# on the whole test split, and draws samples. Outputs: experiments/results/<preset>/{metrics.jsonl,eval.jsonl,*.png}.
+# on the whole test split (ELBO and the K = 5000 importance-weighted NLL), and draws samples. Outputs: experiments/results/<preset>/{metrics.jsonl,eval.jsonl,*.png}.
 # Usage: bash experiments/train_presets.sh [preset ...]     (MANUAL_DIR, DATA_DIR and RUNS_DIR may be set)
 # Re-running resumes each run from its checkpoints in $RUNS_DIR/<preset>.
 set -euo pipefail
@@ -19,7 +19,7 @@ for preset in "${presets[@]}"; do
   python -m vae_jax train --workdir "$workdir" --config "$preset" "${epochs[@]}" --no-progress \
     --manual-dir "$MANUAL_DIR" --data-dir "$DATA_DIR"
   rm -f "$workdir/eval.jsonl"
-  python -m vae_jax eval --workdir "$workdir" --split test --data-dir "$DATA_DIR"
+  python -m vae_jax eval --workdir "$workdir" --split test --iwae-samples 5000 --data-dir "$DATA_DIR"
   python -m vae_jax sample --workdir "$workdir" --out "$results/samples.png" --data-dir "$DATA_DIR"
   cp "$workdir/metrics.jsonl" "$workdir/eval.jsonl" "$results/"
 done

@@ -32,9 +32,9 @@ def test_round_trip_is_exact_and_keeps_the_typed_key(tmp_path, binary_pixels):
     state = _trained_state(binary_pixels)
     key = jax.random.key(42)
     checkpointer = Checkpointer(tmp_path, keep=2)
-    checkpointer.save(1, state, key, CONFIG, val_nelbo=100.0)
+    checkpointer.save(1, state, key, val_nelbo=100.0, metadata=configs.to_dict(CONFIG))
     restored = checkpointer.restore(runner.template_state(CONFIG), jax.random.key(0))
-    assert restored.epoch == 1 and restored.config == CONFIG and restored.skipped == []
+    assert restored.epoch == 1 and configs.from_dict(restored.metadata) == CONFIG and restored.skipped == []
     assert int(restored.state.step) == int(state.step) == 4
     _assert_trees_equal(restored.state.params, state.params)
     _assert_trees_equal(restored.state.opt_state, state.opt_state)
@@ -48,7 +48,7 @@ def test_latest_and_best_are_kept_independently(tmp_path, binary_pixels):
     checkpointer = Checkpointer(tmp_path, keep=2)
     # Validation NELBO is best at epoch 2, then only gets worse.
     for epoch, val in enumerate([5.0, 1.0, 3.0, 4.0, 6.0, 7.0], start=1):
-        checkpointer.save(epoch, state, jax.random.key(0), CONFIG, val_nelbo=val)
+        checkpointer.save(epoch, state, jax.random.key(0), val_nelbo=val, metadata=configs.to_dict(CONFIG))
     # The best survives four newer checkpoints; the latest survives although it is the worst.
     assert checkpointer.epochs() == [2, 5, 6]
     assert checkpointer.best_epoch() == 2
@@ -58,7 +58,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, bina
     state = _trained_state(binary_pixels)
     checkpointer = Checkpointer(tmp_path, keep=3)
     for epoch in (1, 2, 3):
-        checkpointer.save(epoch, state, jax.random.key(epoch), CONFIG, val_nelbo=10.0 - epoch)
+        checkpointer.save(epoch, state, jax.random.key(epoch), val_nelbo=10.0 - epoch, metadata=configs.to_dict(CONFIG))
     for file in (tmp_path / "checkpoints" / "3" / "state").rglob("*"):
         if file.is_file():
             file.write_bytes(b"garbage")
@@ -74,7 +74,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, bina
 def test_unfinished_save_is_ignored(tmp_path, binary_pixels):
     state = _trained_state(binary_pixels)
     checkpointer = Checkpointer(tmp_path)
-    checkpointer.save(1, state, jax.random.key(0), CONFIG, val_nelbo=1.0)
+    checkpointer.save(1, state, jax.random.key(0), val_nelbo=1.0, metadata=configs.to_dict(CONFIG))
     # What a run killed in the middle of saving epoch 2 leaves behind: Orbax's temporary folder.
     unfinished = Path(tmp_path) / "checkpoints" / "2.orbax-checkpoint-tmp-1234"
     (unfinished / "state").mkdir(parents=True)

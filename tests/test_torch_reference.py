@@ -85,3 +85,18 @@ def test_adam_steps_agree_in_float64():
         moved = np.abs(next(after.parameters()).detach().numpy() - np.asarray(
             flax_dense_layers(_setup(jnp.float64)[2])["encoder"][0][0]).T).max()
         assert moved > 1e-3
+
+
+def test_importance_weighted_bound_agrees_in_float64():
+    with jax.enable_x64(True):
+        encoder, decoder, params, x, _ = _setup(jnp.float64)
+        eps = np.random.default_rng(3).normal(size=(BATCH, 50, LATENT))
+
+        def bound(xi, ei):
+            log_w = objective.log_importance_weights_from_noise(params, xi, ei, encoder=encoder, decoder=decoder)
+            return jax.nn.logsumexp(log_w) - jnp.log(50.0)
+
+        ours = jax.vmap(bound)(jnp.asarray(x), jnp.asarray(eps))
+        reference = TorchVAE(LATENT, list(ENCODER_HIDDEN), list(DECODER_HIDDEN)).load_flax(params, torch.float64)
+        theirs = reference.iwae_bound(torch.tensor(x), torch.tensor(eps)).detach().numpy()
+        np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-10)

@@ -77,3 +77,45 @@ def test_cosine_schedule_and_clipping():
     updates, _ = tx.update({"w": jnp.array([300.0, 400.0, 0.0])}, state, params)
     # Clipped to norm 1, then Adam's first step has magnitude lr for each non-zero coordinate.
     np.testing.assert_allclose(np.abs(np.asarray(updates["w"]))[:2], [1e-3, 1e-3], rtol=1e-4)
+
+
+def test_training_loss_kl_weight_and_free_bits():
+    from vae_jax.objective import ElboTerms
+
+    kl_per_dim = jnp.array([[0.1, 2.0], [0.3, 4.0]])
+    kl = kl_per_dim.sum(axis=1)
+    rec = jnp.array([10.0, 20.0])
+    terms = ElboTerms(rec + kl, rec, kl, kl_per_dim, jnp.zeros((2, 2)))
+    np.testing.assert_allclose(train.training_loss(terms), 15.0 + 3.2, rtol=1e-6)
+    np.testing.assert_allclose(train.training_loss(terms, kl_weight=0.5), 15.0 + 1.6, rtol=1e-6)
+    # Free bits of 1 nat lift dimension 0 (mean KL 0.2) to 1 and leave dimension 1 (mean KL 3) alone.
+    np.testing.assert_allclose(train.training_loss(terms, free_bits=1.0), 15.0 + 1.0 + 3.0, rtol=1e-6)
+
+
+def test_kl_warmup_is_linear():
+    from vae_jax import configs, runner
+
+    config = configs.apply_overrides(configs.get_config("cs236"), ["kl_weight=2", "kl_warmup_epochs=4"])
+    assert [runner.kl_weight(config, epoch) for epoch in (1, 2, 4, 9)] == [0.5, 1.0, 2.0, 2.0]
+    assert runner.kl_weight(configs.get_config("cs236"), 1) == 1.0
+
+
+def test_iwae_objective_trains(small_models, binary_pixels):
+    state = _state(small_models)
+    pixels = jnp.asarray(binary_pixels)
+    for epoch in range(3):
+        state, result = train.train_epoch_jit(state, pixels, jax.random.fold_in(jax.random.key(1), epoch),
+                                              batch_size=16, objective="iwae", num_samples=5)
+    # The loss is the negative K = 5 bound, which lies below the negative single-sample ELBO on average.
+    assert float(result.loss.mean()) < float(result.nelbo.mean())
+    assert int(result.failed_step) == -1
+
+
+def test_logvar_bound():
+    from vae_jax import models
+
+    encoder = models.Encoder(latent_dim=2, hidden=(4,), logvar_bound=3.0)
+    params = encoder.init(jax.random.key(0), jnp.zeros(784))
+    params = jax.tree.map(lambda p: p * 1000, params)
+    _, logvar = encoder.apply(params, jnp.ones(784))
+    assert float(jnp.max(jnp.abs(logvar))) <= 3.0 and float(jnp.max(jnp.abs(logvar))) > 2.9

@@ -5,6 +5,8 @@ Weights are copied from Flax parameters (a Dense kernel `[in, out]` is a Linear 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,18 @@ class TorchVAE(nn.Module):
         rec = -log_px.sum(-1).mean(-1)
         kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp(), dim=-1)
         return rec + kl, rec, kl
+
+    def iwae_bound(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Per-example log (1/K) sum_k p(x, z_k) / q(z_k | x) for x `[B, D]` and eps `[B, K, J]`."""
+        mean, logvar = self.encoder(x).chunk(2, dim=-1)
+        std = torch.exp(0.5 * logvar)
+        z = mean[:, None, :] + std[:, None, :] * eps
+        logits = self.decoder(z)
+        log_px = -F.binary_cross_entropy_with_logits(logits, x[:, None, :].expand_as(logits), reduction="none").sum(-1)
+        prior = torch.distributions.Normal(torch.zeros_like(z), torch.ones_like(z))
+        posterior = torch.distributions.Normal(mean[:, None, :].expand_as(z), std[:, None, :].expand_as(z))
+        log_w = log_px + prior.log_prob(z).sum(-1) - posterior.log_prob(z).sum(-1)
+        return torch.logsumexp(log_w, dim=-1) - math.log(eps.shape[1])
 
     def gradients_as_flax(self) -> dict:
         """The `.grad` of every Linear, in the nesting and layout of the Flax parameters."""

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a run: train state, run key, epoch, config and validation metrics.
+"""Orbax checkpoints of a run: train state, run key, epoch, JSON metadata (the config) and validation NELBO.
 
 Checkpoints live in `<workdir>/checkpoints/<epoch>/`. The latest `keep` epochs and the best one by validation
 NELBO are kept independently. Orbax writes each checkpoint to a temporary folder and renames it when complete,
@@ -17,7 +17,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from vae_jax import configs
 from vae_jax.errors import CheckpointError
 from vae_jax.train import TrainState
 
@@ -31,14 +30,14 @@ class Restored(NamedTuple):
         state: the train state (with the modules and optimizer of the template it was restored into).
         key: the run's typed key.
         epoch: number of completed epochs.
-        config: the run's config.
+        metadata: the JSON metadata saved with it (`vae_jax` runs store their config there).
         skipped: `(epoch, reason)` of newer checkpoints that could not be read and were set aside.
     """
 
     state: TrainState
     key: jax.Array
     epoch: int
-    config: configs.Config
+    metadata: dict[str, Any]
     skipped: list[tuple[int, str]]
 
 
@@ -76,19 +75,19 @@ class Checkpointer:
         """The epoch of the lowest validation NELBO, or None without checkpoints."""
         return self._manager.best_step()
 
-    def save(self, epoch: int, state: TrainState, key: jax.Array, config: configs.Config, val_nelbo: float) -> None:
-        """Saves the state after `epoch` completed epochs, with its validation NELBO."""
+    def save(self, epoch: int, state: TrainState, key: jax.Array, val_nelbo: float,
+             metadata: dict[str, Any] | None = None) -> None:
+        """Saves the state after `epoch` completed epochs, with its validation NELBO and JSON-ready metadata."""
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(_state_tree(state, key)),
-            config=ocp.args.JsonSave(configs.to_dict(config)),
+            metadata=ocp.args.JsonSave(metadata or {}),
         )
         self._manager.save(epoch, args=args, metrics={VALIDATION_METRIC: float(val_nelbo)})
         self._manager.wait_until_finished()
 
-    def read_config(self, epoch: int) -> configs.Config:
-        """The config stored with the checkpoint of `epoch`."""
-        restored = self._manager.restore(epoch, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        return configs.from_dict(restored["config"])
+    def read_metadata(self, epoch: int) -> dict[str, Any]:
+        """The metadata stored with the checkpoint of `epoch`."""
+        return self._manager.restore(epoch, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
 
     def restore(self, template: TrainState, key_template: jax.Array, epoch: int | None = None) -> Restored:
         """Restores `epoch` (default: the latest readable one) into the structure of `template`.
@@ -111,7 +110,7 @@ class Checkpointer:
             try:
                 restored = self._manager.restore(
                     candidate,
-                    args=ocp.args.Composite(state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()),
+                    args=ocp.args.Composite(state=ocp.args.StandardRestore(target), metadata=ocp.args.JsonRestore()),
                 )
             except Exception as error:  # orbax raises many kinds for missing or damaged files
                 reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
@@ -124,7 +123,7 @@ class Checkpointer:
             tree = restored["state"]
             state = template.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"])
             key = jax.random.wrap_key_data(tree["key"], impl=jax.random.key_impl(key_template))
-            return Restored(state, key, candidate, configs.from_dict(restored["config"]), skipped)
+            return Restored(state, key, candidate, restored["metadata"], skipped)
         raise CheckpointError(f"every checkpoint in {self.workdir} is unreadable (newest: {skipped[0][1]}); "
                               "start a new run in a fresh work directory")
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m vae_jax train|eval|sample`. The only place that prints errors and exits.
+"""Command line: `python -m vae_jax train|eval|sample|compare`. The only place that prints errors and exits.
 
 Exit codes: 0 success, 2 bad input (one line on stderr), 3 training diverged (NaN/Inf), 130 interrupted.
 """
@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workdir", required=True)
     evaluate.add_argument("--split", default="test", help=f"one of {list(data.SPLITS)}")
     evaluate.add_argument("--epoch", type=int, default=None, help="checkpoint epoch (default: best validation)")
-    evaluate.add_argument("--batch-size", type=int, default=None, help="examples per chunk (memory only)")
+    evaluate.add_argument("--batch-size", type=int, default=None, help="examples evaluated at once (memory only)")
+    evaluate.add_argument("--iwae-samples", type=int, default=0,
+                          help="K: also estimate log p(x) by the importance-weighted bound (standard: 5000)")
+    evaluate.add_argument("--iwae-chunk", type=int, default=500, help="importance samples at once (memory only)")
     evaluate.add_argument("--seed", type=int, default=0, help="evaluation seed (noise, dynamic binarization)")
     _add_data_options(evaluate)
 
@@ -61,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--num-images", type=int, default=100)
     sample.add_argument("--seed", type=int, default=0)
     _add_data_options(sample)
+
+    compare = commands.add_parser("compare", help="Markdown tables of eval results, one table per protocol")
+    compare.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="eval.jsonl files or folders holding them")
     return parser
 
 
@@ -96,11 +102,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(record))
     elif args.command == "eval":
         _require_workdir(args.workdir)
-        if args.batch_size is not None and args.batch_size <= 0:
-            raise VaeError(f"--batch-size must be positive, got {args.batch_size}")
         print(json.dumps(runner.evaluate_checkpoint(
-            args.workdir, args.split, epoch=args.epoch, batch_size=args.batch_size, eval_seed=args.seed,
-            data_dir=args.data_dir, manual_dir=args.manual_dir)))
+            args.workdir, args.split, epoch=args.epoch, batch_size=args.batch_size, iwae_samples=args.iwae_samples,
+            iwae_chunk=args.iwae_chunk, eval_seed=args.seed, data_dir=args.data_dir, manual_dir=args.manual_dir)))
+    elif args.command == "compare":
+        from vae_jax import protocol
+
+        print(protocol.compare_tables(protocol.read_results(args.paths)), end="")
     else:
         _require_workdir(args.workdir)
         if args.num_images <= 0:

@@ -18,6 +18,7 @@ ACTIVATIONS = ("elu", "relu", "gelu", "tanh", "softplus", "swish")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 DATASETS = ("binarized_mnist", "mnist")
+OBJECTIVES = ("elbo", "iwae")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,12 +30,15 @@ class ModelConfig:
         encoder_hidden: widths of the encoder's hidden layers, input side first.
         decoder_hidden: widths of the decoder's hidden layers, latent side first.
         activation: one of `ACTIVATIONS`.
+        logvar_bound: if positive, the encoder's log-variance is squashed smoothly into
+            (-logvar_bound, logvar_bound) by `bound * tanh(logvar / bound)`; 0 leaves it free.
     """
 
     latent_dim: int = 10
     encoder_hidden: tuple[int, ...] = (300, 300)
     decoder_hidden: tuple[int, ...] = (300, 300)
     activation: str = "elu"
+    logvar_bound: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +74,13 @@ class Config:
         optim: optimizer settings.
         batch_size: examples per optimizer step; an epoch drops the last incomplete batch.
         epochs: total number of epochs of the run.
-        num_samples: Monte-Carlo samples of z per example in the training ELBO.
+        objective: `elbo` (the VAE) or `iwae` (the importance-weighted bound with `num_samples` samples,
+            Burda et al., 2016).
+        num_samples: samples of z per example in the training objective.
+        kl_weight: beta, the weight of the KL term in the training loss (1 is the ELBO).
+        kl_warmup_epochs: the KL weight rises linearly from 0 to `kl_weight` over this many epochs.
+        free_bits: minimum KL per latent dimension in the training loss, in nats, applied to the batch mean
+            of each dimension's KL (Kingma et al., 2016); 0 disables it.
         seed: the run's seed; every random draw derives from `jax.random.key(seed)`.
         eval_batch_size: examples per chunk when evaluating a whole split.
         keep_checkpoints: number of latest checkpoints kept (the best one is kept as well).
@@ -81,7 +91,11 @@ class Config:
     optim: OptimConfig = OptimConfig()
     batch_size: int = 100
     epochs: int = 40
+    objective: str = "elbo"
     num_samples: int = 1
+    kl_weight: float = 1.0
+    kl_warmup_epochs: int = 0
+    free_bits: float = 0.0
     seed: int = 0
     eval_batch_size: int = 1000
     keep_checkpoints: int = 3
@@ -168,6 +182,10 @@ def validate(config: Config) -> Config:
         widths = getattr(model, name)
         _require(all(w > 0 for w in widths), f"model.{name} widths must be positive, got {widths}")
     _require(model.activation in ACTIVATIONS, f"unknown activation {model.activation!r}; choose one of {ACTIVATIONS}")
+    _require(model.logvar_bound >= 0, f"model.logvar_bound must be >= 0, got {model.logvar_bound}")
+    _require(config.objective in OBJECTIVES, f"unknown objective {config.objective!r}; choose one of {OBJECTIVES}")
+    for name in ("kl_weight", "kl_warmup_epochs", "free_bits"):
+        _require(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
     _require(optim.name in OPTIMIZERS, f"unknown optimizer {optim.name!r}; choose one of {OPTIMIZERS}")
     _require(optim.schedule in SCHEDULES, f"unknown schedule {optim.schedule!r}; choose one of {SCHEDULES}")
     _require(optim.learning_rate > 0, f"optim.learning_rate must be positive, got {optim.learning_rate}")

@@ -10,7 +10,9 @@ Each split is decoded once and cached as `<data_dir>/vae_jax_cache/<dataset>/<sp
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -27,7 +29,8 @@ _TFDS_SPLITS = {
     "binarized_mnist": {"train": "train", "validation": "validation", "test": "test"},
     "mnist": {"train": "train[:50000]", "validation": "train[50000:]", "test": "test"},
 }
-DEFAULT_DATA_DIR = Path("~/tensorflow_datasets").expanduser()
+# TFDS's own default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+DEFAULT_DATA_DIR = Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
 
 
 def binarize(key: jax.Array, pixels: jax.Array, dynamic: bool) -> jax.Array:
@@ -106,7 +109,8 @@ def _decode_with_tfds(dataset: str, tfds_split: str, data_dir: Path,
     config = tfds.download.DownloadConfig(
         manual_dir=None if manual_dir is None else str(Path(manual_dir).expanduser()))
     try:
-        builder.download_and_prepare(download_config=config)
+        with contextlib.redirect_stdout(sys.stderr):  # TFDS reports progress on stdout, which is for results
+            builder.download_and_prepare(download_config=config)
     except Exception as error:  # TFDS raises many kinds (network, checksum, missing file); all end the same way
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         if manual_dir is None:

@@ -28,20 +28,25 @@ def bernoulli_log_prob(x: ArrayLike, logits: ArrayLike) -> jax.Array:
     return jnp.sum(x * jax.nn.log_sigmoid(logits) + (1 - x) * jax.nn.log_sigmoid(-logits), axis=-1)
 
 
-def gaussian_kl_to_standard_normal(mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
-    """KL(N(mean, diag exp(logvar)) || N(0, I)) in closed form, summed over the last axis.
+def gaussian_kl_per_dim(mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
+    """KL(N(mean_j, exp(logvar_j)) || N(0, 1)) of each dimension j in closed form.
 
-    KL = 1/2 sum_j (mean_j^2 + exp(logvar_j) - logvar_j - 1)   (Kingma & Welling, 2013, Appendix B).
+    KL_j = 1/2 (mean_j^2 + exp(logvar_j) - logvar_j - 1)   (Kingma & Welling, 2013, Appendix B).
 
     Args:
         mean: `[..., J]` posterior means.
         logvar: `[..., J]` posterior log-variances.
 
     Returns:
-        `[...]` KL in nats.
+        `[..., J]` KL in nats.
     """
     mean, logvar = jnp.asarray(mean), jnp.asarray(logvar)
-    return 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - logvar - 1.0, axis=-1)
+    return 0.5 * (jnp.square(mean) + jnp.exp(logvar) - logvar - 1.0)
+
+
+def gaussian_kl_to_standard_normal(mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
+    """KL(N(mean, diag exp(logvar)) || N(0, I)): `gaussian_kl_per_dim` summed over the last axis; `[...]`."""
+    return jnp.sum(gaussian_kl_per_dim(mean, logvar), axis=-1)
 
 
 def gaussian_log_prob(z: ArrayLike, mean: ArrayLike, logvar: ArrayLike) -> jax.Array:

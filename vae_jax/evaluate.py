@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -12,7 +14,23 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from vae_jax.objective import ElboTerms, Params, batch_elbo_terms
+from vae_jax.objective import ElboTerms, Params, batch_elbo_terms, iwae_bound, map_examples
+
+ACTIVE_UNIT_THRESHOLD = 0.01  # a latent dimension is active when Var_x[E_q(z|x)[z_j]] exceeds this (Burda et al.)
+
+
+def _map_over_split(fn: Callable[[jax.Array, jax.Array], Any], pixels: jax.Array, batch_size: int) -> Any:
+    """Applies `fn(pixels [B, D], indices [B])` to a whole `[N, D]` split, `batch_size` examples at a time.
+
+    The split is zero-padded to a whole number of batches; the padding's outputs are dropped. Returns `fn`'s
+    outputs with a leading `[N]` axis.
+    """
+    num_examples = pixels.shape[0]
+    num_chunks = -(-num_examples // batch_size)
+    padded = jnp.pad(pixels, ((0, num_chunks * batch_size - num_examples), (0, 0)))
+    chunks = (padded.reshape(num_chunks, batch_size, -1), jnp.arange(num_chunks * batch_size).reshape(num_chunks, -1))
+    outputs = jax.lax.map(lambda chunk: fn(*chunk), chunks)
+    return jax.tree.map(lambda t: t.reshape(-1, *t.shape[2:])[:num_examples], outputs)
 
 
 @functools.partial(jax.jit, static_argnames=("encoder", "decoder", "batch_size", "dynamic_binarization", "num_samples"))
@@ -41,41 +59,75 @@ def evaluate_elbo(
         num_samples: Monte-Carlo samples of z per example.
 
     Returns:
-        `ElboTerms`, each `[N]`.
+        `ElboTerms`, each with a leading `[N]` axis.
     """
-    num_examples = pixels.shape[0]
-    num_chunks = -(-num_examples // batch_size)
-    padded = jnp.pad(pixels, ((0, num_chunks * batch_size - num_examples), (0, 0)))
-    indices = jnp.arange(num_chunks * batch_size)
 
-    def chunk_terms(chunk: tuple[jax.Array, jax.Array]) -> ElboTerms:
-        chunk_pixels, chunk_indices = chunk
-        return batch_elbo_terms(
-            params,
-            chunk_pixels,
-            chunk_indices,
-            key,
-            encoder=encoder,
-            decoder=decoder,
-            num_samples=num_samples,
-            dynamic_binarization=dynamic_binarization,
-        )
+    def chunk_terms(chunk_pixels: jax.Array, chunk_indices: jax.Array) -> ElboTerms:
+        return batch_elbo_terms(params, chunk_pixels, chunk_indices, key, encoder=encoder, decoder=decoder,
+                                num_samples=num_samples, dynamic_binarization=dynamic_binarization)
 
-    chunks = (padded.reshape(num_chunks, batch_size, -1), indices.reshape(num_chunks, batch_size))
-    terms = jax.lax.map(chunk_terms, chunks)
-    return jax.tree.map(lambda t: t.reshape(-1)[:num_examples], terms)
+    return _map_over_split(chunk_terms, pixels, batch_size)
 
 
-def summarize(terms: ElboTerms) -> dict[str, float]:
-    """Means over examples of `[N]` terms, with the standard error of the mean of `nelbo`."""
-    nelbo, rec, kl = (np.asarray(t, dtype=np.float64) for t in terms)
-    return {
-        "nelbo": float(nelbo.mean()),
-        "nelbo_stderr": float(nelbo.std(ddof=1) / math.sqrt(len(nelbo))) if len(nelbo) > 1 else 0.0,
-        "rec": float(rec.mean()),
-        "kl": float(kl.mean()),
-        "num_examples": len(nelbo),
+@functools.partial(jax.jit, static_argnames=(
+    "encoder", "decoder", "num_samples", "batch_size", "chunk_size", "dynamic_binarization"))
+def evaluate_iwae(
+    params: Params,
+    pixels: jax.Array,
+    key: jax.Array,
+    *,
+    encoder: nn.Module,
+    decoder: nn.Module,
+    num_samples: int,
+    batch_size: int = 100,
+    chunk_size: int = 500,
+    dynamic_binarization: bool = False,
+) -> jax.Array:
+    """Per-example importance-weighted bounds log (1/K) sum_k w_k on a whole split; `[N]` in nats.
+
+    With the same `key`, each example is binarized exactly as in `evaluate_elbo`. The result does not depend
+    on `batch_size` (examples at once) or `chunk_size` (importance samples at once), which only bound memory.
+    """
+
+    def chunk_bounds(chunk_pixels: jax.Array, chunk_indices: jax.Array) -> jax.Array:
+        def bound(x: jax.Array, noise_key: jax.Array) -> jax.Array:
+            return iwae_bound(params, x, noise_key, encoder=encoder, decoder=decoder, num_samples=num_samples,
+                              chunk_size=chunk_size)
+
+        return map_examples(bound, chunk_pixels, chunk_indices, key, dynamic_binarization)
+
+    return _map_over_split(chunk_bounds, pixels, batch_size)
+
+
+def _mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
+    stderr = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return float(values.mean()), float(stderr)
+
+
+def summarize(terms: ElboTerms, iwae_bounds: jax.Array | None = None) -> dict[str, Any]:
+    """Means over examples of `[N]` terms, standard errors of the means, KL per dimension and active units.
+
+    Args:
+        terms: per-example `ElboTerms` of a split.
+        iwae_bounds: optional `[N]` importance-weighted bounds; adds `nll` = -mean bound and `nll_stderr`.
+
+    Returns:
+        `nelbo`, `nelbo_stderr`, `rec`, `kl`, `kl_per_dim`, `active_units`, `num_examples` (and `nll`, `nll_stderr`).
+    """
+    nelbo, nelbo_stderr = _mean_and_stderr(np.asarray(terms.nelbo, dtype=np.float64))
+    means = np.asarray(terms.posterior_mean, dtype=np.float64)
+    summary = {
+        "nelbo": nelbo,
+        "nelbo_stderr": nelbo_stderr,
+        "rec": float(np.asarray(terms.rec, dtype=np.float64).mean()),
+        "kl": float(np.asarray(terms.kl, dtype=np.float64).mean()),
+        "kl_per_dim": [round(float(v), 4) for v in np.asarray(terms.kl_per_dim, dtype=np.float64).mean(axis=0)],
+        "active_units": int(np.sum(means.var(axis=0) > ACTIVE_UNIT_THRESHOLD)),
+        "num_examples": len(means),
     }
+    if iwae_bounds is not None:
+        summary["nll"], summary["nll_stderr"] = _mean_and_stderr(-np.asarray(iwae_bounds, dtype=np.float64))
+    return summary
 
 
 @functools.partial(jax.jit, static_argnames=("decoder", "num_images", "latent_dim"))

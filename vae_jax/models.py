@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from vae_jax.configs import ModelConfig
 
@@ -54,17 +55,22 @@ class Encoder(nn.Module):
         latent_dim: size J of z.
         hidden: widths of the hidden layers.
         activation: a name in `configs.ACTIVATIONS`.
+        logvar_bound: if positive, logvar = bound * tanh(raw / bound) lies in (-bound, bound), which keeps
+            exp(logvar) finite; 0 leaves it unbounded.
     """
 
     latent_dim: int
     hidden: Sequence[int] = (300, 300)
     activation: str = "elu"
+    logvar_bound: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """`x [..., D] -> (mean [..., J], logvar [..., J])`."""
         h = MLP(self.hidden, self.activation)(x)
-        mean, logvar = jax.numpy.split(nn.Dense(2 * self.latent_dim)(h), 2, axis=-1)
+        mean, logvar = jnp.split(nn.Dense(2 * self.latent_dim)(h), 2, axis=-1)
+        if self.logvar_bound > 0:
+            logvar = self.logvar_bound * jnp.tanh(logvar / self.logvar_bound)
         return mean, logvar
 
 
@@ -89,6 +95,6 @@ class Decoder(nn.Module):
 
 def build_models(config: ModelConfig) -> tuple[Encoder, Decoder]:
     """The encoder and decoder that `config` describes."""
-    encoder = Encoder(config.latent_dim, tuple(config.encoder_hidden), config.activation)
+    encoder = Encoder(config.latent_dim, tuple(config.encoder_hidden), config.activation, config.logvar_bound)
     decoder = Decoder(NUM_PIXELS, tuple(config.decoder_hidden), config.activation)
     return encoder, decoder

@@ -14,17 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from vae_jax import configs, data, evaluate, models, train
+from vae_jax import configs, data, evaluate, models, protocol, train
 from vae_jax.checkpoint import Checkpointer, Restored
 from vae_jax.errors import CheckpointError, ConfigError, DivergenceError
 from vae_jax.objective import example_keys
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
-DIVERGENCE_HINT = "lower optim.learning_rate or set optim.grad_clip_norm (e.g. 100)"
+DIVERGENCE_HINT = ("resume with a lower optim.learning_rate, with optim.grad_clip_norm=100, or with the encoder's "
+                   "log-variance bounded by model.logvar_bound=10")
 
 
 def template_state(config: configs.Config) -> train.TrainState:
@@ -54,14 +56,14 @@ def stored_config(workdir: str | os.PathLike) -> configs.Config | None:
         return None
     checkpointer = Checkpointer(workdir)
     epochs = checkpointer.epochs()
-    config = checkpointer.read_config(epochs[-1]) if epochs else None
+    config = configs.from_dict(checkpointer.read_metadata(epochs[-1])) if epochs else None
     checkpointer.close()
     return config
 
 
 # Fields a resumed run may change: they leave the shapes of the train state alone.
 RESUMABLE_FIELDS = ("epochs", "eval_batch_size", "keep_checkpoints", "optim.learning_rate", "optim.schedule",
-                    "optim.final_lr_fraction", "optim.grad_clip_norm")
+                    "optim.final_lr_fraction", "optim.grad_clip_norm", "model.logvar_bound", "free_bits")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -78,13 +80,20 @@ def _resume_or_start(checkpointer: Checkpointer, config: configs.Config) -> Rest
     """The latest good checkpoint, or None for a new run; a resumed run may change only `RESUMABLE_FIELDS`."""
     if not checkpointer.epochs():
         return None
-    stored = _flatten(configs.to_dict(checkpointer.read_config(checkpointer.epochs()[-1])))
+    stored = _flatten(checkpointer.read_metadata(checkpointer.epochs()[-1]))
     given = _flatten(configs.to_dict(config))
     differing = [name for name in given if name not in RESUMABLE_FIELDS and given[name] != stored[name]]
     if differing:
         raise ConfigError(f"{checkpointer.workdir} holds a run whose {', '.join(differing)} differ from this config; "
                           f"a resumed run may change only {', '.join(RESUMABLE_FIELDS)}; use a fresh --workdir")
     return checkpointer.restore(template_state(config), jax.random.key(0))
+
+
+def kl_weight(config: configs.Config, epoch: int) -> float:
+    """The KL weight of 1-based `epoch`: `config.kl_weight`, reached linearly over `kl_warmup_epochs`."""
+    if config.kl_warmup_epochs == 0:
+        return config.kl_weight
+    return config.kl_weight * min(1.0, epoch / config.kl_warmup_epochs)
 
 
 def train_and_evaluate(
@@ -134,9 +143,11 @@ def train_and_evaluate(
                unit="epoch", disable=not progress, dynamic_ncols=True)
     for epoch in bar:
         start = time.perf_counter()
+        weight = kl_weight(config, epoch)
         state, result = train.train_epoch_jit(
             state, train_pixels, jax.random.fold_in(keys.train, epoch), batch_size=config.batch_size,
-            num_samples=config.num_samples, dynamic_binarization=dynamic)
+            objective=config.objective, num_samples=config.num_samples, kl_weight=jnp.float32(weight),
+            free_bits=config.free_bits, dynamic_binarization=dynamic)
         failed_step = int(result.failed_step)
         if failed_step >= 0:
             _append_json(metrics_path, {"epoch": epoch, "status": "diverged", "failed_step_in_epoch": failed_step,
@@ -149,14 +160,16 @@ def train_and_evaluate(
             state.params, val_pixels, keys.eval, encoder=state.encoder, decoder=state.decoder,
             batch_size=config.eval_batch_size, dynamic_binarization=dynamic))
         record = {
-            "epoch": epoch, "step": int(state.step),
-            "train_nelbo": float(np.mean(result.nelbo)), "train_rec": float(np.mean(result.rec)),
-            "train_kl": float(np.mean(result.kl)),
+            "epoch": epoch, "step": int(state.step), "kl_weight": weight,
+            "train_loss": float(np.mean(result.loss)), "train_nelbo": float(np.mean(result.nelbo)),
+            "train_rec": float(np.mean(result.rec)), "train_kl": float(np.mean(result.kl)),
+            "train_kl_per_dim": [round(float(v), 4) for v in np.asarray(result.kl_per_dim)],
             "val_nelbo": val["nelbo"], "val_rec": val["rec"], "val_kl": val["kl"],
+            "val_kl_per_dim": val["kl_per_dim"], "val_active_units": val["active_units"],
             "seconds": round(time.perf_counter() - start, 3),
         }
         _append_json(metrics_path, record)
-        checkpointer.save(epoch, state, root_key, config, val_nelbo=val["nelbo"])
+        checkpointer.save(epoch, state, root_key, val_nelbo=val["nelbo"], metadata=configs.to_dict(config))
         done = epoch
         bar.set_postfix(train_nelbo=f"{record['train_nelbo']:.2f}", val_nelbo=f"{val['nelbo']:.2f}")
     checkpointer.close()
@@ -172,7 +185,7 @@ def _load_checkpoint(workdir: Path, epoch: int | None) -> Restored:
     if not epochs:
         raise CheckpointError(f"work directory {workdir} has no checkpoints; run `train --workdir {workdir}` first")
     chosen = checkpointer.best_epoch() if epoch is None else epoch
-    config = checkpointer.read_config(chosen if chosen in epochs else epochs[-1])
+    config = configs.from_dict(checkpointer.read_metadata(chosen if chosen in epochs else epochs[-1]))
     restored = checkpointer.restore(template_state(config), jax.random.key(0), epoch=chosen)
     checkpointer.close()
     return restored
@@ -184,27 +197,48 @@ def evaluate_checkpoint(
     *,
     epoch: int | None = None,
     batch_size: int | None = None,
+    iwae_samples: int = 0,
+    iwae_chunk: int = 500,
     eval_seed: int = 0,
     data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
     manual_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Negative ELBO of the best (or a given) checkpoint on a whole split; appends it to `eval.jsonl`.
+    """Negative ELBO (and, with `iwae_samples` K > 0, the NLL estimate -log (1/K) sum_k w_k) of the best or a
+    given checkpoint on a whole split, with its protocol card; appends the result to `eval.jsonl`.
+
+    Args:
+        workdir: the run's work directory.
+        split: `train`, `validation` or `test`.
+        epoch: the checkpoint; None takes the best by validation NELBO.
+        batch_size: examples evaluated at once (memory only; default `eval_batch_size`, or 100 with K > 0).
+        iwae_samples: K importance samples per example; 0 skips the importance-weighted estimate.
+        iwae_chunk: importance samples evaluated at once (memory only).
+        eval_seed: seed of the evaluation's noise and dynamic binarization.
 
     Returns:
-        A JSON-ready dict: `nelbo`, `nelbo_stderr`, `rec`, `kl`, `split`, `dataset`, `num_examples`,
-        `epoch`, `step`, `eval_seed`, `config_hash`, `config`.
+        A JSON-ready dict: `nelbo`, `nelbo_stderr`, `rec`, `kl`, `kl_per_dim`, `active_units`, (`nll`,
+        `nll_stderr`,) the protocol card of `protocol.protocol_card`, `run`, `epoch` and `step`.
     """
     workdir = Path(workdir)
+    if iwae_samples < 0 or iwae_chunk <= 0 or (batch_size is not None and batch_size <= 0):
+        raise ConfigError("--iwae-samples must be >= 0, and --iwae-chunk and --batch-size positive")
     restored = _load_checkpoint(workdir, epoch)
-    config, state = restored.config, restored.state
+    config, state = configs.from_dict(restored.metadata), restored.state
     pixels = jax.device_put(data.load_split(config.dataset, split, data_dir=data_dir, manual_dir=manual_dir))
-    terms = evaluate.evaluate_elbo(
-        state.params, pixels, jax.random.key(eval_seed), encoder=state.encoder, decoder=state.decoder,
-        batch_size=batch_size or config.eval_batch_size, dynamic_binarization=data.is_dynamic(config.dataset))
+    key = jax.random.key(eval_seed)
+    models = {"encoder": state.encoder, "decoder": state.decoder}
+    dynamic = data.is_dynamic(config.dataset)
+    terms = evaluate.evaluate_elbo(state.params, pixels, key, **models, batch_size=batch_size or config.eval_batch_size,
+                                   dynamic_binarization=dynamic)
+    bounds = None
+    if iwae_samples:
+        bounds = evaluate.evaluate_iwae(state.params, pixels, key, **models, num_samples=iwae_samples,
+                                        batch_size=batch_size or 100, chunk_size=iwae_chunk,
+                                        dynamic_binarization=dynamic)
+    summary = evaluate.summarize(terms, bounds)
     result = {
-        **evaluate.summarize(terms), "split": split, "dataset": config.dataset, "epoch": restored.epoch,
-        "step": int(state.step), "eval_seed": eval_seed, "units": "nats",
-        "config_hash": configs.config_hash(config), "config": configs.to_dict(config),
+        **summary, "run": workdir.name, "epoch": restored.epoch, "step": int(state.step),
+        **protocol.protocol_card(config, split, summary["num_examples"], iwae_samples or None, eval_seed),
     }
     _append_json(workdir / EVAL_FILE, result)
     return result
@@ -225,7 +259,7 @@ def write_sample_figures(
         The paths of the samples grid and of the reconstructions grid (`<out stem>_reconstructions.png`).
     """
     restored = _load_checkpoint(Path(workdir), None)
-    state, config = restored.state, restored.config
+    state, config = restored.state, configs.from_dict(restored.metadata)
     sample_key, binarize_key = jax.random.split(jax.random.key(seed))
     columns = int(np.ceil(np.sqrt(num_images)))
     samples = evaluate.sample_prior(state.params, sample_key, decoder=state.decoder, num_images=num_images,

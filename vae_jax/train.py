@@ -16,7 +16,7 @@ import optax
 from flax import struct
 
 from vae_jax.configs import OptimConfig
-from vae_jax.objective import Params, batch_elbo_terms
+from vae_jax.objective import ElboTerms, Params, batch_elbo_terms, iwae_bound, map_examples
 
 
 class RunKeys(NamedTuple):
@@ -103,15 +103,32 @@ class EpochResult(NamedTuple):
     """What one epoch returns besides the new state.
 
     Attributes:
-        nelbo, rec, kl: `[steps]` batch means of the loss terms at each step.
+        loss: `[steps]` the training loss of each step (the negative ELBO when `kl_weight` is 1 and free bits
+            are off, the negative IWAE bound for the `iwae` objective).
+        nelbo, rec, kl: `[steps]` batch means of the negative-ELBO terms at each step.
+        kl_per_dim: `[J]` mean KL of each latent dimension over the epoch's examples.
         failed_step: `[]` int32 index within the epoch of the first step whose loss or gradient was not
             finite, or -1. From that step on, no update is applied.
     """
 
+    loss: jax.Array
     nelbo: jax.Array
     rec: jax.Array
     kl: jax.Array
+    kl_per_dim: jax.Array
     failed_step: jax.Array
+
+
+def training_loss(terms: ElboTerms, kl_weight: jax.Array | float = 1.0, free_bits: float = 0.0) -> jax.Array:
+    """The batch loss mean(rec) + kl_weight * sum_j max(free_bits, mean(KL_j)) from `[B]`-batched terms.
+
+    With `kl_weight` 1 and `free_bits` 0 this is the mean negative ELBO.
+    """
+    if free_bits > 0:
+        kl = jnp.sum(jnp.maximum(free_bits, jnp.mean(terms.kl_per_dim, axis=0)))
+    else:
+        kl = jnp.mean(terms.kl)
+    return jnp.mean(terms.rec) + kl_weight * kl
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -124,7 +141,10 @@ def train_epoch(
     epoch_key: jax.Array,
     *,
     batch_size: int,
+    objective: str = "elbo",
     num_samples: int = 1,
+    kl_weight: jax.Array | float = 1.0,
+    free_bits: float = 0.0,
     dynamic_binarization: bool = False,
 ) -> tuple[TrainState, EpochResult]:
     """One epoch: shuffle, batch, binarize and step, all inside one `lax.scan` (jit this function).
@@ -137,7 +157,10 @@ def train_epoch(
         pixels: `[N, D]` uint8 training split, resident on the device.
         epoch_key: `fold_in(train_key, epoch)`.
         batch_size: examples per step.
-        num_samples: Monte-Carlo samples of z per example.
+        objective: `elbo`, or `iwae` for the importance-weighted bound with `num_samples` samples.
+        num_samples: samples of z per example.
+        kl_weight: weight of the KL term (beta; a traced scalar, so warm-up does not recompile).
+        free_bits: minimum KL per latent dimension, in nats (`elbo` objective only).
         dynamic_binarization: draw pixels from Bernoulli(grey / 255) at each use.
 
     Returns:
@@ -146,36 +169,41 @@ def train_epoch(
     shuffle_key, examples_key = jax.random.split(epoch_key)
     num_steps = pixels.shape[0] // batch_size
     order = jax.random.permutation(shuffle_key, pixels.shape[0])[: num_steps * batch_size]
+    models = {"encoder": state.encoder, "decoder": state.decoder}
 
-    def loss_fn(params: Params, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
-        terms = batch_elbo_terms(
-            params,
-            pixels[indices],
-            indices,
-            examples_key,
-            encoder=state.encoder,
-            decoder=state.decoder,
-            num_samples=num_samples,
-            dynamic_binarization=dynamic_binarization,
-        )
-        means = jnp.stack([jnp.mean(t) for t in terms])
-        return means[0], means
+    def loss_fn(params: Params, indices: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ElboTerms]]:
+        batch = (pixels[indices], indices, examples_key)
+        elbo_samples = 1 if objective == "iwae" else num_samples
+        terms = batch_elbo_terms(params, *batch, **models, num_samples=elbo_samples,
+                                 dynamic_binarization=dynamic_binarization)
+        if objective == "iwae":
 
-    def step(carry: tuple[TrainState, jax.Array], batch: tuple[jax.Array, jax.Array]) -> tuple[Any, jax.Array]:
+            def bound(x: jax.Array, key: jax.Array) -> jax.Array:
+                return iwae_bound(params, x, key, **models, num_samples=num_samples, chunk_size=num_samples)
+
+            loss = -jnp.mean(map_examples(bound, *batch, dynamic_binarization))
+        else:
+            loss = training_loss(terms, kl_weight, free_bits)
+        return loss, (loss, terms)
+
+    def step(carry: tuple[TrainState, jax.Array], batch: tuple[jax.Array, jax.Array]) -> tuple[Any, Any]:
         current, failed_step = carry
         index_in_epoch, indices = batch
-        (_, means), grads = jax.value_and_grad(loss_fn, has_aux=True)(current.params, indices)
-        finite = _all_finite((means, grads))
+        (_, (loss, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(current.params, indices)
+        finite = _all_finite((loss, grads))
         apply = finite & (failed_step < 0)
         updated = current.apply_gradients(grads)
         current = jax.tree.map(lambda new, old: jnp.where(apply, new, old), updated, current)
         failed_step = jnp.where((failed_step < 0) & ~finite, index_in_epoch, failed_step)
+        means = (loss, *(jnp.mean(t, axis=0) for t in terms[:4]))
         return (current, failed_step), means
 
     batches = order.reshape(num_steps, batch_size)
     carry = (state, jnp.array(-1, jnp.int32))
-    (state, failed_step), means = jax.lax.scan(step, carry, (jnp.arange(num_steps), batches))
-    return state, EpochResult(nelbo=means[:, 0], rec=means[:, 1], kl=means[:, 2], failed_step=failed_step)
+    (state, failed_step), (loss, nelbo, rec, kl, kl_per_dim) = jax.lax.scan(
+        step, carry, (jnp.arange(num_steps), batches))
+    return state, EpochResult(loss, nelbo, rec, kl, jnp.mean(kl_per_dim, axis=0), failed_step)
 
 
-train_epoch_jit = jax.jit(train_epoch, static_argnames=("batch_size", "num_samples", "dynamic_binarization"))
+train_epoch_jit = jax.jit(
+    train_epoch, static_argnames=("batch_size", "objective", "num_samples", "free_bits", "dynamic_binarization"))

@@ -1,0 +1,54 @@
+"""Protocol cards and `compare`: results made under different protocols never share a table."""
+
+import json
+
+import pytest
+
+from vae_jax import cli, configs, protocol
+from vae_jax.errors import VaeError
+
+
+def _result(run, nelbo, **changes):
+    card = protocol.protocol_card(configs.get_config("cs236"), "test", 10_000, 5000, 0)
+    return {"run": run, "nelbo": nelbo, "nelbo_stderr": 0.3, "nll": nelbo - 5, "nll_stderr": 0.3, "kl": 20.0,
+            "active_units": 9, **card, **changes}
+
+
+def test_card_names_the_whole_protocol():
+    card = protocol.protocol_card(configs.get_config("cs236"), "test", 10_000, None, 3)
+    assert card["binarization"] == "static" and card["estimator"] == "elbo" and card["iwae_k"] is None
+    assert (card["split"], card["split_size"], card["num_examples"], card["eval_seed"]) == ("test", 10_000, 10_000, 3)
+    assert card["train_set"] == "binarized_mnist/train (50000 examples)" and card["units"] == "nats"
+    assert set(card["versions"]) == {"jax", "flax", "optax"}
+    assert card["config_hash"] == configs.config_hash(configs.get_config("cs236"))
+    dynamic = protocol.protocol_card(configs.apply_overrides(configs.get_config("cs236"), ["dataset=mnist"]),
+                                     "validation", 10_000, 5000, 0)
+    assert dynamic["binarization"] == "dynamic" and dynamic["estimator"] == "iwae"
+
+
+def test_mismatched_protocols_land_in_separate_tables(tmp_path, capsys):
+    lines = [_result("a", 95.0), _result("b", 90.0), _result("c", 80.0, split="validation"),
+             _result("d", 85.0, iwae_k=50), _result("e", 70.0, dataset="mnist", binarization="dynamic")]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert cli.main(["compare", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    tables = out.split("### Protocol ")[1:]
+    assert len(tables) == 4
+    first = tables[0]
+    # a and b share a protocol and are ranked by NLL; nothing else is in their table.
+    assert first.index("| b |") < first.index("| a |") and "| c |" not in first and "| d |" not in first
+    assert "differ in binarization, dataset, iwae_k, split" in first
+    assert "| 90.00 ± 0.30 | 85.00 ± 0.30 | 20.00 | 9 |" in first
+    for run in "cde":
+        assert sum(f"| {run} |" in table for table in tables) == 1
+
+
+def test_compare_reports_bad_input_in_one_line(tmp_path):
+    with pytest.raises(VaeError, match="does not exist"):
+        protocol.read_results([tmp_path / "missing"])
+    (tmp_path / "notes.jsonl").write_text("{not json\n")
+    with pytest.raises(VaeError, match="is not a JSON line"):
+        protocol.read_results([tmp_path])
+    (tmp_path / "notes.jsonl").write_text('{"epoch": 1}\n')
+    with pytest.raises(VaeError, match="no evaluation lines"):
+        protocol.read_results([tmp_path])

@@ -1,0 +1,120 @@
+"""Protocol cards on evaluation results, and `compare`: tables that never mix protocols.
+
+A number such as "test NELBO 95.3" means little without its protocol: static or dynamic binarization, which
+split and how many of its examples, ELBO or importance-weighted estimate (and K), the training set. Every
+result line of `vae_jax eval` carries all of it; `compare` groups lines by `PROTOCOL_FIELDS` and prints one
+Markdown table per protocol, naming the fields in which the protocols differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import optax
+
+from vae_jax import configs, data
+from vae_jax.errors import VaeError
+
+PROTOCOL_FIELDS = ("dataset", "binarization", "split", "split_size", "num_examples", "estimator", "iwae_k",
+                   "units", "train_set")
+
+
+def _git_commit() -> str | None:
+    """The commit of the vae_jax checkout, or None outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def protocol_card(config: configs.Config, split: str, num_examples: int, iwae_k: int | None,
+                  eval_seed: int) -> dict[str, Any]:
+    """Every field that decides whether two evaluation results can be compared, plus provenance."""
+    from vae_jax import __version__
+
+    return {
+        "dataset": config.dataset,
+        "binarization": "dynamic" if data.is_dynamic(config.dataset) else "static",
+        "split": split,
+        "split_size": data.SPLIT_SIZES[split],
+        "num_examples": num_examples,
+        "estimator": "iwae" if iwae_k else "elbo",
+        "iwae_k": iwae_k,
+        "eval_seed": eval_seed,
+        "units": "nats",
+        "train_set": f"{config.dataset}/train ({data.SPLIT_SIZES['train']} examples)",
+        "config_hash": configs.config_hash(config),
+        "config": configs.to_dict(config),
+        "vae_jax_version": __version__,
+        "git_commit": _git_commit(),
+        "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
+    }
+
+
+def read_results(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Evaluation lines from `.jsonl`/`.json` files, or from all such files under directories."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".json"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise VaeError(f"{path} does not exist; pass evaluation files (eval.jsonl) or folders holding them")
+    results = []
+    for file in files:
+        for number, line in enumerate(file.read_text().splitlines(), start=1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                raise VaeError(f"{file}:{number} is not a JSON line; pass evaluation files only") from None
+            if isinstance(record, dict) and "nelbo" in record and "split" in record:
+                results.append({**record, "source": str(file)})
+    if not results:
+        raise VaeError(f"no evaluation lines found in {', '.join(map(str, paths))}; run `vae_jax eval` first")
+    return results
+
+
+def _protocol(result: dict[str, Any]) -> tuple:
+    return tuple(json.dumps(result.get(field), sort_keys=True) for field in PROTOCOL_FIELDS)
+
+
+def _format(value: float | None, stderr: float | None = None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if stderr is None else f"{value:.2f} ± {stderr:.2f}"
+
+
+def compare_tables(results: list[dict[str, Any]]) -> str:
+    """Markdown: one table per protocol, each ranked by NLL (else NELBO), naming how the protocols differ."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for result in results:
+        groups.setdefault(_protocol(result), []).append(result)
+    protocols = list(groups)
+    sections = []
+    for number, protocol in enumerate(protocols, start=1):
+        rows = sorted(groups[protocol], key=lambda r: (r.get("nll") is None, r.get("nll") or r["nelbo"]))
+        first = rows[0]
+        card = ", ".join(f"{field}={first.get(field)}" for field in PROTOCOL_FIELDS)
+        lines = [f"### Protocol {number} of {len(protocols)}", "", card]
+        if len(protocols) > 1:
+            others = [other for other in protocols if other != protocol]
+            differing = sorted({PROTOCOL_FIELDS[i] for other in others for i in range(len(PROTOCOL_FIELDS))
+                                if other[i] != protocol[i]})
+            lines.append(f"Not comparable with the other tables: they differ in {', '.join(differing)}.")
+        lines += ["", "| model | config | NELBO | NLL | KL | active units |", "| --- | --- | --- | --- | --- | --- |"]
+        for row in rows:
+            model = row.get("run") or Path(row["source"]).parent.name
+            lines.append(f"| {model} | {row.get('config_hash', '–')} | {_format(row['nelbo'], row.get('nelbo_stderr'))}"
+                         f" | {_format(row.get('nll'), row.get('nll_stderr'))} | {_format(row.get('kl'))}"
+                         f" | {row.get('active_units', '–')} |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections) + "\n"
