@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 import vae_jax
+from vae_jax.protocol import protocol_card
 
 
 class ResidualMLP(nn.Module):
@@ -65,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manual-dir", default=None)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--iwae-samples", type=int, default=1000)
+    parser.add_argument("--iwae-samples", type=int, default=5000)
     parser.add_argument("--workdir", default="runs/custom_model")
     parser.add_argument("--out", default="experiments/results/custom_model.json")
     args = parser.parse_args()
@@ -91,8 +92,10 @@ def main() -> None:
         vae_jax.evaluate_elbo(best.state.params, splits["test"], test_key, **models, batch_size=1000),
         vae_jax.evaluate_iwae(best.state.params, splits["test"], test_key, **models, num_samples=args.iwae_samples),
     )
-    record = {"model": "residual_mlp", "dataset": "binarized_mnist", "split": "test", "epoch": best.epoch,
-              "epochs": args.epochs, "iwae_k": args.iwae_samples, "eval_seed": 0, "units": "nats", **summary}
+    config = {"model": "residual_mlp", "latent_dim": 16, "width": 256, "blocks": 2, "optimizer": "adam 1e-3",
+              "batch_size": 100, "epochs": args.epochs, "seed": 0}
+    card = protocol_card("binarized_mnist", "test", summary["num_examples"], args.iwae_samples, 0, config)
+    record = {**summary, "run": "custom_model (residual MLP)", "epoch": best.epoch, **card}
     print(json.dumps(record))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record) + "\n")

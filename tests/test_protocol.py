@@ -7,22 +7,23 @@ import pytest
 from vae_jax import cli, configs, protocol
 from vae_jax.errors import VaeError
 
+CS236 = configs.to_dict(configs.get_config("cs236"))
+
 
 def _result(run, nelbo, **changes):
-    card = protocol.protocol_card(configs.get_config("cs236"), "test", 10_000, 5000, 0)
+    card = protocol.protocol_card("binarized_mnist", "test", 10_000, 5000, 0, CS236)
     return {"run": run, "nelbo": nelbo, "nelbo_stderr": 0.3, "nll": nelbo - 5, "nll_stderr": 0.3, "kl": 20.0,
             "active_units": 9, **card, **changes}
 
 
 def test_card_names_the_whole_protocol():
-    card = protocol.protocol_card(configs.get_config("cs236"), "test", 10_000, None, 3)
+    card = protocol.protocol_card("binarized_mnist", "test", 10_000, None, 3, CS236)
     assert card["binarization"] == "static" and card["estimator"] == "elbo" and card["iwae_k"] is None
     assert (card["split"], card["split_size"], card["num_examples"], card["eval_seed"]) == ("test", 10_000, 10_000, 3)
     assert card["train_set"] == "binarized_mnist/train (50000 examples)" and card["units"] == "nats"
     assert set(card["versions"]) == {"jax", "flax", "optax"}
     assert card["config_hash"] == configs.config_hash(configs.get_config("cs236"))
-    dynamic = protocol.protocol_card(configs.apply_overrides(configs.get_config("cs236"), ["dataset=mnist"]),
-                                     "validation", 10_000, 5000, 0)
+    dynamic = protocol.protocol_card("mnist", "validation", 10_000, 5000, 0, {"model": "mine"})
     assert dynamic["binarization"] == "dynamic" and dynamic["estimator"] == "iwae"
 
 

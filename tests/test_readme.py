@@ -38,5 +38,18 @@ def test_custom_model_script_runs(data_dir, shared_data, tmp_path):
     import json
 
     record = json.loads(out.read_text())
-    assert record["model"] == "residual_mlp" and record["num_examples"] == 10_000 and record["epoch"] == 1
+    assert record["config"]["model"] == "residual_mlp" and record["num_examples"] == 10_000 and record["epoch"] == 1
+    assert record["iwae_k"] == 5 and record["estimator"] == "iwae" and record["split_size"] == 10_000
     assert record["nll"] < record["nelbo"] < 140
+
+
+def test_results_tables_are_what_compare_prints_over_the_committed_results(capsys):
+    from vae_jax import cli
+
+    assert cli.main(["compare", str(REPO / "experiments" / "results")]) == 0
+    tables = capsys.readouterr().out
+    readme = (REPO / "README.md").read_text()
+    rows = [line for line in tables.splitlines() if line.startswith("| ")]
+    assert len(rows) >= 4
+    for line in tables.splitlines():
+        assert line in readme, f"README lacks this line of `compare experiments/results`: {line}"

@@ -1,6 +1,7 @@
 """Runs on the real binarized MNIST: learning, exact resume, divergence handling, evaluation, figures."""
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 from vae_jax import cli, configs, runner
 from vae_jax.checkpoint import Checkpointer
-from vae_jax.errors import ConfigError, DivergenceError
+from vae_jax.errors import ConfigError
 
 EPOCHS = 3
 
@@ -72,19 +73,25 @@ def test_resume_refuses_a_different_model(cs236_run, run_args):
         runner.train_and_evaluate(config, cs236_run, **run_args)
 
 
-def test_divergence_keeps_the_good_checkpoints(run_args, tmp_path):
-    config = configs.apply_overrides(configs.get_config("cs236"), ["epochs=1"])
-    runner.train_and_evaluate(config, tmp_path, **run_args)
-    diverging = configs.apply_overrides(config, ["epochs=2", "optim.learning_rate=1e4"])
-    with pytest.raises(DivergenceError, match=r"NaN/Inf at epoch 2, step \d+ .* checkpoints up to epoch 1 are kept"):
-        runner.train_and_evaluate(diverging, tmp_path, **run_args)
+def test_divergence_exits_3_and_keeps_the_good_checkpoints(run_args, tmp_path, capsys):
+    data_options = ["--data-dir", str(run_args["data_dir"]), "--manual-dir", str(run_args["manual_dir"])]
+    train = ["train", "--workdir", str(tmp_path), "--config", "cs236", "--no-progress", *data_options]
+    assert cli.main([*train, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert cli.main([*train, "--epochs", "2", "optim.learning_rate=1e4"]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("resuming ") and len(err) == 2
+    assert re.match(r"error: loss or gradient became NaN/Inf at epoch 2, step \d+ .* checkpoints up to epoch 1 are "
+                    r"kept; resume with a lower optim.learning_rate", err[1])
     last = json.loads((tmp_path / runner.METRICS_FILE).read_text().splitlines()[-1])
     assert last["status"] == "diverged" and last["epoch"] == 2
     assert Checkpointer(tmp_path).epochs() == [1]
-    result = runner.evaluate_checkpoint(tmp_path, "validation", data_dir=run_args["data_dir"])
+    assert cli.main(["eval", "--workdir", str(tmp_path), "--split", "validation", *data_options[:2]]) == 0
+    result = json.loads(capsys.readouterr().out)
     assert result["epoch"] == 1 and np.isfinite(result["nelbo"])
     # Resuming with the original learning rate goes on from epoch 1.
-    record = runner.train_and_evaluate(configs.apply_overrides(config, ["epochs=2"]), tmp_path, **run_args)
+    assert cli.main([*train, "--epochs", "2"]) == 0
+    record = json.loads(capsys.readouterr().out)
     assert record["epoch"] == 2 and np.isfinite(record["val_nelbo"])
 
 

@@ -15,6 +15,11 @@ from vae_jax import configs, data
 from vae_jax.errors import DivergenceError, VaeError
 
 
+def _add_device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--distributed", action="store_true",
+                        help="multi-host run: call jax.distributed.initialize() first (see vae_jax/parallel.py)")
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=str(data.DEFAULT_DATA_DIR),
                         help="where TFDS stores prepared datasets and vae_jax caches decoded splits")
@@ -42,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default=None, help=f"one of {list(configs.DATASETS)}")
     train.add_argument("--epochs", type=int, default=None, help="total epochs; a larger N continues a finished run")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--data-parallel", action="store_true",
+                       help="split each batch over all devices (sets data_parallel=true)")
+    _add_device_options(train)
     train.add_argument("overrides", nargs="*", metavar="key=value",
                        help="config overrides, e.g. model.latent_dim=20 optim.learning_rate=3e-4")
     _add_data_options(train)
@@ -55,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="K: also estimate log p(x) by the importance-weighted bound (standard: 5000)")
     evaluate.add_argument("--iwae-chunk", type=int, default=500, help="importance samples at once (memory only)")
     evaluate.add_argument("--seed", type=int, default=0, help="evaluation seed (noise, dynamic binarization)")
+    _add_device_options(evaluate)
     _add_data_options(evaluate)
 
     sample = commands.add_parser("sample", help="PNG grids of prior samples and test reconstructions")
@@ -84,6 +93,8 @@ def _train_config(args: argparse.Namespace) -> configs.Config:
         overrides.append(f"dataset={args.dataset}")
     if args.epochs is not None:
         overrides.append(f"epochs={args.epochs}")
+    if args.data_parallel:
+        overrides.append("data_parallel=true")
     return configs.apply_overrides(config, overrides)
 
 
@@ -93,8 +104,10 @@ def _require_workdir(workdir: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vae_jax import runner
+    from vae_jax import parallel, runner
 
+    if getattr(args, "distributed", False):
+        parallel.initialize_distributed()
     if args.command == "train":
         config = _train_config(args)
         record = runner.train_and_evaluate(config, args.workdir, data_dir=args.data_dir, manual_dir=args.manual_dir,

@@ -19,6 +19,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 DATASETS = ("binarized_mnist", "mnist")
 OBJECTIVES = ("elbo", "iwae")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,8 @@ class ModelConfig:
         activation: one of `ACTIVATIONS`.
         logvar_bound: if positive, the encoder's log-variance is squashed smoothly into
             (-logvar_bound, logvar_bound) by `bound * tanh(logvar / bound)`; 0 leaves it free.
+        compute_dtype: `float32`, or `bfloat16` for mixed precision: the layers compute in bfloat16 while
+            parameters, optimizer state and the loss stay float32.
     """
 
     latent_dim: int = 10
@@ -39,6 +42,7 @@ class ModelConfig:
     decoder_hidden: tuple[int, ...] = (300, 300)
     activation: str = "elu"
     logvar_bound: float = 0.0
+    compute_dtype: str = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +88,8 @@ class Config:
         seed: the run's seed; every random draw derives from `jax.random.key(seed)`.
         eval_batch_size: examples per chunk when evaluating a whole split.
         keep_checkpoints: number of latest checkpoints kept (the best one is kept as well).
+        data_parallel: split each batch over all devices (of all hosts) with `jax.sharding`; `batch_size` is
+            then the global batch and must be a multiple of the device count.
     """
 
     dataset: str = "binarized_mnist"
@@ -99,6 +105,7 @@ class Config:
     seed: int = 0
     eval_batch_size: int = 1000
     keep_checkpoints: int = 3
+    data_parallel: bool = False
 
 
 def _cs236() -> Config:
@@ -183,6 +190,8 @@ def validate(config: Config) -> Config:
         _require(all(w > 0 for w in widths), f"model.{name} widths must be positive, got {widths}")
     _require(model.activation in ACTIVATIONS, f"unknown activation {model.activation!r}; choose one of {ACTIVATIONS}")
     _require(model.logvar_bound >= 0, f"model.logvar_bound must be >= 0, got {model.logvar_bound}")
+    _require(model.compute_dtype in COMPUTE_DTYPES,
+             f"unknown compute dtype {model.compute_dtype!r}; choose one of {COMPUTE_DTYPES}")
     _require(config.objective in OBJECTIVES, f"unknown objective {config.objective!r}; choose one of {OBJECTIVES}")
     for name in ("kl_weight", "kl_warmup_epochs", "free_bits"):
         _require(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
@@ -217,7 +226,11 @@ def from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError(f"stored config does not match this version of vae_jax: {error}") from None
 
 
+def dict_hash(config: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-ready config dict, to tell runs apart in result tables."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def config_hash(config: Config) -> str:
-    """A short stable hash of the config, to tell runs apart in result tables."""
-    text = json.dumps(to_dict(config), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
+    """`dict_hash` of the config."""
+    return dict_hash(to_dict(config))

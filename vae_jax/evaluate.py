@@ -12,28 +12,32 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from PIL import Image
 
 from vae_jax.objective import ElboTerms, Params, batch_elbo_terms, iwae_bound, map_examples
+from vae_jax.parallel import shard_batch
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # a latent dimension is active when Var_x[E_q(z|x)[z_j]] exceeds this (Burda et al.)
 
 
-def _map_over_split(fn: Callable[[jax.Array, jax.Array], Any], pixels: jax.Array, batch_size: int) -> Any:
+def _map_over_split(fn: Callable[[jax.Array, jax.Array], Any], pixels: jax.Array, batch_size: int,
+                    mesh: Mesh | None) -> Any:
     """Applies `fn(pixels [B, D], indices [B])` to a whole `[N, D]` split, `batch_size` examples at a time.
 
-    The split is zero-padded to a whole number of batches; the padding's outputs are dropped. Returns `fn`'s
-    outputs with a leading `[N]` axis.
+    The split is zero-padded to a whole number of batches; the padding's outputs are dropped. With a `mesh`,
+    each batch is split over its devices. Returns `fn`'s outputs with a leading `[N]` axis.
     """
     num_examples = pixels.shape[0]
     num_chunks = -(-num_examples // batch_size)
     padded = jnp.pad(pixels, ((0, num_chunks * batch_size - num_examples), (0, 0)))
     chunks = (padded.reshape(num_chunks, batch_size, -1), jnp.arange(num_chunks * batch_size).reshape(num_chunks, -1))
-    outputs = jax.lax.map(lambda chunk: fn(*chunk), chunks)
+    outputs = jax.lax.map(lambda chunk: fn(*shard_batch(chunk, mesh)), chunks)
     return jax.tree.map(lambda t: t.reshape(-1, *t.shape[2:])[:num_examples], outputs)
 
 
-@functools.partial(jax.jit, static_argnames=("encoder", "decoder", "batch_size", "dynamic_binarization", "num_samples"))
+@functools.partial(jax.jit, static_argnames=(
+    "encoder", "decoder", "batch_size", "dynamic_binarization", "num_samples", "mesh"))
 def evaluate_elbo(
     params: Params,
     pixels: jax.Array,
@@ -44,6 +48,7 @@ def evaluate_elbo(
     batch_size: int,
     dynamic_binarization: bool = False,
     num_samples: int = 1,
+    mesh: Mesh | None = None,
 ) -> ElboTerms:
     """Per-example negative-ELBO terms of a whole split, computed `batch_size` examples at a time.
 
@@ -57,6 +62,7 @@ def evaluate_elbo(
         batch_size: examples per chunk (bounds memory).
         dynamic_binarization: binarize grey levels with a Bernoulli draw keyed by the example.
         num_samples: Monte-Carlo samples of z per example.
+        mesh: split each batch over this device mesh (data parallelism).
 
     Returns:
         `ElboTerms`, each with a leading `[N]` axis.
@@ -66,11 +72,11 @@ def evaluate_elbo(
         return batch_elbo_terms(params, chunk_pixels, chunk_indices, key, encoder=encoder, decoder=decoder,
                                 num_samples=num_samples, dynamic_binarization=dynamic_binarization)
 
-    return _map_over_split(chunk_terms, pixels, batch_size)
+    return _map_over_split(chunk_terms, pixels, batch_size, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "encoder", "decoder", "num_samples", "batch_size", "chunk_size", "dynamic_binarization"))
+    "encoder", "decoder", "num_samples", "batch_size", "chunk_size", "dynamic_binarization", "mesh"))
 def evaluate_iwae(
     params: Params,
     pixels: jax.Array,
@@ -82,11 +88,13 @@ def evaluate_iwae(
     batch_size: int = 100,
     chunk_size: int = 500,
     dynamic_binarization: bool = False,
+    mesh: Mesh | None = None,
 ) -> jax.Array:
     """Per-example importance-weighted bounds log (1/K) sum_k w_k on a whole split; `[N]` in nats.
 
     With the same `key`, each example is binarized exactly as in `evaluate_elbo`. The result does not depend
-    on `batch_size` (examples at once) or `chunk_size` (importance samples at once), which only bound memory.
+    on `batch_size` (examples at once) or `chunk_size` (importance samples at once), which only bound memory,
+    nor on the `mesh` that splits each batch over devices.
     """
 
     def chunk_bounds(chunk_pixels: jax.Array, chunk_indices: jax.Array) -> jax.Array:
@@ -96,7 +104,7 @@ def evaluate_iwae(
 
         return map_examples(bound, chunk_pixels, chunk_indices, key, dynamic_binarization)
 
-    return _map_over_split(chunk_bounds, pixels, batch_size)
+    return _map_over_split(chunk_bounds, pixels, batch_size, mesh)
 
 
 def _mean_and_stderr(values: np.ndarray) -> tuple[float, float]:

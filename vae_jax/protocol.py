@@ -35,14 +35,23 @@ def _git_commit() -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def protocol_card(config: configs.Config, split: str, num_examples: int, iwae_k: int | None,
-                  eval_seed: int) -> dict[str, Any]:
-    """Every field that decides whether two evaluation results can be compared, plus provenance."""
+def protocol_card(dataset: str, split: str, num_examples: int, iwae_k: int | None, eval_seed: int,
+                  config: dict[str, Any]) -> dict[str, Any]:
+    """Every field that decides whether two evaluation results can be compared, plus provenance.
+
+    Args:
+        dataset: `binarized_mnist` or `mnist` (the model was trained on its `train` split).
+        split: the evaluated split.
+        num_examples: how many of its examples were evaluated.
+        iwae_k: importance samples of the NLL estimate, or None for the ELBO alone.
+        eval_seed: seed of the evaluation's randomness.
+        config: the model's config as a JSON-ready dict (`configs.to_dict`, or your own for custom models).
+    """
     from vae_jax import __version__
 
     return {
-        "dataset": config.dataset,
-        "binarization": "dynamic" if data.is_dynamic(config.dataset) else "static",
+        "dataset": dataset,
+        "binarization": "dynamic" if data.is_dynamic(dataset) else "static",
         "split": split,
         "split_size": data.SPLIT_SIZES[split],
         "num_examples": num_examples,
@@ -50,9 +59,9 @@ def protocol_card(config: configs.Config, split: str, num_examples: int, iwae_k:
         "iwae_k": iwae_k,
         "eval_seed": eval_seed,
         "units": "nats",
-        "train_set": f"{config.dataset}/train ({data.SPLIT_SIZES['train']} examples)",
-        "config_hash": configs.config_hash(config),
-        "config": configs.to_dict(config),
+        "train_set": f"{dataset}/train ({data.SPLIT_SIZES['train']} examples)",
+        "config_hash": configs.dict_hash(config),
+        "config": config,
         "vae_jax_version": __version__,
         "git_commit": _git_commit(),
         "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},

@@ -16,9 +16,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm import tqdm
 
-from vae_jax import configs, data, evaluate, models, protocol, train
+from vae_jax import configs, data, evaluate, models, parallel, protocol, train
 from vae_jax.checkpoint import Checkpointer, Restored
 from vae_jax.errors import CheckpointError, ConfigError, DivergenceError
 from vae_jax.objective import example_keys
@@ -39,6 +40,9 @@ def template_state(config: configs.Config) -> train.TrainState:
 
 
 def _append_json(path: Path, record: dict[str, Any]) -> None:
+    """Appends one JSON line (on the first process only, in a multi-host run)."""
+    if jax.process_index() != 0:
+        return
     with open(path, "a") as file:
         file.write(json.dumps(record) + "\n")
 
@@ -63,7 +67,8 @@ def stored_config(workdir: str | os.PathLike) -> configs.Config | None:
 
 # Fields a resumed run may change: they leave the shapes of the train state alone.
 RESUMABLE_FIELDS = ("epochs", "eval_batch_size", "keep_checkpoints", "optim.learning_rate", "optim.schedule",
-                    "optim.final_lr_fraction", "optim.grad_clip_norm", "model.logvar_bound", "free_bits")
+                    "optim.final_lr_fraction", "optim.grad_clip_norm", "model.logvar_bound", "free_bits",
+                    "data_parallel")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -80,13 +85,22 @@ def _resume_or_start(checkpointer: Checkpointer, config: configs.Config) -> Rest
     """The latest good checkpoint, or None for a new run; a resumed run may change only `RESUMABLE_FIELDS`."""
     if not checkpointer.epochs():
         return None
-    stored = _flatten(checkpointer.read_metadata(checkpointer.epochs()[-1]))
+    stored = _flatten(configs.to_dict(configs.from_dict(checkpointer.read_metadata(checkpointer.epochs()[-1]))))
     given = _flatten(configs.to_dict(config))
     differing = [name for name in given if name not in RESUMABLE_FIELDS and given[name] != stored[name]]
     if differing:
         raise ConfigError(f"{checkpointer.workdir} holds a run whose {', '.join(differing)} differ from this config; "
                           f"a resumed run may change only {', '.join(RESUMABLE_FIELDS)}; use a fresh --workdir")
     return checkpointer.restore(template_state(config), jax.random.key(0))
+
+
+def _mesh(config: configs.Config, **batch_sizes: int) -> Mesh | None:
+    """The data-parallel mesh over all devices if `config.data_parallel`, after checking the batch sizes."""
+    if not config.data_parallel:
+        return None
+    mesh = parallel.data_mesh()
+    parallel.check_divisible(mesh, **batch_sizes)
+    return mesh
 
 
 def kl_weight(config: configs.Config, epoch: int) -> float:
@@ -132,22 +146,24 @@ def train_and_evaluate(
         return {"epoch": done}
 
     dynamic = data.is_dynamic(config.dataset)
-    train_pixels = jax.device_put(data.load_split(config.dataset, "train", data_dir=data_dir, manual_dir=manual_dir))
-    val_pixels = jax.device_put(data.load_split(config.dataset, "validation", data_dir=data_dir, manual_dir=manual_dir))
+    mesh = _mesh(config, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
+    train_pixels, val_pixels, state = parallel.replicate(
+        (*(data.load_split(config.dataset, split, data_dir=data_dir, manual_dir=manual_dir)
+           for split in ("train", "validation")), state), mesh)
     keys = train.run_keys(root_key)
     if done:
         log(f"resuming {workdir} from epoch {done}")
 
     record: dict[str, Any] = {}
     bar = tqdm(range(done + 1, config.epochs + 1), initial=done, total=config.epochs, desc="train",
-               unit="epoch", disable=not progress, dynamic_ncols=True)
+               unit="epoch", disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
     for epoch in bar:
         start = time.perf_counter()
         weight = kl_weight(config, epoch)
         state, result = train.train_epoch_jit(
             state, train_pixels, jax.random.fold_in(keys.train, epoch), batch_size=config.batch_size,
             objective=config.objective, num_samples=config.num_samples, kl_weight=jnp.float32(weight),
-            free_bits=config.free_bits, dynamic_binarization=dynamic)
+            free_bits=config.free_bits, dynamic_binarization=dynamic, mesh=mesh)
         failed_step = int(result.failed_step)
         if failed_step >= 0:
             _append_json(metrics_path, {"epoch": epoch, "status": "diverged", "failed_step_in_epoch": failed_step,
@@ -158,7 +174,7 @@ def train_and_evaluate(
                 f"(global step {int(state.step)}); checkpoints up to epoch {done} are kept; {DIVERGENCE_HINT}")
         val = evaluate.summarize(evaluate.evaluate_elbo(
             state.params, val_pixels, keys.eval, encoder=state.encoder, decoder=state.decoder,
-            batch_size=config.eval_batch_size, dynamic_binarization=dynamic))
+            batch_size=config.eval_batch_size, dynamic_binarization=dynamic, mesh=mesh))
         record = {
             "epoch": epoch, "step": int(state.step), "kl_weight": weight,
             "train_loss": float(np.mean(result.loss)), "train_nelbo": float(np.mean(result.nelbo)),
@@ -224,21 +240,25 @@ def evaluate_checkpoint(
         raise ConfigError("--iwae-samples must be >= 0, and --iwae-chunk and --batch-size positive")
     restored = _load_checkpoint(workdir, epoch)
     config, state = configs.from_dict(restored.metadata), restored.state
-    pixels = jax.device_put(data.load_split(config.dataset, split, data_dir=data_dir, manual_dir=manual_dir))
+    elbo_batch, iwae_batch = batch_size or config.eval_batch_size, batch_size or 100
+    mesh = _mesh(config, batch_size=elbo_batch, **({"iwae_batch_size": iwae_batch} if iwae_samples else {}))
+    pixels, params = parallel.replicate(
+        (data.load_split(config.dataset, split, data_dir=data_dir, manual_dir=manual_dir), state.params), mesh)
     key = jax.random.key(eval_seed)
     models = {"encoder": state.encoder, "decoder": state.decoder}
     dynamic = data.is_dynamic(config.dataset)
-    terms = evaluate.evaluate_elbo(state.params, pixels, key, **models, batch_size=batch_size or config.eval_batch_size,
-                                   dynamic_binarization=dynamic)
+    terms = evaluate.evaluate_elbo(params, pixels, key, **models, batch_size=elbo_batch,
+                                   dynamic_binarization=dynamic, mesh=mesh)
     bounds = None
     if iwae_samples:
-        bounds = evaluate.evaluate_iwae(state.params, pixels, key, **models, num_samples=iwae_samples,
-                                        batch_size=batch_size or 100, chunk_size=iwae_chunk,
-                                        dynamic_binarization=dynamic)
+        bounds = evaluate.evaluate_iwae(params, pixels, key, **models, num_samples=iwae_samples,
+                                        batch_size=iwae_batch, chunk_size=iwae_chunk, dynamic_binarization=dynamic,
+                                        mesh=mesh)
     summary = evaluate.summarize(terms, bounds)
     result = {
         **summary, "run": workdir.name, "epoch": restored.epoch, "step": int(state.step),
-        **protocol.protocol_card(config, split, summary["num_examples"], iwae_samples or None, eval_seed),
+        **protocol.protocol_card(config.dataset, split, summary["num_examples"], iwae_samples or None, eval_seed,
+                                 configs.to_dict(config)),
     }
     _append_json(workdir / EVAL_FILE, result)
     return result

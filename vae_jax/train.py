@@ -14,9 +14,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from jax.sharding import Mesh
 
 from vae_jax.configs import OptimConfig
 from vae_jax.objective import ElboTerms, Params, batch_elbo_terms, iwae_bound, map_examples
+from vae_jax.parallel import shard_batch
 
 
 class RunKeys(NamedTuple):
@@ -146,6 +148,7 @@ def train_epoch(
     kl_weight: jax.Array | float = 1.0,
     free_bits: float = 0.0,
     dynamic_binarization: bool = False,
+    mesh: Mesh | None = None,
 ) -> tuple[TrainState, EpochResult]:
     """One epoch: shuffle, batch, binarize and step, all inside one `lax.scan` (jit this function).
 
@@ -162,6 +165,8 @@ def train_epoch(
         kl_weight: weight of the KL term (beta; a traced scalar, so warm-up does not recompile).
         free_bits: minimum KL per latent dimension, in nats (`elbo` objective only).
         dynamic_binarization: draw pixels from Bernoulli(grey / 255) at each use.
+        mesh: data parallelism: each batch is split over this one-axis device mesh (see `vae_jax.parallel`);
+            `state` and `pixels` should be replicated on it.
 
     Returns:
         The new state and the epoch's `EpochResult`.
@@ -172,7 +177,8 @@ def train_epoch(
     models = {"encoder": state.encoder, "decoder": state.decoder}
 
     def loss_fn(params: Params, indices: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ElboTerms]]:
-        batch = (pixels[indices], indices, examples_key)
+        indices = shard_batch(indices, mesh)
+        batch = (shard_batch(pixels[indices], mesh), indices, examples_key)
         elbo_samples = 1 if objective == "iwae" else num_samples
         terms = batch_elbo_terms(params, *batch, **models, num_samples=elbo_samples,
                                  dynamic_binarization=dynamic_binarization)
@@ -205,5 +211,5 @@ def train_epoch(
     return state, EpochResult(loss, nelbo, rec, kl, jnp.mean(kl_per_dim, axis=0), failed_step)
 
 
-train_epoch_jit = jax.jit(
-    train_epoch, static_argnames=("batch_size", "objective", "num_samples", "free_bits", "dynamic_binarization"))
+train_epoch_jit = jax.jit(train_epoch, static_argnames=(
+    "batch_size", "objective", "num_samples", "free_bits", "dynamic_binarization", "mesh"))

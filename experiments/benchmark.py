@@ -1,0 +1,261 @@
+"""Training speed of vae_jax against the PyTorch reference, on the same model, data and batch size, in one run.
+
+    python experiments/benchmark.py --manual-dir ../shared/data/binarized_mnist
+
+Each case runs in a fresh subprocess (clean peak memory, no cross-talk between frameworks) and reports
+seconds per epoch (median of `--epochs` epochs after one warm-up epoch), examples per second, compile time and
+peak memory. Cases: vae_jax (one compiled `lax.scan` per epoch), the PyTorch reference of `tests/torch_reference.py`
+written idiomatically (eager, data as an in-memory tensor, no DataLoader), `torch.compile` of its loss, vae_jax in
+bfloat16 compute, large batches against the measured matrix-multiply peak, and the time of the K = 5000
+importance-weighted evaluation of the 10,000 test images. Writes `--out` (JSON) with the machine's description
+and prints a table with the ratios against the eager PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHITECTURES = {  # name: (latent_dim, encoder hidden, decoder hidden); cs236 and the `default` preset's model
+    "cs236": (10, (300, 300), (300, 300)),
+    "large": (32, (512, 512), (512, 512)),
+}
+
+
+def training_flops_per_example(latent_dim: int, encoder_hidden: tuple, decoder_hidden: tuple) -> int:
+    """Multiply-adds of the dense layers, forward (x1) and backward (x2), at 2 flops each."""
+    encoder = [784, *encoder_hidden, 2 * latent_dim]
+    decoder = [latent_dim, *decoder_hidden, 784]
+    macs = sum(a * b for sizes in (encoder, decoder) for a, b in zip(sizes[:-1], sizes[1:]))
+    return 3 * 2 * macs
+
+
+def _peak_memory() -> dict:
+    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return peak
+
+
+def _timed_epochs(run_epoch, epochs: int) -> list[float]:
+    times = []
+    for epoch in range(epochs + 1):  # the first one warms up
+        start = time.perf_counter()
+        run_epoch(epoch)
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def jax_case(case: dict, pixels) -> dict:
+    import jax
+    import optax
+
+    from vae_jax import models, train
+    from vae_jax.configs import ModelConfig
+
+    latent_dim, encoder_hidden, decoder_hidden = ARCHITECTURES[case["model"]]
+    encoder, decoder = models.build_models(ModelConfig(latent_dim, encoder_hidden, decoder_hidden,
+                                                       compute_dtype=case.get("dtype", "float32")))
+    state = train.create_train_state(jax.random.key(0), encoder, decoder, optax.adam(1e-3))
+    data = jax.device_put(pixels)
+    start = time.perf_counter()
+    epoch_fn = train.train_epoch_jit.lower(state, data, jax.random.key(1), batch_size=case["batch"]).compile()
+    compile_seconds = time.perf_counter() - start
+    holder = {"state": state}
+
+    def run_epoch(epoch: int) -> None:
+        holder["state"], result = epoch_fn(holder["state"], data, jax.random.fold_in(jax.random.key(1), epoch))
+        jax.block_until_ready(result.loss)
+
+    times = _timed_epochs(run_epoch, case["epochs"])
+    memory = _peak_memory()
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        memory["peak_device_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
+    return {"epoch_times": times, "compile_seconds": compile_seconds, **memory, "device": str(jax.devices()[0])}
+
+
+def torch_case(case: dict, pixels) -> dict:
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from tests.torch_reference import TorchVAE
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    latent_dim, encoder_hidden, decoder_hidden = ARCHITECTURES[case["model"]]
+    model = TorchVAE(latent_dim, list(encoder_hidden), list(decoder_hidden)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    data = torch.tensor(pixels, dtype=torch.float32, device=device)
+
+    def loss_fn(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return model.terms(x, eps)[0].mean()
+
+    loss_step = torch.compile(loss_fn) if case["framework"] == "torch_compile" else loss_fn
+    batch, steps = case["batch"], len(pixels) // case["batch"]
+
+    def step(x: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_step(x, torch.randn(x.shape[0], 1, latent_dim, device=device)).backward()
+        optimizer.step()
+
+    start = time.perf_counter()
+    step(data[:batch])  # compiles under torch.compile; a warm-up step otherwise
+    if device == "cuda":
+        torch.cuda.synchronize()
+    first_step = time.perf_counter() - start
+
+    def run_epoch(epoch: int) -> None:
+        order = torch.randperm(len(data), device=device)
+        for i in range(steps):
+            step(data[order[i * batch:(i + 1) * batch]])
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    times = _timed_epochs(run_epoch, case["epochs"])
+    memory = _peak_memory()
+    if device == "cuda":
+        memory["peak_device_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return {"epoch_times": times, "compile_seconds": max(0.0, first_step - statistics.median(times) / steps),
+            **memory, "device": device, "torch": torch.__version__}
+
+
+def iwae_case(case: dict, pixels) -> dict:
+    import jax
+    import optax
+
+    from vae_jax import evaluate, models, train
+    from vae_jax.configs import ModelConfig
+
+    encoder, decoder = models.build_models(ModelConfig(*ARCHITECTURES[case["model"]]))
+    params = train.create_train_state(jax.random.key(0), encoder, decoder, optax.adam(1e-3)).params
+    data = jax.device_put(pixels)
+    kwargs = {"encoder": encoder, "decoder": decoder, "num_samples": case["k"], "batch_size": case["batch"],
+              "chunk_size": case["chunk"]}
+    start = time.perf_counter()
+    compiled = evaluate.evaluate_iwae.lower(params, data, jax.random.key(0), **kwargs).compile()
+    compile_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(params, data, jax.random.key(0)))
+    return {"seconds": time.perf_counter() - start, "compile_seconds": compile_seconds, **_peak_memory(),
+            "device": str(jax.devices()[0])}
+
+
+def matmul_peak(size: int = 2048, repeats: int = 20) -> dict:
+    """float32 GFLOP/s of a square matrix product, best of `repeats`, in JAX and in PyTorch."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    a = jax.random.normal(jax.random.key(0), (size, size))
+    product = jax.jit(lambda x: x @ x)
+    product(a).block_until_ready()
+    best_jax = min(_time(lambda: product(a).block_until_ready()) for _ in range(repeats))
+    t = torch.randn(size, size)
+    best_torch = min(_time(lambda: t @ t) for _ in range(repeats))
+    flops = 2 * size**3
+    del jnp
+    return {"jax_gflops": flops / best_jax / 1e9, "torch_gflops": flops / best_torch / 1e9}
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def worker(case: dict) -> dict:
+    from vae_jax import data as vae_data
+
+    if case["framework"] == "peak":
+        return matmul_peak()
+    split = "test" if case["framework"] == "iwae" else "train"
+    pixels = vae_data.load_split("binarized_mnist", split, manual_dir=case.get("manual_dir"))
+    runner = {"jax": jax_case, "torch": torch_case, "torch_compile": torch_case, "iwae": iwae_case}
+    return runner[case["framework"]](case, pixels)
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def run_case(case: dict) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if done.returncode != 0:
+        return {**case, "error": (done.stderr.strip().splitlines() or ["failed"])[-1][:300]}
+    return {**case, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def summarize(result: dict, peak_gflops: float) -> dict:
+    if "epoch_times" not in result:
+        return result
+    seconds = statistics.median(result["epoch_times"])
+    examples = (50_000 // result["batch"]) * result["batch"]
+    flops = training_flops_per_example(*ARCHITECTURES[result["model"]]) * examples / seconds
+    return {**result, "seconds_per_epoch": seconds, "examples_per_second": examples / seconds,
+            "gflops": flops / 1e9, "fraction_of_matmul_peak": flops / 1e9 / peak_gflops}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--manual-dir", default=None)
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per case, after one warm-up epoch")
+    parser.add_argument("--iwae-k", type=int, default=5000, help="0 skips the importance-weighted evaluation")
+    parser.add_argument("--out", default="experiments/results/benchmark_cpu.json")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    common = {"epochs": args.epochs, "manual_dir": args.manual_dir}
+    cases = [{"framework": f, "model": m, "batch": 100, **common}
+             for m in ARCHITECTURES for f in ("jax", "torch", "torch_compile")]
+    cases += [{"framework": "jax", "model": "cs236", "batch": 100, "dtype": "bfloat16", **common}]
+    cases += [{"framework": f, "model": "cs236", "batch": b, **common}
+              for b in (1024, 4096) for f in ("jax", "torch")]
+    peak = run_case({"framework": "peak"})
+    peak_gflops = max(peak.get("jax_gflops", 0), peak.get("torch_gflops", 0))
+    results = []
+    for case in cases:
+        result = summarize(run_case(case), peak_gflops)
+        results.append(result)
+        print(json.dumps({k: v for k, v in result.items() if k not in ("epoch_times", "manual_dir")}), flush=True)
+    for result in results:
+        reference = next((r for r in results if r["framework"] == "torch" and r["model"] == result["model"]
+                          and r["batch"] == result["batch"] and "seconds_per_epoch" in r), None)
+        if reference and "seconds_per_epoch" in result:
+            result["time_ratio_vs_torch_eager"] = result["seconds_per_epoch"] / reference["seconds_per_epoch"]
+    iwae = None
+    if args.iwae_k:
+        iwae = run_case({"framework": "iwae", "model": "cs236", "k": args.iwae_k, "batch": 100, "chunk": 500,
+                         "manual_dir": args.manual_dir})
+        print(json.dumps(iwae), flush=True)
+    report = {"machine": machine(), "matmul_peak": peak, "training": results, "iwae_eval": iwae,
+              "command": "python experiments/benchmark.py " + " ".join(sys.argv[1:])}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    print("\n| model | framework | batch | s/epoch | examples/s | compile s | peak RSS MB | x torch eager |"
+          "\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        if "seconds_per_epoch" not in r:
+            print(f"| {r['model']} | {r['framework']} | {r['batch']} | error: {r.get('error')} |")
+            continue
+        name = r["framework"] + (f" {r['dtype']}" if "dtype" in r else "")
+        print(f"| {r['model']} | {name} | {r['batch']} | {r['seconds_per_epoch']:.3f} | "
+              f"{r['examples_per_second']:.0f} | {r['compile_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
+              f"{r.get('time_ratio_vs_torch_eager', float('nan')):.2f} |")
+
+
+if __name__ == "__main__":
+    main()

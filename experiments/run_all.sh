@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Every result that the README quotes, from scratch (about 2 hours on a 2-core CPU; each step resumes).
+# Usage: bash experiments/run_all.sh     (MANUAL_DIR, DATA_DIR as in train_and_eval.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MANUAL_DIR=${MANUAL_DIR:-../shared/data/binarized_mnist}
+bash experiments/train_and_eval.sh cs236 cs236 --epochs 40
+bash experiments/train_and_eval.sh default default
+bash experiments/train_and_eval.sh cs236_bfloat16 cs236 --epochs 40 model.compute_dtype=bfloat16
+python experiments/custom_model.py --manual-dir "$MANUAL_DIR"
+python experiments/benchmark.py --manual-dir "$MANUAL_DIR"
+python -m vae_jax compare experiments/results > experiments/results/tables.md

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Trains one run, evaluates its best checkpoint on the whole test split (ELBO and the K = 5000 importance-weighted
+# NLL) and draws samples. Outputs: experiments/results/NAME/{metrics.jsonl,eval.jsonl,samples*.png}.
+# Usage: bash experiments/train_and_eval.sh NAME PRESET [train options and key=value overrides ...]
+# Environment: MANUAL_DIR (default ../shared/data/binarized_mnist), DATA_DIR, RUNS_DIR (default runs).
+# Re-running resumes the run from its checkpoints in $RUNS_DIR/NAME.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+name=$1 preset=$2
+shift 2
+MANUAL_DIR=${MANUAL_DIR:-../shared/data/binarized_mnist}
+DATA_DIR=${DATA_DIR:-${TFDS_DATA_DIR:-$HOME/tensorflow_datasets}}
+workdir="${RUNS_DIR:-runs}/$name"
+results="experiments/results/$name"
+mkdir -p "$results"
+python -m vae_jax train --workdir "$workdir" --config "$preset" --no-progress \
+  --manual-dir "$MANUAL_DIR" --data-dir "$DATA_DIR" "$@"
+rm -f "$workdir/eval.jsonl"
+python -m vae_jax eval --workdir "$workdir" --split test --iwae-samples 5000 --data-dir "$DATA_DIR"
+python -m vae_jax sample --workdir "$workdir" --out "$results/samples.png" --data-dir "$DATA_DIR"
+cp "$workdir/metrics.jsonl" "$workdir/eval.jsonl" "$results/"
