@@ -198,8 +198,8 @@ def train_epoch(
         (_, (loss, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(current.params, indices)
         finite = _all_finite((loss, grads))
         apply = finite & (failed_step < 0)
-        updated = current.apply_gradients(grads)
-        current = jax.tree.map(lambda new, old: jnp.where(apply, new, old), updated, current)
+        # A conditional, not a select over the state: the skipped branch costs nothing on the common path.
+        current = jax.lax.cond(apply, lambda s: s.apply_gradients(grads), lambda s: s, current)
         failed_step = jnp.where((failed_step < 0) & ~finite, index_in_epoch, failed_step)
         means = (loss, *(jnp.mean(t, axis=0) for t in terms[:4]))
         return (current, failed_step), means
