@@ -86,3 +86,16 @@ def test_unfinished_save_is_ignored(tmp_path, binary_pixels):
 def test_empty_workdir_has_nothing_to_restore(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint in"):
         Checkpointer(tmp_path).restore(runner.template_state(CONFIG), jax.random.key(0))
+
+
+def test_damaged_metadata_is_skipped_or_reported_in_one_line(tmp_path, binary_pixels):
+    state = _trained_state(binary_pixels)
+    checkpointer = Checkpointer(tmp_path, keep=3)
+    for epoch in (1, 2):
+        checkpointer.save(epoch, state, jax.random.key(0), val_nelbo=1.0, metadata={"epoch": epoch})
+    for file in (tmp_path / "checkpoints" / "2" / "metadata").rglob("*"):
+        if file.is_file():
+            file.write_bytes(b"{broken")
+    assert checkpointer.latest_metadata() == {"epoch": 1}
+    with pytest.raises(CheckpointError, match="checkpoint of epoch 2 in .* is unreadable"):
+        checkpointer.read_metadata(2)

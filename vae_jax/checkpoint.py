@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from vae_jax.errors import CheckpointError
+from vae_jax.errors import CheckpointError, first_line
 from vae_jax.train import TrainState
 
 VALIDATION_METRIC = "val_nelbo"
@@ -87,7 +87,20 @@ class Checkpointer:
 
     def read_metadata(self, epoch: int) -> dict[str, Any]:
         """The metadata stored with the checkpoint of `epoch`."""
-        return self._manager.restore(epoch, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
+        try:
+            return self._manager.restore(epoch, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
+        except Exception as error:  # orbax raises many kinds for missing or damaged files
+            raise CheckpointError(f"checkpoint of epoch {epoch} in {self.workdir} is unreadable ({first_line(error)}); "
+                                  f"pick another epoch from {self.epochs()}") from None
+
+    def latest_metadata(self) -> dict[str, Any] | None:
+        """The metadata of the newest checkpoint whose metadata can be read, or None."""
+        for epoch in reversed(self.epochs()):
+            try:
+                return self.read_metadata(epoch)
+            except CheckpointError:
+                continue
+        return None
 
     def restore(self, template: TrainState, key_template: jax.Array, epoch: int | None = None) -> Restored:
         """Restores `epoch` (default: the latest readable one) into the structure of `template`.
@@ -113,7 +126,7 @@ class Checkpointer:
                     args=ocp.args.Composite(state=ocp.args.StandardRestore(target), metadata=ocp.args.JsonRestore()),
                 )
             except Exception as error:  # orbax raises many kinds for missing or damaged files
-                reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+                reason = first_line(error)
                 if epoch is not None:
                     raise CheckpointError(f"checkpoint of epoch {epoch} in {self.workdir} is unreadable ({reason}); "
                                           f"pick another epoch from {self.epochs()}") from None

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax.errors import DataError
+from vae_jax.errors import DataError, first_line
 
 NUM_PIXELS = 784
 SPLIT_SIZES = {"train": 50_000, "validation": 10_000, "test": 10_000}  # the same for both datasets
@@ -112,11 +112,11 @@ def _decode_with_tfds(dataset: str, tfds_split: str, data_dir: Path,
         with contextlib.redirect_stdout(sys.stderr):  # TFDS reports progress on stdout, which is for results
             builder.download_and_prepare(download_config=config)
     except Exception as error:  # TFDS raises many kinds (network, checksum, missing file); all end the same way
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        reason = first_line(error)
         if manual_dir is None:
-            raise DataError(f"cannot download {dataset} ({first_line}); without internet, pass --manual-dir "
+            raise DataError(f"cannot download {dataset} ({reason}); without internet, pass --manual-dir "
                             f"a folder with the original files (e.g. ../shared/data/{dataset})") from None
-        raise DataError(f"cannot prepare {dataset} from {manual_dir} ({type(error).__name__}: {first_line}); "
+        raise DataError(f"cannot prepare {dataset} from {manual_dir} ({type(error).__name__}: {reason}); "
                         f"it must hold the byte-exact original files (see README)") from None
     images = tfds.as_numpy(builder.as_dataset(split=tfds_split, batch_size=-1, shuffle_files=False))["image"]
     return np.asarray(images, dtype=np.uint8).reshape(len(images), NUM_PIXELS)

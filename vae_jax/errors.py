@@ -19,3 +19,8 @@ class CheckpointError(VaeError):
 
 class DivergenceError(VaeError):
     """Training produced a NaN or Inf; the message names the epoch and step."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name if empty), cut to `limit` characters."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vae_jax.errors import ConfigError
+from vae_jax.errors import ConfigError, first_line
 
 DATA_AXIS = "data"
 
@@ -71,6 +71,6 @@ def initialize_distributed() -> None:
     try:
         jax.distributed.initialize(**counts)
     except (RuntimeError, ValueError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise ConfigError(f"cannot join a multi-host run ({first_line}); set JAX_COORDINATOR_ADDRESS, "
+        reason = first_line(error)
+        raise ConfigError(f"cannot join a multi-host run ({reason}); set JAX_COORDINATOR_ADDRESS, "
                           "JAX_NUM_PROCESSES and JAX_PROCESS_ID, or run without --distributed") from None

@@ -59,10 +59,9 @@ def stored_config(workdir: str | os.PathLike) -> configs.Config | None:
     if not (Path(workdir) / "checkpoints").is_dir():
         return None
     checkpointer = Checkpointer(workdir)
-    epochs = checkpointer.epochs()
-    config = configs.from_dict(checkpointer.read_metadata(epochs[-1])) if epochs else None
+    metadata = checkpointer.latest_metadata()
     checkpointer.close()
-    return config
+    return None if metadata is None else configs.from_dict(metadata)
 
 
 # Fields a resumed run may change: they leave the shapes of the train state alone.
@@ -83,9 +82,12 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _resume_or_start(checkpointer: Checkpointer, config: configs.Config) -> Restored | None:
     """The latest good checkpoint, or None for a new run; a resumed run may change only `RESUMABLE_FIELDS`."""
-    if not checkpointer.epochs():
+    metadata = checkpointer.latest_metadata()
+    if metadata is None and checkpointer.epochs():
+        raise CheckpointError(f"no checkpoint in {checkpointer.workdir} is readable; start in a fresh --workdir")
+    if metadata is None:
         return None
-    stored = _flatten(configs.to_dict(configs.from_dict(checkpointer.read_metadata(checkpointer.epochs()[-1]))))
+    stored = _flatten(configs.to_dict(configs.from_dict(metadata)))
     given = _flatten(configs.to_dict(config))
     differing = [name for name in given if name not in RESUMABLE_FIELDS and given[name] != stored[name]]
     if differing:
