@@ -142,3 +142,17 @@ def test_bfloat16_compute_keeps_float32_parameters_and_loss(binary_pixels):
         reference, reference_result = train.train_epoch_jit(reference, jnp.asarray(binary_pixels),
                                                             jax.random.key(epoch), batch_size=16)
     np.testing.assert_allclose(float(result.loss.mean()), float(reference_result.loss.mean()), rtol=0.02)
+
+
+def test_progress_reports_the_running_loss_from_inside_the_epoch(small_models, binary_pixels):
+    calls = []
+
+    def progress(steps_done, running_loss):
+        calls.append((int(steps_done), float(running_loss)))
+
+    _, result = train.train_epoch_jit(_state(small_models), jnp.asarray(binary_pixels), jax.random.key(0),
+                                      batch_size=8, progress=progress, progress_every=3)
+    jax.effects_barrier()
+    losses = np.asarray(result.loss)
+    assert [steps for steps, _ in calls] == [3, 6]
+    np.testing.assert_allclose([loss for _, loss in calls], [losses[:3].mean(), losses[:6].mean()], rtol=1e-5)

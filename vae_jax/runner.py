@@ -157,19 +157,29 @@ def train_and_evaluate(
         log(f"resuming {workdir} from epoch {done}")
 
     record: dict[str, Any] = {}
-    bar = tqdm(range(done + 1, config.epochs + 1), initial=done, total=config.epochs, desc="train",
-               unit="epoch", disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
-    for epoch in bar:
+    steps_per_epoch = train_pixels.shape[0] // config.batch_size
+    bar = tqdm(total=config.epochs * steps_per_epoch, initial=done * steps_per_epoch, desc="train", unit="step",
+               disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
+    epoch_start = {"step": done * steps_per_epoch}
+
+    def report(steps_done: jax.Array, running_loss: jax.Array) -> None:
+        bar.update(epoch_start["step"] + int(steps_done) - bar.n)
+        bar.set_postfix(epoch=epoch_start["epoch"], loss=f"{float(running_loss):.2f}", refresh=False)
+
+    for epoch in range(done + 1, config.epochs + 1):
         start = time.perf_counter()
+        epoch_start.update(step=(epoch - 1) * steps_per_epoch, epoch=epoch)
         weight = kl_weight(config, epoch)
         state, result = train.train_epoch_jit(
             state, train_pixels, jax.random.fold_in(keys.train, epoch), batch_size=config.batch_size,
             objective=config.objective, num_samples=config.num_samples, kl_weight=jnp.float32(weight),
-            free_bits=config.free_bits, dynamic_binarization=dynamic, mesh=mesh)
+            free_bits=config.free_bits, dynamic_binarization=dynamic, mesh=mesh,
+            progress=report if not bar.disable else None)
         failed_step = int(result.failed_step)
         if failed_step >= 0:
             _append_json(metrics_path, {"epoch": epoch, "status": "diverged", "failed_step_in_epoch": failed_step,
                                         "failed_global_step": int(state.step)})
+            bar.close()
             checkpointer.close()
             raise DivergenceError(
                 f"loss or gradient became NaN/Inf at epoch {epoch}, step {failed_step} of the epoch "
@@ -189,7 +199,9 @@ def train_and_evaluate(
         _append_json(metrics_path, record)
         checkpointer.save(epoch, state, root_key, val_nelbo=val["nelbo"], metadata=configs.to_dict(config))
         done = epoch
-        bar.set_postfix(train_nelbo=f"{record['train_nelbo']:.2f}", val_nelbo=f"{val['nelbo']:.2f}")
+        bar.update(epoch * steps_per_epoch - bar.n)
+        bar.set_postfix(epoch=epoch, train_nelbo=f"{record['train_nelbo']:.2f}", val_nelbo=f"{val['nelbo']:.2f}")
+    bar.close()
     checkpointer.close()
     return record
 

@@ -7,6 +7,7 @@ Epoch `e` uses `fold_in(train_key, e)`, split into a shuffle key and the base of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -149,6 +150,8 @@ def train_epoch(
     free_bits: float = 0.0,
     dynamic_binarization: bool = False,
     mesh: Mesh | None = None,
+    progress: Callable[[jax.Array, jax.Array], None] | None = None,
+    progress_every: int = 50,
 ) -> tuple[TrainState, EpochResult]:
     """One epoch: shuffle, batch, binarize and step, all inside one `lax.scan` (jit this function).
 
@@ -167,6 +170,9 @@ def train_epoch(
         dynamic_binarization: draw pixels from Bernoulli(grey / 255) at each use.
         mesh: data parallelism: each batch is split over this one-axis device mesh (see `vae_jax.parallel`);
             `state` and `pixels` should be replicated on it.
+        progress: if given, called on the host as `progress(steps_done, running_mean_loss)` every
+            `progress_every` steps from inside the compiled epoch (`jax.debug.callback`), e.g. for a progress bar.
+        progress_every: steps between two `progress` calls.
 
     Returns:
         The new state and the epoch's `EpochResult`.
@@ -192,8 +198,8 @@ def train_epoch(
             loss = training_loss(terms, kl_weight, free_bits)
         return loss, (loss, terms)
 
-    def step(carry: tuple[TrainState, jax.Array], batch: tuple[jax.Array, jax.Array]) -> tuple[Any, Any]:
-        current, failed_step = carry
+    def step(carry: tuple[TrainState, jax.Array, jax.Array], batch: tuple[jax.Array, jax.Array]) -> tuple[Any, Any]:
+        current, failed_step, loss_sum = carry
         index_in_epoch, indices = batch
         (_, (loss, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(current.params, indices)
         finite = _all_finite((loss, grads))
@@ -201,15 +207,21 @@ def train_epoch(
         # A conditional, not a select over the state: the skipped branch costs nothing on the common path.
         current = jax.lax.cond(apply, lambda s: s.apply_gradients(grads), lambda s: s, current)
         failed_step = jnp.where((failed_step < 0) & ~finite, index_in_epoch, failed_step)
+        loss_sum = loss_sum + loss
+        if progress is not None:
+            steps_done = index_in_epoch + 1
+            jax.lax.cond(steps_done % progress_every == 0,
+                         lambda: jax.debug.callback(progress, steps_done, loss_sum / steps_done), lambda: None)
         means = (loss, *(jnp.mean(t, axis=0) for t in terms[:4]))
-        return (current, failed_step), means
+        return (current, failed_step, loss_sum), means
 
     batches = order.reshape(num_steps, batch_size)
-    carry = (state, jnp.array(-1, jnp.int32))
-    (state, failed_step), (loss, nelbo, rec, kl, kl_per_dim) = jax.lax.scan(
+    carry = (state, jnp.array(-1, jnp.int32), jnp.zeros((), jnp.float32))
+    (state, failed_step, _), (loss, nelbo, rec, kl, kl_per_dim) = jax.lax.scan(
         step, carry, (jnp.arange(num_steps), batches))
     return state, EpochResult(loss, nelbo, rec, kl, jnp.mean(kl_per_dim, axis=0), failed_step)
 
 
 train_epoch_jit = jax.jit(train_epoch, static_argnames=(
-    "batch_size", "objective", "num_samples", "free_bits", "dynamic_binarization", "mesh"))
+    "batch_size", "objective", "num_samples", "free_bits", "dynamic_binarization", "mesh", "progress",
+    "progress_every"))
