@@ -48,8 +48,11 @@ def test_compare_reports_bad_input_in_one_line(tmp_path):
     with pytest.raises(VaeError, match="does not exist"):
         protocol.read_results([tmp_path / "missing"])
     (tmp_path / "notes.jsonl").write_text("{not json\n")
-    with pytest.raises(VaeError, match="is not a JSON line"):
+    with pytest.raises(VaeError, match="notes.jsonl:1 is not JSON"):
         protocol.read_results([tmp_path])
     (tmp_path / "notes.jsonl").write_text('{"epoch": 1}\n')
+    (tmp_path / "benchmark.json").write_text('{\n "training": []\n}\n')
     with pytest.raises(VaeError, match="no evaluation lines"):
         protocol.read_results([tmp_path])
+    (tmp_path / "one.json").write_text(json.dumps(_result("x", 90.0), indent=1))
+    assert [r["run"] for r in protocol.read_results([tmp_path])] == ["x"]

@@ -68,8 +68,27 @@ def protocol_card(dataset: str, split: str, num_examples: int, iwae_k: int | Non
     }
 
 
+def _eval_records(file: Path) -> list[dict[str, Any]]:
+    """The evaluation results in a JSON-lines file, or in a JSON document (one result or a list of them)."""
+    text = file.read_text()
+    try:
+        whole = json.loads(text)
+        candidates = whole if isinstance(whole, list) else [whole]
+    except json.JSONDecodeError:
+        candidates = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            try:
+                candidates.append(json.loads(line) if line.strip() else None)
+            except json.JSONDecodeError:
+                raise VaeError(f"{file}:{number} is not JSON; pass evaluation files (eval.jsonl)") from None
+    return [{**c, "source": str(file)} for c in candidates if isinstance(c, dict) and "nelbo" in c and "split" in c]
+
+
 def read_results(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
-    """Evaluation lines from `.jsonl`/`.json` files, or from all such files under directories."""
+    """Evaluation results from `.jsonl`/`.json` files, or from all such files under directories.
+
+    Lines or documents that are not evaluation results (metrics, benchmarks) are passed over.
+    """
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -78,15 +97,7 @@ def read_results(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
             files.append(path)
         else:
             raise VaeError(f"{path} does not exist; pass evaluation files (eval.jsonl) or folders holding them")
-    results = []
-    for file in files:
-        for number, line in enumerate(file.read_text().splitlines(), start=1):
-            try:
-                record = json.loads(line) if line.strip() else None
-            except json.JSONDecodeError:
-                raise VaeError(f"{file}:{number} is not a JSON line; pass evaluation files only") from None
-            if isinstance(record, dict) and "nelbo" in record and "split" in record:
-                results.append({**record, "source": str(file)})
+    results = [record for file in files for record in _eval_records(file)]
     if not results:
         raise VaeError(f"no evaluation lines found in {', '.join(map(str, paths))}; run `vae_jax eval` first")
     return results
