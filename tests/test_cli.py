@@ -33,6 +33,9 @@ def test_train_eval_sample(tiny_run, data_dir, tmp_path, capsys):
     out = tmp_path / "figures" / "prior.png"
     assert cli.main(["sample", "--workdir", str(tiny_run), "--out", str(out), "--data-dir", str(data_dir)]) == 0
     assert out.is_file() and (tmp_path / "figures" / "prior_reconstructions.png").is_file()
+    # The tiny model has a 2-D latent space, so its manifold is drawn too.
+    assert (tmp_path / "figures" / "prior_interpolations.png").is_file()
+    assert (tmp_path / "figures" / "prior_manifold.png").is_file()
 
 
 def test_train_without_config_resumes_the_stored_one(tiny_run, data_dir, capsys):

@@ -113,10 +113,31 @@ def test_evaluation_does_not_depend_on_the_batch_size(cs236_run, run_args, capsy
 def test_sample_figures(cs236_run, run_args, tmp_path):
     from PIL import Image
 
-    samples, reconstructions = runner.write_sample_figures(cs236_run, tmp_path / "grid.png", num_images=16,
-                                                           data_dir=run_args["data_dir"])
-    assert samples == tmp_path / "grid.png" and reconstructions == tmp_path / "grid_reconstructions.png"
-    assert Image.open(samples).size == (4 * 29 + 1, 4 * 29 + 1)
-    assert Image.open(reconstructions).size == (8 * 29 + 1, 4 * 29 + 1)
-    pixels = np.asarray(Image.open(samples))
+    figures = runner.write_sample_figures(cs236_run, tmp_path / "grid.png", num_images=16,
+                                          data_dir=run_args["data_dir"])
+    assert figures == {"samples": tmp_path / "grid.png", "reconstructions": tmp_path / "grid_reconstructions.png",
+                       "interpolations": tmp_path / "grid_interpolations.png"}
+    assert Image.open(figures["samples"]).size == (4 * 29 + 1, 4 * 29 + 1)
+    assert Image.open(figures["reconstructions"]).size == (8 * 29 + 1, 4 * 29 + 1)
+    assert Image.open(figures["interpolations"]).size == (10 * 29 + 1, 4 * 29 + 1)
+    pixels = np.asarray(Image.open(figures["samples"]))
     assert 10 < pixels.mean() < 120, "samples should be mostly dark digits with bright strokes"
+
+
+def test_interpolation_ends_at_the_reconstructions_and_manifold_covers_the_prior():
+    from vae_jax import evaluate, models, train
+
+    encoder, decoder = models.build_models(configs.ModelConfig(latent_dim=2, encoder_hidden=(16,),
+                                                               decoder_hidden=(16,)))
+    params = train.init_params(jax.random.key(0), encoder, decoder)
+    x = (np.random.default_rng(0).random((6, 784)) < 0.3).astype(np.float32)
+    lines = evaluate.interpolate(params, x[:3], x[3:], encoder=encoder, decoder=decoder, num_steps=5)
+    assert lines.shape == (3, 5, 784)
+    recons = evaluate.reconstruct(params, x, encoder=encoder, decoder=decoder)
+    np.testing.assert_allclose(lines[:, 0], recons[:3], rtol=1e-5)
+    np.testing.assert_allclose(lines[:, -1], recons[3:], rtol=1e-5)
+    manifold = evaluate.latent_manifold(params, decoder=decoder, grid_size=4)
+    assert manifold.shape == (16, 784)
+    # The grid's corners are the prior's 1/8 and 7/8 quantiles: z = (-1.15, +1.15) at the top left.
+    z = np.array([[-1.1503494, 1.1503494]], np.float32)
+    np.testing.assert_allclose(manifold[0], jax.nn.sigmoid(decoder.apply(params["decoder"], z))[0], rtol=1e-5)

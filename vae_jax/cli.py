@@ -66,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_options(evaluate)
     _add_data_options(evaluate)
 
-    sample = commands.add_parser("sample", help="PNG grids of prior samples and test reconstructions")
+    sample = commands.add_parser("sample", help="PNG grids: prior samples, reconstructions, interpolations, manifold")
     sample.add_argument("--workdir", required=True)
     sample.add_argument("--out", required=True,
-                        help="PNG of prior samples; reconstructions go to <stem>_reconstructions.png")
+                        help="PNG of prior samples; the other figures go beside it as <stem>_<figure>.png")
     sample.add_argument("--num-images", type=int, default=100)
     sample.add_argument("--seed", type=int, default=0)
     _add_data_options(sample)
@@ -126,9 +126,9 @@ def run(args: argparse.Namespace) -> int:
         _require_workdir(args.workdir)
         if args.num_images <= 0:
             raise VaeError(f"--num-images must be positive, got {args.num_images}")
-        paths = runner.write_sample_figures(args.workdir, args.out, num_images=args.num_images, seed=args.seed,
-                                            data_dir=args.data_dir, manual_dir=args.manual_dir)
-        print(json.dumps({"samples": str(paths[0]), "reconstructions": str(paths[1])}))
+        figures = runner.write_sample_figures(args.workdir, args.out, num_images=args.num_images, seed=args.seed,
+                                              data_dir=args.data_dir, manual_dir=args.manual_dir)
+        print(json.dumps({name: str(path) for name, path in figures.items()}))
     return 0
 
 

@@ -152,6 +152,42 @@ def reconstruct(params: Params, x: jax.Array, *, encoder: nn.Module, decoder: nn
     return jax.nn.sigmoid(decoder.apply(params["decoder"], mean))
 
 
+@functools.partial(jax.jit, static_argnames=("encoder", "decoder", "num_steps"))
+def interpolate(params: Params, x_start: jax.Array, x_end: jax.Array, *, encoder: nn.Module, decoder: nn.Module,
+                num_steps: int) -> jax.Array:
+    """Bernoulli means decoded along the straight line between the posterior means of two sets of digits.
+
+    Args:
+        params: `{"encoder": ..., "decoder": ...}` variables.
+        x_start, x_end: `[P, D]` pixels in {0, 1}.
+        encoder, decoder: the modules.
+        num_steps: points on each line, both ends included.
+
+    Returns:
+        `[P, num_steps, D]`.
+    """
+    start, _ = encoder.apply(params["encoder"], x_start)
+    end, _ = encoder.apply(params["encoder"], x_end)
+    t = jnp.linspace(0.0, 1.0, num_steps)[None, :, None]
+    z = start[:, None, :] + t * (end - start)[:, None, :]
+    return jax.nn.sigmoid(decoder.apply(params["decoder"], z))
+
+
+@functools.partial(jax.jit, static_argnames=("decoder", "grid_size"))
+def latent_manifold(params: Params, *, decoder: nn.Module, grid_size: int) -> jax.Array:
+    """The learned manifold of a 2-D latent space (Kingma & Welling, 2013, Fig. 4).
+
+    Decodes z = (Phi^-1(u), Phi^-1(v)) on an evenly spaced `grid_size x grid_size` grid of (u, v) in (0, 1)^2,
+    so the grid covers the prior's quantiles. Rows run from high to low z_2, columns from low to high z_1.
+
+    Returns:
+        `[grid_size * grid_size, D]` Bernoulli means, row-major.
+    """
+    quantiles = jax.scipy.special.ndtri((jnp.arange(grid_size) + 0.5) / grid_size)
+    z1, z2 = jnp.meshgrid(quantiles, quantiles[::-1])
+    return jax.nn.sigmoid(decoder.apply(params["decoder"], jnp.stack([z1, z2], axis=-1).reshape(-1, 2)))
+
+
 def image_grid(images: np.ndarray, columns: int, image_shape: tuple[int, int] = (28, 28)) -> np.ndarray:
     """Tiles `[N, D]` images with values in [0, 1] into a `[rows * H, columns * W]` uint8 picture (1-pixel gaps)."""
     height, width = image_shape

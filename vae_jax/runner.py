@@ -286,27 +286,40 @@ def write_sample_figures(
     seed: int = 0,
     data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
     manual_dir: str | os.PathLike | None = None,
-) -> tuple[Path, Path]:
-    """Writes a PNG grid of prior samples to `out`, and test reconstructions beside their inputs next to it.
+) -> dict[str, Path]:
+    """PNG grids from the best checkpoint: prior samples in `out`, and beside it (`<out stem>_<name>.png`) test
+    digits next to their reconstructions, latent interpolations between pairs of test digits (10 steps each),
+    and, for a 2-D latent space, the decoded manifold.
 
     Returns:
-        The paths of the samples grid and of the reconstructions grid (`<out stem>_reconstructions.png`).
+        The path of each figure: `samples`, `reconstructions`, `interpolations` (and `manifold`).
     """
     restored = _load_checkpoint(Path(workdir), None)
     state, config = restored.state, configs.from_dict(restored.metadata)
     sample_key, binarize_key = jax.random.split(jax.random.key(seed))
     columns = int(np.ceil(np.sqrt(num_images)))
-    samples = evaluate.sample_prior(state.params, sample_key, decoder=state.decoder, num_images=num_images,
-                                    latent_dim=config.model.latent_dim)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    evaluate.save_png(out, evaluate.image_grid(np.asarray(samples), columns))
+    figures = {"samples": out, **{name: out.with_name(f"{out.stem}_{name}.png")
+                                  for name in ("reconstructions", "interpolations", "manifold")}}
+    samples = evaluate.sample_prior(state.params, sample_key, decoder=state.decoder, num_images=num_images,
+                                    latent_dim=config.model.latent_dim)
+    evaluate.save_png(figures["samples"], evaluate.image_grid(np.asarray(samples), columns))
 
-    test = data.load_split(config.dataset, "test", data_dir=data_dir, manual_dir=manual_dir)[:num_images]
+    test = data.load_split(config.dataset, "test", data_dir=data_dir, manual_dir=manual_dir)[:2 * num_images]
     keys = example_keys(binarize_key, np.arange(len(test)))
     inputs = jax.vmap(data.binarize, in_axes=(0, 0, None))(keys, test, data.is_dynamic(config.dataset))
-    recons = evaluate.reconstruct(state.params, inputs, encoder=state.encoder, decoder=state.decoder)
-    pairs = np.stack([np.asarray(inputs), np.asarray(recons)], axis=1).reshape(-1, inputs.shape[-1])
-    recon_path = out.with_name(out.stem + "_reconstructions.png")
-    evaluate.save_png(recon_path, evaluate.image_grid(pairs, 2 * columns))
-    return out, recon_path
+    models = {"encoder": state.encoder, "decoder": state.decoder}
+    recons = evaluate.reconstruct(state.params, inputs[:num_images], **models)
+    pairs = np.stack([np.asarray(inputs[:num_images]), np.asarray(recons)], axis=1).reshape(-1, inputs.shape[-1])
+    evaluate.save_png(figures["reconstructions"], evaluate.image_grid(pairs, 2 * columns))
+
+    rows = min(columns, len(inputs) // 2)
+    lines = evaluate.interpolate(state.params, inputs[:rows], inputs[rows:2 * rows], **models, num_steps=10)
+    evaluate.save_png(figures["interpolations"], evaluate.image_grid(np.asarray(lines).reshape(rows * 10, -1), 10))
+    if config.model.latent_dim == 2:
+        manifold = evaluate.latent_manifold(state.params, decoder=state.decoder, grid_size=20)
+        evaluate.save_png(figures["manifold"], evaluate.image_grid(np.asarray(manifold), 20))
+    else:
+        del figures["manifold"]
+    return figures
