@@ -12,12 +12,12 @@ import json
 import typing
 from typing import Any
 
+from vae_jax.data import DATASETS
 from vae_jax.errors import ConfigError
 
 ACTIVATIONS = ("elu", "relu", "gelu", "tanh", "softplus", "swish")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
-DATASETS = ("binarized_mnist", "mnist")
 OBJECTIVES = ("elbo", "iwae")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 

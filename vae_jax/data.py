@@ -29,6 +29,7 @@ _TFDS_SPLITS = {
     "binarized_mnist": {"train": "train", "validation": "validation", "test": "test"},
     "mnist": {"train": "train[:50000]", "validation": "train[50000:]", "test": "test"},
 }
+DATASETS = tuple(_TFDS_SPLITS)
 # TFDS's own default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
 DEFAULT_DATA_DIR = Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
 
@@ -79,8 +80,8 @@ def load_split(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAUL
     Returns:
         `[N, 784]` uint8 pixels: 0/1 for `binarized_mnist`, 0..255 for `mnist`.
     """
-    if dataset not in _TFDS_SPLITS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(_TFDS_SPLITS)}")
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     cache = Path(data_dir).expanduser() / "vae_jax_cache" / dataset / f"{split}.npy"
