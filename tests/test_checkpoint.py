@@ -78,9 +78,13 @@ def test_unfinished_save_is_ignored(tmp_path, binary_pixels):
     # What a run killed in the middle of saving epoch 2 leaves behind: Orbax's temporary folder.
     unfinished = Path(tmp_path) / "checkpoints" / "2.orbax-checkpoint-tmp-1234"
     (unfinished / "state").mkdir(parents=True)
-    reopened = Checkpointer(tmp_path)
-    assert reopened.epochs() == [1]
-    assert reopened.restore(runner.template_state(CONFIG), jax.random.key(0)).epoch == 1
+    reader = Checkpointer(tmp_path)
+    assert reader.epochs() == [1]
+    assert reader.restore(runner.template_state(CONFIG), jax.random.key(0)).epoch == 1
+    # A reader leaves the unfinished save alone (it may be in progress); the training process cleans it up.
+    assert unfinished.is_dir()
+    Checkpointer(tmp_path, clean_unfinished=True)
+    assert not unfinished.exists()
 
 
 def test_empty_workdir_has_nothing_to_restore(tmp_path):

@@ -41,7 +41,7 @@ class Restored(NamedTuple):
     skipped: list[tuple[int, str]]
 
 
-def _manager(workdir: str | os.PathLike, keep: int) -> ocp.CheckpointManager:
+def _manager(workdir: str | os.PathLike, keep: int, clean_unfinished: bool) -> ocp.CheckpointManager:
     policy = preservation_policy.AnyPreservationPolicy([
         preservation_policy.LatestN(n=keep),
         preservation_policy.BestN(get_metric_fn=lambda m: m[VALIDATION_METRIC], reverse=True, n=1),
@@ -51,7 +51,7 @@ def _manager(workdir: str | os.PathLike, keep: int) -> ocp.CheckpointManager:
         best_mode="min",
         preservation_policy=policy,
         enable_async_checkpointing=False,
-        cleanup_tmp_directories=True,
+        cleanup_tmp_directories=clean_unfinished,
     )
     return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
 
@@ -63,9 +63,17 @@ def _state_tree(state: TrainState, key: jax.Array) -> dict[str, Any]:
 class Checkpointer:
     """Saves and restores the checkpoints of one work directory."""
 
-    def __init__(self, workdir: str | os.PathLike, keep: int = 3):
+    def __init__(self, workdir: str | os.PathLike, keep: int = 3, clean_unfinished: bool = False):
+        """Opens `<workdir>/checkpoints`.
+
+        Args:
+            workdir: the run's work directory.
+            keep: number of latest checkpoints kept by `save` (the best one is kept as well).
+            clean_unfinished: delete the temporary folders of saves that never finished. Only the process that
+                trains should ask for it: a reader (`eval` beside a running `train`) would delete a save in progress.
+        """
         self.workdir = Path(workdir)
-        self._manager = _manager(self.workdir, keep)
+        self._manager = _manager(self.workdir, keep, clean_unfinished)
 
     def epochs(self) -> list[int]:
         """Epochs with a checkpoint, oldest first."""

@@ -132,7 +132,7 @@ def train_and_evaluate(
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, clean_unfinished=True)
     restored = _resume_or_start(checkpointer, config)
     for epoch, reason in restored.skipped if restored else []:
         log(f"warning: checkpoint of epoch {epoch} is unreadable ({reason}); moved aside, resuming before it")
