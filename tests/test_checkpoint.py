@@ -81,10 +81,12 @@ def test_unfinished_save_is_ignored(tmp_path, binary_pixels):
     reader = Checkpointer(tmp_path)
     assert reader.epochs() == [1]
     assert reader.restore(runner.template_state(CONFIG), jax.random.key(0)).epoch == 1
-    # A reader leaves the unfinished save alone (it may be in progress); the training process cleans it up.
+    # A reader leaves the unfinished save alone (it may be in progress); the training process cleans it up
+    # (in the background, finished before its next save).
     assert unfinished.is_dir()
-    Checkpointer(tmp_path, clean_unfinished=True)
-    assert not unfinished.exists()
+    writer = Checkpointer(tmp_path, clean_unfinished=True)
+    writer.save(2, state, jax.random.key(0), val_nelbo=0.5, metadata=configs.to_dict(CONFIG))
+    assert not unfinished.exists() and writer.epochs() == [1, 2]
 
 
 def test_empty_workdir_has_nothing_to_restore(tmp_path):
