@@ -40,8 +40,7 @@ def training_flops_per_example(latent_dim: int, encoder_hidden: tuple, decoder_h
 
 
 def _peak_memory() -> dict:
-    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    return peak
+    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def _timed_epochs(run_epoch, epochs: int) -> list[float]:
@@ -151,7 +150,6 @@ def iwae_case(case: dict, pixels) -> dict:
 def matmul_peak(size: int = 2048, repeats: int = 20) -> dict:
     """float32 GFLOP/s of a square matrix product, best of `repeats`, in JAX and in PyTorch."""
     import jax
-    import jax.numpy as jnp
     import torch
 
     a = jax.random.normal(jax.random.key(0), (size, size))
@@ -161,7 +159,6 @@ def matmul_peak(size: int = 2048, repeats: int = 20) -> dict:
     t = torch.randn(size, size)
     best_torch = min(_time(lambda: t @ t) for _ in range(repeats))
     flops = 2 * size**3
-    del jnp
     return {"jax_gflops": flops / best_jax / 1e9, "torch_gflops": flops / best_torch / 1e9}
 
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from vae_jax import configs, data, evaluate, models, parallel, protocol, train
 from vae_jax.checkpoint import Checkpointer, Restored
 from vae_jax.errors import CheckpointError, ConfigError, DivergenceError
-from vae_jax.objective import example_keys
+from vae_jax.objective import map_examples
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -307,8 +307,7 @@ def write_sample_figures(
     evaluate.save_png(figures["samples"], evaluate.image_grid(np.asarray(samples), columns))
 
     test = data.load_split(config.dataset, "test", data_dir=data_dir, manual_dir=manual_dir)[:2 * num_images]
-    keys = example_keys(binarize_key, np.arange(len(test)))
-    inputs = jax.vmap(data.binarize, in_axes=(0, 0, None))(keys, test, data.is_dynamic(config.dataset))
+    inputs = map_examples(lambda x, _: x, test, np.arange(len(test)), binarize_key, data.is_dynamic(config.dataset))
     models = {"encoder": state.encoder, "decoder": state.decoder}
     recons = evaluate.reconstruct(state.params, inputs[:num_images], **models)
     pairs = np.stack([np.asarray(inputs[:num_images]), np.asarray(recons)], axis=1).reshape(-1, inputs.shape[-1])
