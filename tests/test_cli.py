@@ -23,7 +23,7 @@ def tiny_run(tmp_path_factory, shared_data, data_dir):
     return workdir
 
 
-def test_train_eval_sample(tiny_run, data_dir, tmp_path, capsys):
+def test_train_eval_sample(tiny_run, shared_data, data_dir, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["eval", "--workdir", str(tiny_run), "--split", "validation", "--data-dir", str(data_dir)]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -31,11 +31,17 @@ def test_train_eval_sample(tiny_run, data_dir, tmp_path, capsys):
     assert result["config"]["model"]["latent_dim"] == 2 and result["epoch"] == 1 and result["step"] == 500
     assert 100 < result["nelbo"] < 250
     out = tmp_path / "figures" / "prior.png"
-    assert cli.main(["sample", "--workdir", str(tiny_run), "--out", str(out), "--data-dir", str(data_dir)]) == 0
+    assert cli.main(["sample", "--workdir", str(tiny_run), "--out", str(out), "--data-dir", str(data_dir),
+                     "--mnist-dir", str(shared_data / "mnist")]) == 0
+    figures = json.loads(capsys.readouterr().out)
     assert out.is_file() and (tmp_path / "figures" / "prior_reconstructions.png").is_file()
-    # The tiny model has a 2-D latent space, so its manifold is drawn too.
+    # The tiny model has a 2-D latent space, so its manifold and the labelled scatter are drawn too.
     assert (tmp_path / "figures" / "prior_interpolations.png").is_file()
     assert (tmp_path / "figures" / "prior_manifold.png").is_file()
+    assert figures["scatter"] == str(tmp_path / "figures" / "prior_scatter.png")
+    from PIL import Image
+
+    assert Image.open(figures["scatter"]).size == (720, 660)
 
 
 def test_train_without_config_resumes_the_stored_one(tiny_run, data_dir, capsys):

@@ -1,5 +1,6 @@
 """Loading the real datasets offline through TFDS, caching, and the errors a user can meet."""
 
+import gzip
 import time
 
 import numpy as np
@@ -34,6 +35,21 @@ def test_mnist_grey_levels_with_held_out_validation(shared_data, data_dir):
     # The held-out images are not among the training images.
     train_rows = {row.tobytes() for row in train}
     assert sum(row.tobytes() in train_rows for row in validation[:500]) == 0
+
+
+def test_mnist_labels_are_aligned_with_the_images(shared_data, data_dir):
+    manual_dir = shared_data / "mnist"
+    labels = data.load_labels("test", data_dir=data_dir, manual_dir=manual_dir)
+    assert labels.shape == (10_000,) and labels.dtype == np.uint8
+    # The class counts of the MNIST test set (LeCun et al.).
+    assert np.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    # Each image carries the label that the original IDX files give that same image (TFDS may reorder a split).
+    images = data.load_split("mnist", "test", data_dir=data_dir)
+    raw = np.frombuffer(gzip.open(manual_dir / "t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
+    raw_labels = np.frombuffer(gzip.open(manual_dir / "t10k-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
+    order = {row.tobytes(): i for i, row in enumerate(raw.reshape(-1, 784))}
+    positions = np.array([order[row.tobytes()] for row in images[:200]])
+    np.testing.assert_array_equal(labels[:200], raw_labels[positions])
 
 
 def test_missing_manual_dir(tmp_path):

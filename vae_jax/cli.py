@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="PNG of prior samples; the other figures go beside it as <stem>_<figure>.png")
     sample.add_argument("--num-images", type=int, default=100)
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--mnist-dir", default=None,
+                        help="folder with the original MNIST files (e.g. ../shared/data/mnist): the labels of the "
+                             "latent scatter of a 2-D model, offline, when mnist is not prepared in --data-dir yet")
     _add_data_options(sample)
 
     compare = commands.add_parser("compare", help="Markdown tables of eval results, one table per protocol")
@@ -127,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         if args.num_images <= 0:
             raise VaeError(f"--num-images must be positive, got {args.num_images}")
         figures = runner.write_sample_figures(args.workdir, args.out, num_images=args.num_images, seed=args.seed,
-                                              data_dir=args.data_dir, manual_dir=args.manual_dir)
+                                              data_dir=args.data_dir, manual_dir=args.manual_dir,
+                                              mnist_dir=args.mnist_dir)
         print(json.dumps({name: str(path) for name, path in figures.items()}))
     return 0
 

@@ -20,21 +20,29 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 OBJECTIVES = ("elbo", "iwae")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+ARCHITECTURES = ("mlp", "conv")
+PRIORS = ("normal", "mixture", "vamp")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """MLP encoder q(z|x) and decoder p(x|z) sizes.
+    """The encoder q(z|x), the decoder p(x|z) and the prior p(z).
 
     Attributes:
         latent_dim: size of z.
-        encoder_hidden: widths of the encoder's hidden layers, input side first.
-        decoder_hidden: widths of the decoder's hidden layers, latent side first.
+        encoder_hidden: widths of the encoder's hidden (dense) layers, input side first.
+        decoder_hidden: widths of the decoder's hidden (dense) layers, latent side first.
         activation: one of `ACTIVATIONS`.
         logvar_bound: if positive, the encoder's log-variance is squashed smoothly into
             (-logvar_bound, logvar_bound) by `bound * tanh(logvar / bound)`; 0 leaves it free.
         compute_dtype: `float32`, or `bfloat16` for mixed precision: the layers compute in bfloat16 while
             parameters, optimizer state and the loss stay float32.
+        architecture: `mlp`, or `conv`: stride-2 3x3 convolutions before the encoder's dense layers and
+            transposed convolutions after the decoder's (`models.ConvEncoder`, `models.ConvDecoder`).
+        conv_channels: channels of the encoder's convolutions (`conv` only); 28 must be divisible by 2 ** their number.
+        prior: `normal` (N(0, I), closed-form KL), `mixture` (a learned mixture of Gaussians, the CS236 GMVAE) or
+            `vamp` (the VampPrior); the last two use a Monte-Carlo KL (see `vae_jax.priors`).
+        prior_components: number K of mixture components or pseudo-inputs.
     """
 
     latent_dim: int = 10
@@ -43,6 +51,10 @@ class ModelConfig:
     activation: str = "elu"
     logvar_bound: float = 0.0
     compute_dtype: str = "float32"
+    architecture: str = "mlp"
+    conv_channels: tuple[int, ...] = (32, 64)
+    prior: str = "normal"
+    prior_components: int = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +204,16 @@ def validate(config: Config) -> Config:
     _require(model.logvar_bound >= 0, f"model.logvar_bound must be >= 0, got {model.logvar_bound}")
     _require(model.compute_dtype in COMPUTE_DTYPES,
              f"unknown compute dtype {model.compute_dtype!r}; choose one of {COMPUTE_DTYPES}")
+    _require(model.architecture in ARCHITECTURES,
+             f"unknown architecture {model.architecture!r}; choose one of {ARCHITECTURES}")
+    _require(len(model.conv_channels) > 0 and all(c > 0 for c in model.conv_channels)
+             and 28 % 2 ** len(model.conv_channels) == 0,
+             f"model.conv_channels must be 1 or 2 positive widths (28 pixels halve per layer), "
+             f"got {model.conv_channels}")
+    _require(model.prior in PRIORS, f"unknown prior {model.prior!r}; choose one of {PRIORS}")
+    _require(model.prior_components > 0, f"model.prior_components must be positive, got {model.prior_components}")
+    _require(config.free_bits == 0 or model.prior == "normal",
+             "free_bits needs the per-dimension KL of model.prior=normal; set free_bits=0 for a learned prior")
     _require(config.objective in OBJECTIVES, f"unknown objective {config.objective!r}; choose one of {OBJECTIVES}")
     for name in ("kl_weight", "kl_warmup_epochs", "free_bits"):
         _require(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")

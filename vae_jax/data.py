@@ -5,7 +5,8 @@ splits train 50,000 / validation 10,000 / test 10,000. `mnist` holds grey levels
 dynamically (a fresh Bernoulli draw per use) and its last 10,000 training images are held out as validation,
 so its splits have the same sizes.
 
-Each split is decoded once and cached as `<data_dir>/vae_jax_cache/<dataset>/<split>.npy`.
+Each split is decoded once and cached as `<data_dir>/vae_jax_cache/<dataset>/<split>.npy` (and the labels of
+`mnist` as `<split>_labels.npy`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _TFDS_SPLITS = {
     "mnist": {"train": "train[:50000]", "validation": "train[50000:]", "test": "test"},
 }
 DATASETS = tuple(_TFDS_SPLITS)
+LABELED_DATASET = "mnist"
 # TFDS's own default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
 DEFAULT_DATA_DIR = Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
 
@@ -82,25 +84,48 @@ def load_split(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAUL
     """
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
+    pixels = _load_cached(dataset, split, "image", data_dir, manual_dir)
+    return check_pixels(pixels, is_dynamic(dataset), name=f"the cached {dataset}/{split} in {data_dir}")
+
+
+def load_labels(split: str, *, data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+                manual_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """The digit labels of a split of `mnist`, `[N]` uint8 in 0..9, aligned with `load_split("mnist", split)`.
+
+    `binarized_mnist` has no labels; figures that need them encode `mnist` digits instead.
+
+    Args:
+        split: `train`, `validation` or `test`.
+        data_dir, manual_dir: as in `load_split` (`manual_dir` holds the original MNIST files).
+    """
+    return _load_cached(LABELED_DATASET, split, "label", data_dir, manual_dir)
+
+
+def _load_cached(dataset: str, split: str, feature: str, data_dir: str | os.PathLike,
+                 manual_dir: str | os.PathLike | None) -> np.ndarray:
+    """One feature (`image` or `label`) of a split, from its `.npy` cache, decoding the split with TFDS first if
+    the cache is missing."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
-    cache = Path(data_dir).expanduser() / "vae_jax_cache" / dataset / f"{split}.npy"
-    if not cache.exists():
-        pixels = _decode_with_tfds(dataset, _TFDS_SPLITS[dataset][split], Path(data_dir).expanduser(), manual_dir)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(".partial.npy")
-        np.save(partial, pixels)
-        partial.replace(cache)
+    cache_dir = Path(data_dir).expanduser() / "vae_jax_cache" / dataset
+    paths = {"image": cache_dir / f"{split}.npy", "label": cache_dir / f"{split}_labels.npy"}
+    if not paths[feature].exists():
+        features = _decode_with_tfds(dataset, _TFDS_SPLITS[dataset][split], Path(data_dir).expanduser(), manual_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for name, array in features.items():
+            partial = paths[name].with_suffix(".partial.npy")
+            np.save(partial, array)
+            partial.replace(paths[name])
     try:
-        pixels = np.load(cache)
+        return np.load(paths[feature])
     except (OSError, ValueError) as error:
-        raise DataError(f"cannot read cached split {cache} ({error}); delete it to rebuild it") from None
-    return check_pixels(pixels, is_dynamic(dataset), name=str(cache))
+        raise DataError(f"cannot read cached split {paths[feature]} ({error}); delete it to rebuild it") from None
 
 
 def _decode_with_tfds(dataset: str, tfds_split: str, data_dir: Path,
-                      manual_dir: str | os.PathLike | None) -> np.ndarray:
-    """Prepares `dataset` with TFDS (offline from `manual_dir` if given) and returns one split as `[N, 784]` uint8."""
+                      manual_dir: str | os.PathLike | None) -> dict[str, np.ndarray]:
+    """Prepares `dataset` with TFDS (offline from `manual_dir` if given) and returns one split: `image`, `[N, 784]`
+    uint8, and for a labelled dataset `label`, `[N]` uint8."""
     import tensorflow_datasets as tfds  # slow import, only needed the first time a split is used
 
     if manual_dir is not None and not Path(manual_dir).expanduser().is_dir():
@@ -119,5 +144,8 @@ def _decode_with_tfds(dataset: str, tfds_split: str, data_dir: Path,
                             f"a folder with the original files (e.g. ../shared/data/{dataset})") from None
         raise DataError(f"cannot prepare {dataset} from {manual_dir} ({type(error).__name__}: {reason}); "
                         f"it must hold the byte-exact original files (see README)") from None
-    images = tfds.as_numpy(builder.as_dataset(split=tfds_split, batch_size=-1, shuffle_files=False))["image"]
-    return np.asarray(images, dtype=np.uint8).reshape(len(images), NUM_PIXELS)
+    split = tfds.as_numpy(builder.as_dataset(split=tfds_split, batch_size=-1, shuffle_files=False))
+    features = {"image": np.asarray(split["image"], dtype=np.uint8).reshape(len(split["image"]), NUM_PIXELS)}
+    if "label" in split:
+        features["label"] = np.asarray(split["label"], dtype=np.uint8)
+    return features

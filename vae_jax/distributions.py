@@ -77,3 +77,30 @@ def reparameterize(mean: ArrayLike, logvar: ArrayLike, eps: ArrayLike) -> jax.Ar
         `[..., J]` samples of z, differentiable in `mean` and `logvar`.
     """
     return jnp.asarray(mean) + jnp.exp(0.5 * jnp.asarray(logvar)) * jnp.asarray(eps)
+
+
+def mixture_log_prob(z: ArrayLike, means: ArrayLike, logvars: ArrayLike) -> jax.Array:
+    """log p(z) of the uniform mixture p(z) = 1/K sum_k N(z; means_k, diag exp(logvars_k)).
+
+    Computed as logsumexp_k log N(z; means_k, ...) - log K, which is stable however far z lies from the means.
+
+    Args:
+        z: `[..., J]` points.
+        means: `[K, J]` component means.
+        logvars: `[K, J]` component log-variances.
+
+    Returns:
+        `[...]` log-density in nats.
+    """
+    z, means = jnp.asarray(z), jnp.asarray(means)
+    per_component = gaussian_log_prob(z[..., None, :], means, logvars)
+    return jax.nn.logsumexp(per_component, axis=-1) - jnp.log(means.shape[0])
+
+
+def sample_mixture(key: jax.Array, means: ArrayLike, logvars: ArrayLike, num_samples: int) -> jax.Array:
+    """`[num_samples, J]` draws from the uniform mixture of `mixture_log_prob`: a component, then its Gaussian."""
+    means, logvars = jnp.asarray(means), jnp.asarray(logvars)
+    component_key, noise_key = jax.random.split(key)
+    components = jax.random.randint(component_key, (num_samples,), 0, means.shape[0])
+    eps = jax.random.normal(noise_key, (num_samples, means.shape[1]), means.dtype)
+    return reparameterize(means[components], logvars[components], eps)

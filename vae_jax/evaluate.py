@@ -1,4 +1,4 @@
-"""Evaluation on whole splits, prior samples, reconstructions and PNG grids."""
+"""Evaluation on whole splits, prior samples, reconstructions, PNG grids and the latent scatter plot."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import numpy as np
 from jax.sharding import Mesh
 from PIL import Image
 
-from vae_jax.objective import ElboTerms, Params, batch_elbo_terms, iwae_bound, map_examples
+from vae_jax.distributions import sample_mixture
+from vae_jax.objective import ElboTerms, Params, batch_elbo_terms, iwae_bound, map_examples, prior_components
 from vae_jax.parallel import shard_batch
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # a latent dimension is active when Var_x[E_q(z|x)[z_j]] exceeds this (Burda et al.)
@@ -37,7 +38,7 @@ def _map_over_split(fn: Callable[[jax.Array, jax.Array], Any], pixels: jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "encoder", "decoder", "batch_size", "dynamic_binarization", "num_samples", "mesh"))
+    "encoder", "decoder", "prior", "batch_size", "dynamic_binarization", "num_samples", "mesh"))
 def evaluate_elbo(
     params: Params,
     pixels: jax.Array,
@@ -46,6 +47,7 @@ def evaluate_elbo(
     encoder: nn.Module,
     decoder: nn.Module,
     batch_size: int,
+    prior: nn.Module | None = None,
     dynamic_binarization: bool = False,
     num_samples: int = 1,
     mesh: Mesh | None = None,
@@ -55,11 +57,12 @@ def evaluate_elbo(
     Example `i` uses the key `fold_in(key, i)`, so the result does not depend on `batch_size`.
 
     Args:
-        params: `{"encoder": ..., "decoder": ...}` variables.
+        params: `{"encoder": ..., "decoder": ...}` variables (and `"prior"` with a learned prior).
         pixels: `[N, D]` uint8 split.
         key: the evaluation key.
         encoder, decoder: the modules.
         batch_size: examples per chunk (bounds memory).
+        prior: None for N(0, I), or a learned prior of `vae_jax.priors`.
         dynamic_binarization: binarize grey levels with a Bernoulli draw keyed by the example.
         num_samples: Monte-Carlo samples of z per example.
         mesh: split each batch over this device mesh (data parallelism).
@@ -70,13 +73,13 @@ def evaluate_elbo(
 
     def chunk_terms(chunk_pixels: jax.Array, chunk_indices: jax.Array) -> ElboTerms:
         return batch_elbo_terms(params, chunk_pixels, chunk_indices, key, encoder=encoder, decoder=decoder,
-                                num_samples=num_samples, dynamic_binarization=dynamic_binarization)
+                                prior=prior, num_samples=num_samples, dynamic_binarization=dynamic_binarization)
 
     return _map_over_split(chunk_terms, pixels, batch_size, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "encoder", "decoder", "num_samples", "batch_size", "chunk_size", "dynamic_binarization", "mesh"))
+    "encoder", "decoder", "prior", "num_samples", "batch_size", "chunk_size", "dynamic_binarization", "mesh"))
 def evaluate_iwae(
     params: Params,
     pixels: jax.Array,
@@ -85,6 +88,7 @@ def evaluate_iwae(
     encoder: nn.Module,
     decoder: nn.Module,
     num_samples: int,
+    prior: nn.Module | None = None,
     batch_size: int = 100,
     chunk_size: int = 500,
     dynamic_binarization: bool = False,
@@ -99,8 +103,8 @@ def evaluate_iwae(
 
     def chunk_bounds(chunk_pixels: jax.Array, chunk_indices: jax.Array) -> jax.Array:
         def bound(x: jax.Array, noise_key: jax.Array) -> jax.Array:
-            return iwae_bound(params, x, noise_key, encoder=encoder, decoder=decoder, num_samples=num_samples,
-                              chunk_size=chunk_size)
+            return iwae_bound(params, x, noise_key, encoder=encoder, decoder=decoder, prior=prior,
+                              num_samples=num_samples, chunk_size=chunk_size)
 
         return map_examples(bound, chunk_pixels, chunk_indices, key, dynamic_binarization)
 
@@ -138,10 +142,16 @@ def summarize(terms: ElboTerms, iwae_bounds: jax.Array | None = None) -> dict[st
     return summary
 
 
-@functools.partial(jax.jit, static_argnames=("decoder", "num_images", "latent_dim"))
-def sample_prior(params: Params, key: jax.Array, *, decoder: nn.Module, num_images: int, latent_dim: int) -> jax.Array:
-    """Bernoulli means sigmoid(decoder(z)) for `num_images` draws z ~ N(0, I); returns `[num_images, D]`."""
-    z = jax.random.normal(key, (num_images, latent_dim))
+@functools.partial(jax.jit, static_argnames=("encoder", "decoder", "prior", "num_images", "latent_dim"))
+def sample_prior(params: Params, key: jax.Array, *, encoder: nn.Module, decoder: nn.Module, num_images: int,
+                 latent_dim: int, prior: nn.Module | None = None) -> jax.Array:
+    """Bernoulli means sigmoid(decoder(z)) for `num_images` draws z ~ p(z) (N(0, I) when `prior` is None, else
+    the learned mixture); returns `[num_images, D]`."""
+    components = prior_components(params, encoder=encoder, prior=prior)
+    if components is None:
+        z = jax.random.normal(key, (num_images, latent_dim))
+    else:
+        z = sample_mixture(key, *components, num_images)
     return jax.nn.sigmoid(decoder.apply(params["decoder"], z))
 
 
@@ -202,3 +212,16 @@ def image_grid(images: np.ndarray, columns: int, image_shape: tuple[int, int] = 
 def save_png(path: str | os.PathLike, picture: np.ndarray) -> None:
     """Writes a `[H, W]` uint8 picture as a greyscale PNG."""
     Image.fromarray(picture, mode="L").save(path)
+
+
+def save_latent_scatter(path: str | os.PathLike, means: np.ndarray, labels: np.ndarray) -> None:
+    """Writes a PNG scatter of `[N, 2]` posterior means, each point coloured by its `[N]` digit label 0..9."""
+    from matplotlib.figure import Figure  # imported here: only this figure needs matplotlib
+
+    figure = Figure(figsize=(6, 5.5), dpi=120)
+    axes = figure.add_subplot()
+    points = axes.scatter(means[:, 0], means[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=3, alpha=0.7)
+    figure.colorbar(points, ax=axes, ticks=range(10), label="digit")
+    axes.set(xlabel="$z_1$ (posterior mean)", ylabel="$z_2$ (posterior mean)", aspect="equal")
+    figure.tight_layout()
+    figure.savefig(path)

@@ -1,4 +1,5 @@
-"""Flax (linen) encoder and decoder networks. They hold no randomness: keys are the objective's business.
+"""Flax (linen) encoder and decoder networks, MLP and convolutional, and the choice of prior. They hold no
+randomness: keys are the objective's business.
 
 Any pair of modules with these call signatures works with the rest of the library:
 
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax.configs import ModelConfig
+from vae_jax.priors import MixturePrior, VampPrior
 
 IMAGE_SHAPE = (28, 28)
 NUM_PIXELS = 28 * 28
@@ -78,11 +80,18 @@ class Encoder(nn.Module):
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """`x [..., D] -> (mean [..., J], logvar [..., J])`."""
         h = MLP(self.hidden, self.activation, self.dtype)(x)
-        out = _float32_if_reduced(nn.Dense(2 * self.latent_dim, dtype=self.dtype)(h))
-        mean, logvar = jnp.split(out, 2, axis=-1)
-        if self.logvar_bound > 0:
-            logvar = self.logvar_bound * jnp.tanh(logvar / self.logvar_bound)
-        return mean, logvar
+        return _gaussian_head(h, self.latent_dim, self.logvar_bound, self.dtype)
+
+
+def _gaussian_head(
+    h: jax.Array, latent_dim: int, logvar_bound: float, dtype: str | None
+) -> tuple[jax.Array, jax.Array]:
+    """One Dense layer `h [..., H] -> (mean, logvar) [..., J]` (call inside a compact module)."""
+    out = _float32_if_reduced(nn.Dense(2 * latent_dim, dtype=dtype)(h))
+    mean, logvar = jnp.split(out, 2, axis=-1)
+    if logvar_bound > 0:
+        logvar = logvar_bound * jnp.tanh(logvar / logvar_bound)
+    return mean, logvar
 
 
 class Decoder(nn.Module):
@@ -108,9 +117,83 @@ class Decoder(nn.Module):
         return _float32_if_reduced(nn.Dense(self.output_dim, dtype=self.dtype)(h))
 
 
-def build_models(config: ModelConfig) -> tuple[Encoder, Decoder]:
-    """The encoder and decoder that `config` describes."""
+class ConvEncoder(nn.Module):
+    """q(z|x) from a convolutional network: 3x3 convolutions of stride 2 (28 -> 14 -> 7 pixels a side for two
+    layers), then dense layers, then the Gaussian head of `Encoder`.
+
+    Attributes:
+        latent_dim: size J of z.
+        channels: output channels of each convolution.
+        hidden: widths of the dense layers after the convolutions.
+        activation: a name in `configs.ACTIVATIONS`.
+        logvar_bound: see `Encoder`.
+        dtype: see `Encoder`.
+    """
+
+    latent_dim: int
+    channels: Sequence[int] = (32, 64)
+    hidden: Sequence[int] = (300,)
+    activation: str = "elu"
+    logvar_bound: float = 0.0
+    dtype: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`x [..., 784] -> (mean [..., J], logvar [..., J])`."""
+        h = x.reshape(*x.shape[:-1], *IMAGE_SHAPE, 1)
+        for channels in self.channels:
+            h = _ACTIVATIONS[self.activation](nn.Conv(channels, (3, 3), strides=2, dtype=self.dtype)(h))
+        h = MLP(self.hidden, self.activation, self.dtype)(h.reshape(*h.shape[:-3], -1))
+        return _gaussian_head(h, self.latent_dim, self.logvar_bound, self.dtype)
+
+
+class ConvDecoder(nn.Module):
+    """p(x|z) from a transposed-convolutional network mirroring `ConvEncoder`: dense layers, a dense map to a
+    `[side, side, channels[-1]]` feature map, then 3x3 transposed convolutions of stride 2 up to 28 x 28 logits.
+
+    Attributes:
+        channels: the encoder's convolution channels; the decoder runs through them in reverse, ending in 1.
+        hidden: widths of the dense layers, latent side first.
+        activation: a name in `configs.ACTIVATIONS`.
+        dtype: see `Decoder`.
+    """
+
+    channels: Sequence[int] = (32, 64)
+    hidden: Sequence[int] = (300,)
+    activation: str = "elu"
+    dtype: str | None = None
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        """`z [..., J] -> logits [..., 784]`."""
+        act = _ACTIVATIONS[self.activation]
+        side = IMAGE_SHAPE[0] // 2 ** len(self.channels)
+        h = MLP(self.hidden, self.activation, self.dtype)(z)
+        h = act(nn.Dense(side * side * self.channels[-1], dtype=self.dtype)(h))
+        h = h.reshape(*h.shape[:-1], side, side, self.channels[-1])
+        for channels in (*self.channels[-2::-1], 1):
+            h = nn.ConvTranspose(channels, (3, 3), strides=(2, 2), dtype=self.dtype)(h)
+            h = act(h) if channels != 1 else h
+        return _float32_if_reduced(h.reshape(*h.shape[:-3], NUM_PIXELS))
+
+
+def build_models(config: ModelConfig) -> tuple[nn.Module, nn.Module]:
+    """The encoder and decoder that `config` describes (`config.architecture` `mlp` or `conv`)."""
     dtype = None if config.compute_dtype == "float32" else config.compute_dtype
-    encoder = Encoder(config.latent_dim, tuple(config.encoder_hidden), config.activation, config.logvar_bound, dtype)
-    decoder = Decoder(NUM_PIXELS, tuple(config.decoder_hidden), config.activation, dtype)
+    encoder_hidden, decoder_hidden = tuple(config.encoder_hidden), tuple(config.decoder_hidden)
+    if config.architecture == "conv":
+        channels = tuple(config.conv_channels)
+        return (ConvEncoder(config.latent_dim, channels, encoder_hidden, config.activation, config.logvar_bound, dtype),
+                ConvDecoder(channels, decoder_hidden, config.activation, dtype))
+    encoder = Encoder(config.latent_dim, encoder_hidden, config.activation, config.logvar_bound, dtype)
+    decoder = Decoder(NUM_PIXELS, decoder_hidden, config.activation, dtype)
     return encoder, decoder
+
+
+def build_prior(config: ModelConfig) -> nn.Module | None:
+    """The prior that `config.prior` names: None for `normal` (N(0, I)), else a module of `vae_jax.priors`."""
+    if config.prior == "mixture":
+        return MixturePrior(config.prior_components, config.latent_dim)
+    if config.prior == "vamp":
+        return VampPrior(config.prior_components, NUM_PIXELS)
+    return None

@@ -1,10 +1,12 @@
 """The ELBO and the importance-weighted bound of one example, and their vmap over a batch.
 
-    ELBO(x)   = E_{q(z|x)}[log p(x|z)] - KL(q(z|x) || p(z)),   p(z) = N(0, I)    (Kingma & Welling, 2013, eq. 3)
+    ELBO(x)   = E_{q(z|x)}[log p(x|z)] - KL(q(z|x) || p(z))                      (Kingma & Welling, 2013, eq. 3)
     IWAE_K(x) = E[log (1/K) sum_k p(x, z_k) / q(z_k|x)],  z_k ~ q(z|x)          (Burda et al., 2016, eq. 8)
 
 We report the negative ELBO split in two: `rec` = -E_q[log p(x|z)] (a Monte-Carlo estimate over reparameterized
-draws of z, Kingma & Welling eq. 10) and `kl` (closed form), so that `nelbo = rec + kl` is the loss minimized.
+draws of z, Kingma & Welling eq. 10) and `kl`, so that `nelbo = rec + kl` is the loss minimized. With the
+standard normal prior (`prior=None`) the KL is in closed form; with a learned mixture prior (`vae_jax.priors`)
+it is estimated by Monte Carlo, KL ~ mean_s [log q(z_s|x) - log p(z_s)], with the same draws z_s as `rec`.
 
 Randomness: each example's key is `fold_in(base_key, index)`, where `index` is the example's position in its
 split, and importance sample k uses `fold_in(noise_key, k)`. The numbers therefore do not depend on the batch
@@ -13,6 +15,7 @@ size, the order of a batch, the chunking of the K samples, or the device.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -23,7 +26,8 @@ import jax.numpy as jnp
 from vae_jax import distributions
 from vae_jax.data import binarize
 
-Params = Any  # {"encoder": encoder variables, "decoder": decoder variables}
+Params = Any  # {"encoder": encoder variables, "decoder": decoder variables[, "prior": prior variables]}
+MixtureComponents = tuple[jax.Array, jax.Array] | None  # (means [K, J], logvars [K, J]); None is N(0, I)
 
 
 class ElboTerms(NamedTuple):
@@ -32,8 +36,9 @@ class ElboTerms(NamedTuple):
     Attributes:
         nelbo: `[]` -ELBO = rec + kl.
         rec: `[]` reconstruction loss -E_q[log p(x|z)].
-        kl: `[]` KL(q(z|x) || N(0, I)).
-        kl_per_dim: `[J]` the KL of each latent dimension (they sum to `kl`).
+        kl: `[]` KL(q(z|x) || p(z)).
+        kl_per_dim: `[J]` the KL of each latent dimension (they sum to `kl`); `[0]` for a mixture prior, whose KL
+            does not split by dimension.
         posterior_mean: `[J]` the mean of q(z|x), for counting active units.
     """
 
@@ -44,72 +49,97 @@ class ElboTerms(NamedTuple):
     posterior_mean: jax.Array
 
 
+def prior_components(params: Params, *, encoder: nn.Module, prior: nn.Module | None) -> MixtureComponents:
+    """The mixture `(means [K, J], logvars [K, J])` of a learned prior, or None for N(0, I)."""
+    if prior is None:
+        return None
+    return prior.apply(params["prior"], functools.partial(encoder.apply, params["encoder"]))
+
+
+def prior_log_prob(z: jax.Array, components: MixtureComponents) -> jax.Array:
+    """log p(z) for `z [..., J]`: N(0, I) when `components` is None, else the uniform mixture; `[...]`."""
+    if components is None:
+        return distributions.gaussian_log_prob(z, jnp.zeros_like(z), jnp.zeros_like(z))
+    return distributions.mixture_log_prob(z, *components)
+
+
 def _terms_given_posterior(
-    decoder_params: Any, x: jax.Array, mean: jax.Array, logvar: jax.Array, eps: jax.Array, decoder: nn.Module
+    decoder_params: Any, x: jax.Array, mean: jax.Array, logvar: jax.Array, eps: jax.Array, decoder: nn.Module,
+    components: MixtureComponents,
 ) -> ElboTerms:
     z = distributions.reparameterize(mean, logvar, eps)
     logits = decoder.apply(decoder_params, z)
     rec = -jnp.mean(distributions.bernoulli_log_prob(x, logits))
-    kl_per_dim = distributions.gaussian_kl_per_dim(mean, logvar)
-    kl = jnp.sum(kl_per_dim, axis=-1)
+    if components is None:
+        kl_per_dim = distributions.gaussian_kl_per_dim(mean, logvar)
+        kl = jnp.sum(kl_per_dim, axis=-1)
+    else:
+        kl_per_dim = jnp.zeros((0,), mean.dtype)
+        kl = jnp.mean(distributions.gaussian_log_prob(z, mean, logvar) - prior_log_prob(z, components))
     return ElboTerms(nelbo=rec + kl, rec=rec, kl=kl, kl_per_dim=kl_per_dim, posterior_mean=mean)
 
 
 def elbo_terms_from_noise(
-    params: Params, x: jax.Array, eps: jax.Array, *, encoder: nn.Module, decoder: nn.Module
+    params: Params, x: jax.Array, eps: jax.Array, *, encoder: nn.Module, decoder: nn.Module,
+    prior: nn.Module | None = None,
 ) -> ElboTerms:
     """Negative-ELBO terms of one example for given standard-normal noise.
 
     Args:
-        params: `{"encoder": ..., "decoder": ...}` variables.
+        params: `{"encoder": ..., "decoder": ...}` variables (and `"prior"` with a learned prior).
         x: `[D]` pixels in {0, 1}.
-        eps: `[S, J]` noise; z_s = mean + sigma * eps_s, and `rec` averages over the S samples.
+        eps: `[S, J]` noise; z_s = mean + sigma * eps_s, and `rec` (and a Monte-Carlo KL) average over the S samples.
         encoder: module `x [D] -> (mean [J], logvar [J])`.
         decoder: module `z [S, J] -> logits [S, D]`.
+        prior: None for N(0, I) (closed-form KL), or a module of `vae_jax.priors`.
 
     Returns:
         `ElboTerms` of one example.
     """
     mean, logvar = encoder.apply(params["encoder"], x)
-    return _terms_given_posterior(params["decoder"], x, mean, logvar, eps, decoder)
+    components = prior_components(params, encoder=encoder, prior=prior)
+    return _terms_given_posterior(params["decoder"], x, mean, logvar, eps, decoder, components)
 
 
 def elbo_terms(
-    params: Params, x: jax.Array, key: jax.Array, *, encoder: nn.Module, decoder: nn.Module, num_samples: int = 1
+    params: Params, x: jax.Array, key: jax.Array, *, encoder: nn.Module, decoder: nn.Module,
+    prior: nn.Module | None = None, num_samples: int = 1,
 ) -> ElboTerms:
     """Negative-ELBO terms of one example, with `[num_samples, J]` standard-normal noise drawn from `key`.
 
     Args:
-        params: `{"encoder": ..., "decoder": ...}` variables.
+        params: `{"encoder": ..., "decoder": ...}` variables (and `"prior"` with a learned prior).
         x: `[D]` pixels in {0, 1}.
         key: the example's noise key.
-        encoder, decoder: see `elbo_terms_from_noise`.
+        encoder, decoder, prior: see `elbo_terms_from_noise`.
         num_samples: Monte-Carlo samples S of z.
 
     Returns:
         `ElboTerms` of one example.
     """
-    mean, logvar = encoder.apply(params["encoder"], x)
+    mean, _ = jax.eval_shape(encoder.apply, params["encoder"], x)
     eps = jax.random.normal(key, (num_samples, *mean.shape), dtype=mean.dtype)
-    return _terms_given_posterior(params["decoder"], x, mean, logvar, eps, decoder)
+    return elbo_terms_from_noise(params, x, eps, encoder=encoder, decoder=decoder, prior=prior)
 
 
 def _log_weights(
-    decoder_params: Any, x: jax.Array, mean: jax.Array, logvar: jax.Array, eps: jax.Array, decoder: nn.Module
+    decoder_params: Any, x: jax.Array, mean: jax.Array, logvar: jax.Array, eps: jax.Array, decoder: nn.Module,
+    components: MixtureComponents,
 ) -> jax.Array:
     """`[K]` log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k = mean + sigma * eps_k, eps `[K, J]`."""
     z = distributions.reparameterize(mean, logvar, eps)
     log_px = distributions.bernoulli_log_prob(x, decoder.apply(decoder_params, z))
-    log_pz = distributions.gaussian_log_prob(z, jnp.zeros_like(mean), jnp.zeros_like(logvar))
-    return log_px + log_pz - distributions.gaussian_log_prob(z, mean, logvar)
+    return log_px + prior_log_prob(z, components) - distributions.gaussian_log_prob(z, mean, logvar)
 
 
 def log_importance_weights_from_noise(
-    params: Params, x: jax.Array, eps: jax.Array, *, encoder: nn.Module, decoder: nn.Module
+    params: Params, x: jax.Array, eps: jax.Array, *, encoder: nn.Module, decoder: nn.Module,
+    prior: nn.Module | None = None,
 ) -> jax.Array:
     """log w_k = log p(x, z_k) - log q(z_k|x) of one example for given noise `eps [K, J]`; returns `[K]`."""
     mean, logvar = encoder.apply(params["encoder"], x)
-    return _log_weights(params["decoder"], x, mean, logvar, eps, decoder)
+    components = prior_components(params, encoder=encoder, prior=prior)
+    return _log_weights(params["decoder"], x, mean, logvar, eps, decoder, components)
 
 
 def iwae_bound(
@@ -120,6 +150,7 @@ def iwae_bound(
     encoder: nn.Module,
     decoder: nn.Module,
     num_samples: int,
+    prior: nn.Module | None = None,
     chunk_size: int = 500,
 ) -> jax.Array:
     """The importance-weighted bound log (1/K) sum_k w_k of one example, K = `num_samples`.
@@ -129,10 +160,10 @@ def iwae_bound(
     `chunk_size`. K = 1 gives a single-sample ELBO estimate (with a Monte-Carlo KL).
 
     Args:
-        params: `{"encoder": ..., "decoder": ...}` variables.
+        params: `{"encoder": ..., "decoder": ...}` variables (and `"prior"` with a learned prior).
         x: `[D]` pixels in {0, 1}.
         key: the example's noise key.
-        encoder, decoder: see `elbo_terms_from_noise`.
+        encoder, decoder, prior: see `elbo_terms_from_noise`.
         num_samples: K.
         chunk_size: samples evaluated at once.
 
@@ -140,13 +171,14 @@ def iwae_bound(
         `[]` the bound in nats (a lower bound on log p(x), tight as K grows).
     """
     mean, logvar = encoder.apply(params["encoder"], x)
+    components = prior_components(params, encoder=encoder, prior=prior)
     chunk_size = min(chunk_size, num_samples)
     num_chunks = -(-num_samples // chunk_size)
 
     def add_chunk(total: jax.Array, chunk: jax.Array) -> tuple[jax.Array, None]:
         sample_ids = chunk * chunk_size + jnp.arange(chunk_size)
         eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(key, k), mean.shape, mean.dtype))(sample_ids)
-        log_w = _log_weights(params["decoder"], x, mean, logvar, eps, decoder)
+        log_w = _log_weights(params["decoder"], x, mean, logvar, eps, decoder, components)
         log_w = jnp.where(sample_ids < num_samples, log_w, -jnp.inf)
         return jnp.logaddexp(total, jax.nn.logsumexp(log_w)), None
 
@@ -196,12 +228,13 @@ def batch_elbo_terms(
     *,
     encoder: nn.Module,
     decoder: nn.Module,
+    prior: nn.Module | None = None,
     num_samples: int = 1,
     dynamic_binarization: bool = False,
 ) -> ElboTerms:
     """Per-example negative-ELBO terms of a batch: `elbo_terms` mapped by `map_examples`; each field `[B, ...]`."""
 
     def one(x: jax.Array, key: jax.Array) -> ElboTerms:
-        return elbo_terms(params, x, key, encoder=encoder, decoder=decoder, num_samples=num_samples)
+        return elbo_terms(params, x, key, encoder=encoder, decoder=decoder, prior=prior, num_samples=num_samples)
 
     return map_examples(one, pixels, indices, base_key, dynamic_binarization)

@@ -36,7 +36,7 @@ def template_state(config: configs.Config) -> train.TrainState:
     steps_per_epoch = data.SPLIT_SIZES["train"] // config.batch_size
     tx = train.make_optimizer(config.optim, total_steps=steps_per_epoch * config.epochs)
     keys = train.run_keys(jax.random.key(config.seed))
-    return train.create_train_state(keys.init, encoder, decoder, tx)
+    return train.create_train_state(keys.init, encoder, decoder, tx, prior=models.build_prior(config.model))
 
 
 def _append_json(path: Path, record: dict[str, Any]) -> None:
@@ -185,8 +185,8 @@ def train_and_evaluate(
                 f"loss or gradient became NaN/Inf at epoch {epoch}, step {failed_step} of the epoch "
                 f"(global step {int(state.step)}); checkpoints up to epoch {done} are kept; {DIVERGENCE_HINT}")
         val = evaluate.summarize(evaluate.evaluate_elbo(
-            state.params, val_pixels, keys.eval, encoder=state.encoder, decoder=state.decoder,
-            batch_size=config.eval_batch_size, dynamic_binarization=dynamic, mesh=mesh))
+            state.params, val_pixels, keys.eval, **state.models, batch_size=config.eval_batch_size,
+            dynamic_binarization=dynamic, mesh=mesh))
         record = {
             "epoch": epoch, "step": int(state.step), "kl_weight": weight,
             "train_loss": float(np.mean(result.loss)), "train_nelbo": float(np.mean(result.nelbo)),
@@ -259,13 +259,12 @@ def evaluate_checkpoint(
     pixels, params = parallel.replicate(
         (data.load_split(config.dataset, split, data_dir=data_dir, manual_dir=manual_dir), state.params), mesh)
     key = jax.random.key(eval_seed)
-    models = {"encoder": state.encoder, "decoder": state.decoder}
     dynamic = data.is_dynamic(config.dataset)
-    terms = evaluate.evaluate_elbo(params, pixels, key, **models, batch_size=elbo_batch,
+    terms = evaluate.evaluate_elbo(params, pixels, key, **state.models, batch_size=elbo_batch,
                                    dynamic_binarization=dynamic, mesh=mesh)
     bounds = None
     if iwae_samples:
-        bounds = evaluate.evaluate_iwae(params, pixels, key, **models, num_samples=iwae_samples,
+        bounds = evaluate.evaluate_iwae(params, pixels, key, **state.models, num_samples=iwae_samples,
                                         batch_size=iwae_batch, chunk_size=iwae_chunk, dynamic_binarization=dynamic,
                                         mesh=mesh)
     summary = evaluate.summarize(terms, bounds)
@@ -286,13 +285,23 @@ def write_sample_figures(
     seed: int = 0,
     data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
     manual_dir: str | os.PathLike | None = None,
+    mnist_dir: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """PNG grids from the best checkpoint: prior samples in `out`, and beside it (`<out stem>_<name>.png`) test
     digits next to their reconstructions, latent interpolations between pairs of test digits (10 steps each),
-    and, for a 2-D latent space, the decoded manifold.
+    and, for a 2-D latent space, the decoded manifold and a scatter of the posterior means of the 10,000 `mnist`
+    test digits (binarized with the evaluation's per-example keys) coloured by their labels.
+
+    Args:
+        workdir: the run's work directory.
+        out: path of the prior-samples PNG.
+        num_images: images per grid.
+        seed: seed of the prior samples and of the test digits' binarization.
+        data_dir, manual_dir: where the run's dataset is prepared, and its original files.
+        mnist_dir: the original MNIST files, for the labels of the scatter when `mnist` is not prepared yet.
 
     Returns:
-        The path of each figure: `samples`, `reconstructions`, `interpolations` (and `manifold`).
+        The path of each figure: `samples`, `reconstructions`, `interpolations` (and `manifold`, `scatter`).
     """
     restored = _load_checkpoint(Path(workdir), None)
     state, config = restored.state, configs.from_dict(restored.metadata)
@@ -301,24 +310,30 @@ def write_sample_figures(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figures = {"samples": out, **{name: out.with_name(f"{out.stem}_{name}.png")
-                                  for name in ("reconstructions", "interpolations", "manifold")}}
-    samples = evaluate.sample_prior(state.params, sample_key, decoder=state.decoder, num_images=num_images,
+                                  for name in ("reconstructions", "interpolations", "manifold", "scatter")}}
+    samples = evaluate.sample_prior(state.params, sample_key, **state.models, num_images=num_images,
                                     latent_dim=config.model.latent_dim)
     evaluate.save_png(figures["samples"], evaluate.image_grid(np.asarray(samples), columns))
 
     test = data.load_split(config.dataset, "test", data_dir=data_dir, manual_dir=manual_dir)[:2 * num_images]
     inputs = map_examples(lambda x, _: x, test, np.arange(len(test)), binarize_key, data.is_dynamic(config.dataset))
-    models = {"encoder": state.encoder, "decoder": state.decoder}
-    recons = evaluate.reconstruct(state.params, inputs[:num_images], **models)
+    networks = {"encoder": state.encoder, "decoder": state.decoder}
+    recons = evaluate.reconstruct(state.params, inputs[:num_images], **networks)
     pairs = np.stack([np.asarray(inputs[:num_images]), np.asarray(recons)], axis=1).reshape(-1, inputs.shape[-1])
     evaluate.save_png(figures["reconstructions"], evaluate.image_grid(pairs, 2 * columns))
 
     rows = min(columns, len(inputs) // 2)
-    lines = evaluate.interpolate(state.params, inputs[:rows], inputs[rows:2 * rows], **models, num_steps=10)
+    lines = evaluate.interpolate(state.params, inputs[:rows], inputs[rows:2 * rows], **networks, num_steps=10)
     evaluate.save_png(figures["interpolations"], evaluate.image_grid(np.asarray(lines).reshape(rows * 10, -1), 10))
-    if config.model.latent_dim == 2:
-        manifold = evaluate.latent_manifold(state.params, decoder=state.decoder, grid_size=20)
-        evaluate.save_png(figures["manifold"], evaluate.image_grid(np.asarray(manifold), 20))
-    else:
-        del figures["manifold"]
+    if config.model.latent_dim != 2:
+        del figures["manifold"], figures["scatter"]
+        return figures
+    manifold = evaluate.latent_manifold(state.params, decoder=state.decoder, grid_size=20)
+    evaluate.save_png(figures["manifold"], evaluate.image_grid(np.asarray(manifold), 20))
+    mnist_dir = manual_dir if mnist_dir is None and config.dataset == data.LABELED_DATASET else mnist_dir
+    digits = data.load_split(data.LABELED_DATASET, "test", data_dir=data_dir, manual_dir=mnist_dir)
+    labels = data.load_labels("test", data_dir=data_dir, manual_dir=mnist_dir)
+    terms = evaluate.evaluate_elbo(state.params, digits, binarize_key, **state.models, batch_size=1000,
+                                   dynamic_binarization=True)
+    evaluate.save_latent_scatter(figures["scatter"], np.asarray(terms.posterior_mean), labels)
     return figures

@@ -7,6 +7,7 @@ Epoch `e` uses `fold_in(train_key, e)`, split into a shuffle key and the base of
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -41,11 +42,12 @@ class TrainState(struct.PyTreeNode):
 
     Attributes:
         step: `[]` int32 number of optimizer steps taken.
-        params: `{"encoder": ..., "decoder": ...}` variables.
+        params: `{"encoder": ..., "decoder": ...}` variables, and `"prior"` with a learned prior.
         opt_state: the optimizer's state.
         encoder: module `x [..., D] -> (mean, logvar) [..., J]`.
         decoder: module `z [..., J] -> logits [..., D]`.
         tx: the Optax optimizer.
+        prior: None for p(z) = N(0, I), or a learned prior of `vae_jax.priors`.
     """
 
     step: jax.Array
@@ -54,6 +56,12 @@ class TrainState(struct.PyTreeNode):
     encoder: nn.Module = struct.field(pytree_node=False)
     decoder: nn.Module = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    prior: nn.Module | None = struct.field(pytree_node=False, default=None)
+
+    @property
+    def models(self) -> dict[str, nn.Module | None]:
+        """`{"encoder", "decoder", "prior"}`, the keyword arguments of the objective and evaluation functions."""
+        return {"encoder": self.encoder, "decoder": self.decoder, "prior": self.prior}
 
     def apply_gradients(self, grads: Params) -> TrainState:
         """One optimizer step."""
@@ -62,23 +70,28 @@ class TrainState(struct.PyTreeNode):
         return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
 
 
-def init_params(key: jax.Array, encoder: nn.Module, decoder: nn.Module, num_pixels: int = 784) -> Params:
-    """Initial `{"encoder": ..., "decoder": ...}` variables, from a `[num_pixels]` dummy input."""
+def init_params(key: jax.Array, encoder: nn.Module, decoder: nn.Module, num_pixels: int = 784,
+                prior: nn.Module | None = None) -> Params:
+    """Initial `{"encoder": ..., "decoder": ...}` variables (and `"prior"` with a learned prior), from a
+    `[num_pixels]` dummy input."""
     encoder_key, decoder_key = jax.random.split(key)
     x = jnp.zeros((num_pixels,), jnp.float32)
     encoder_params = encoder.init(encoder_key, x)
     mean, _ = encoder.apply(encoder_params, x)
-    return {"encoder": encoder_params, "decoder": decoder.init(decoder_key, mean)}
+    params = {"encoder": encoder_params, "decoder": decoder.init(decoder_key, mean)}
+    if prior is not None:
+        params["prior"] = prior.init(jax.random.fold_in(key, 2), functools.partial(encoder.apply, encoder_params))
+    return params
 
 
 def create_train_state(
-    key: jax.Array, encoder: nn.Module, decoder: nn.Module, tx: optax.GradientTransformation, num_pixels: int = 784
+    key: jax.Array, encoder: nn.Module, decoder: nn.Module, tx: optax.GradientTransformation, num_pixels: int = 784,
+    prior: nn.Module | None = None,
 ) -> TrainState:
-    """A fresh train state with parameters initialized from `key`."""
-    params = init_params(key, encoder, decoder, num_pixels)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), encoder=encoder, decoder=decoder, tx=tx
-    )
+    """A fresh train state with parameters initialized from `key`; `prior` None is p(z) = N(0, I)."""
+    params = init_params(key, encoder, decoder, num_pixels, prior)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), encoder=encoder,
+                      decoder=decoder, tx=tx, prior=prior)
 
 
 def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTransformation:
@@ -125,9 +138,12 @@ class EpochResult(NamedTuple):
 def training_loss(terms: ElboTerms, kl_weight: jax.Array | float = 1.0, free_bits: float = 0.0) -> jax.Array:
     """The batch loss mean(rec) + kl_weight * sum_j max(free_bits, mean(KL_j)) from `[B]`-batched terms.
 
-    With `kl_weight` 1 and `free_bits` 0 this is the mean negative ELBO.
+    With `kl_weight` 1 and `free_bits` 0 this is the mean negative ELBO. Free bits need a KL that splits by
+    dimension, i.e. the N(0, I) prior.
     """
     if free_bits > 0:
+        if terms.kl_per_dim.shape[-1] == 0:
+            raise ValueError("free bits need the per-dimension KL of the N(0, I) prior; set free_bits=0")
         kl = jnp.sum(jnp.maximum(free_bits, jnp.mean(terms.kl_per_dim, axis=0)))
     else:
         kl = jnp.mean(terms.kl)
@@ -180,7 +196,7 @@ def train_epoch(
     shuffle_key, examples_key = jax.random.split(epoch_key)
     num_steps = pixels.shape[0] // batch_size
     order = jax.random.permutation(shuffle_key, pixels.shape[0])[: num_steps * batch_size]
-    models = {"encoder": state.encoder, "decoder": state.decoder}
+    models = state.models
 
     def loss_fn(params: Params, indices: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ElboTerms]]:
         indices = shard_batch(indices, mesh)

@@ -1,0 +1,70 @@
+"""Learned priors p(z) beyond N(0, I), as Flax modules. Both are uniform mixtures of diagonal Gaussians:
+
+- `MixturePrior`: K free components, means and log-variances learned (the CS236 GMVAE prior);
+- `VampPrior`: the encoder's own posteriors at K learned pseudo-inputs, p(z) = 1/K sum_k q(z | u_k)
+  (Tomczak & Welling, 2018).
+
+A prior module maps `encode`, the encoder bound to its parameters (`x [..., D] -> (mean, logvar) [..., J]`), to the
+mixture's `(means [K, J], logvars [K, J])`; `distributions.mixture_log_prob` then gives log p(z). KL(q(z|x) || p(z))
+has no closed form for a mixture, so the objective estimates it by Monte Carlo with the same draws of z as the
+reconstruction term. The standard normal prior is represented by `None` and keeps its closed-form KL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Encode = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+
+
+class MixturePrior(nn.Module):
+    """p(z) = 1/K sum_k N(z; m_k, diag exp(l_k)) with learned m_k, l_k (the GMVAE prior of Stanford CS236).
+
+    The means start as draws from N(0, I) and the log-variances at 0, so the initial prior resembles N(0, I).
+
+    Attributes:
+        num_components: K.
+        latent_dim: J.
+    """
+
+    num_components: int
+    latent_dim: int
+
+    @nn.compact
+    def __call__(self, encode: Encode) -> tuple[jax.Array, jax.Array]:
+        """`(means [K, J], logvars [K, J])`; `encode` is not used."""
+        shape = (self.num_components, self.latent_dim)
+        means = self.param("means", nn.initializers.normal(1.0), shape)
+        return means, self.param("logvars", nn.initializers.zeros, shape)
+
+
+class VampPrior(nn.Module):
+    """p(z) = 1/K sum_k q(z | u_k): the variational mixture of posteriors at learned pseudo-inputs u_k.
+
+    A pseudo-input is `sigmoid(logits)`, an image with pixels in (0, 1); the logits start near -3 (dark images,
+    pixels about 0.05, as in Tomczak & Welling's initialization). Gradients reach the encoder through the prior.
+
+    Attributes:
+        num_components: K pseudo-inputs.
+        num_pixels: D, the size of a pseudo-input.
+    """
+
+    num_components: int
+    num_pixels: int = 784
+
+    @nn.compact
+    def __call__(self, encode: Encode) -> tuple[jax.Array, jax.Array]:
+        """`(means [K, J], logvars [K, J])`, the encoder's posteriors at the K pseudo-inputs."""
+        logits = self.param("pseudo_input_logits", _shifted_normal(-3.0, 0.01), (self.num_components, self.num_pixels))
+        return encode(jax.nn.sigmoid(logits))
+
+
+def _shifted_normal(mean: float, stddev: float) -> Callable[..., jax.Array]:
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        return mean + stddev * jax.random.normal(key, shape, dtype)
+
+    return init
