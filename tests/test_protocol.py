@@ -56,3 +56,19 @@ def test_compare_reports_bad_input_in_one_line(tmp_path):
         protocol.read_results([tmp_path])
     (tmp_path / "one.json").write_text(json.dumps(_result("x", 90.0), indent=1))
     assert [r["run"] for r in protocol.read_results([tmp_path])] == ["x"]
+
+
+def test_one_model_has_one_hash_whichever_version_wrote_its_config(tmp_path, capsys):
+    """An eval line written before a config field existed names the same model as a fresh one."""
+    older = json.loads(json.dumps(CS236))
+    for field in ("architecture", "conv_channels", "prior", "prior_components"):
+        del older["model"][field]
+    custom = {"model": "a residual MLP", "latent_dim": 16}
+    lines = [_result("new", 95.0), _result("old", 95.0, config=older, config_hash="0000000000"),
+             _result("custom", 96.0, config=custom, config_hash=configs.dict_hash(custom))]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert cli.main(["compare", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    expected = configs.config_hash(configs.get_config("cs236"))
+    assert f"| new | {expected} |" in out and f"| old | {expected} |" in out
+    assert f"| custom | {configs.dict_hash(custom)} |" in out

@@ -19,7 +19,7 @@ import jax
 import optax
 
 from vae_jax import configs, data
-from vae_jax.errors import VaeError
+from vae_jax.errors import ConfigError, VaeError
 
 PROTOCOL_FIELDS = ("dataset", "binarization", "split", "split_size", "num_examples", "estimator", "iwae_k",
                    "units", "train_set")
@@ -113,6 +113,15 @@ def _format(value: float | None, stderr: float | None = None) -> str:
     return f"{value:.2f}" if stderr is None else f"{value:.2f} ± {stderr:.2f}"
 
 
+def _config_hash(result: dict[str, Any]) -> str:
+    """The hash of a result's config with this version's defaults filled in, so that one model has one hash
+    whichever version of vae_jax evaluated it; a config that is not vae_jax's (a custom model) keeps its stored hash."""
+    try:
+        return configs.config_hash(configs.from_dict(result["config"]))
+    except (ConfigError, AttributeError, KeyError, TypeError):
+        return result.get("config_hash", "–")
+
+
 def compare_tables(results: list[dict[str, Any]]) -> str:
     """Markdown: one table per protocol, each ranked by NLL (else NELBO), naming how the protocols differ."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -133,7 +142,7 @@ def compare_tables(results: list[dict[str, Any]]) -> str:
         lines += ["", "| model | config | NELBO | NLL | KL | active units |", "| --- | --- | --- | --- | --- | --- |"]
         for row in rows:
             model = row.get("run") or Path(row["source"]).parent.name
-            lines.append(f"| {model} | {row.get('config_hash', '–')} | {_format(row['nelbo'], row.get('nelbo_stderr'))}"
+            lines.append(f"| {model} | {_config_hash(row)} | {_format(row['nelbo'], row.get('nelbo_stderr'))}"
                          f" | {_format(row.get('nll'), row.get('nll_stderr'))} | {_format(row.get('kl'))}"
                          f" | {row.get('active_units', '–')} |")
         sections.append("\n".join(lines))

@@ -1,0 +1,164 @@
+"""Tables and figures of the studies of issue #3, from the committed results of their runs.
+
+Reads `experiments/results/<study>/<run>/{eval.jsonl,metrics.jsonl}` (written by `train_and_eval.sh`) and writes
+`experiments/results/<study>/results.csv`, `results.md` (the same table in Markdown) and `<study>.png`.
+
+Usage: python experiments/study_report.py {latent_size,kl_weight,binarization,objectives_priors}
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COLUMNS = ("run", "setting", "test_nelbo", "nelbo_stderr", "rec", "kl", "nll", "nll_stderr", "iwae_k",
+           "active_units", "best_epoch", "epochs", "train_minutes")
+
+
+def _json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _setting(study: str, config: dict) -> str:
+    """The value of the studied variable, as a label."""
+    if study == "latent_size":
+        return f"z = {config['model']['latent_dim']}"
+    if study == "kl_weight":
+        return f"beta = {config['kl_weight']:g}"
+    if study == "binarization":
+        return "dynamic (mnist)" if config["dataset"] == "mnist" else "static (binarized_mnist)"
+    objective = "IWAE" if config["objective"] == "iwae" else "VAE"
+    samples = f", K = {config['num_samples']}" if config["objective"] == "iwae" else ""
+    prior = {"normal": "N(0, I) prior", "mixture": "mixture prior (GMVAE)", "vamp": "VampPrior"}
+    return f"{objective}{samples}, {prior[config['model'].get('prior', 'normal')]}"
+
+
+def collect(study: str) -> list[dict]:
+    """One row per run of the study: the last eval line that has an NLL, and training time from the metrics."""
+    rows = []
+    for eval_file in sorted((RESULTS / study).glob("*/eval.jsonl")):
+        run_dir = eval_file.parent
+        evals = [line for line in _json_lines(eval_file) if "nll" in line]
+        if not evals:
+            continue
+        result, metrics = evals[-1], _json_lines(run_dir / "metrics.jsonl")
+        rows.append({
+            "run": run_dir.name, "setting": _setting(study, result["config"]),
+            "test_nelbo": result["nelbo"], "nelbo_stderr": result["nelbo_stderr"], "rec": result["rec"],
+            "kl": result["kl"], "nll": result["nll"], "nll_stderr": result["nll_stderr"], "iwae_k": result["iwae_k"],
+            "active_units": result["active_units"], "best_epoch": result["epoch"], "epochs": len(metrics),
+            "train_minutes": sum(line["seconds"] for line in metrics) / 60,
+            "config": result["config"], "metrics": metrics, "dir": run_dir,
+        })
+    return sorted(rows, key=lambda row: _order(study, row))
+
+
+def _order(study: str, row: dict) -> tuple:
+    """Rows in the order of the studied variable (objectives: the VAE first, then IWAE, then the priors)."""
+    config = row["config"]
+    if study == "latent_size":
+        return (config["model"]["latent_dim"],)
+    if study == "kl_weight":
+        return (config["kl_weight"],)
+    return (config["model"].get("prior", "normal") != "normal", config["objective"], config["num_samples"])
+
+
+def write_tables(study: str, rows: list[dict]) -> None:
+    def cell(value: object) -> str:
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    with open(RESULTS / study / "results.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(COLUMNS)
+        writer.writerows([[cell(row[name]) for name in COLUMNS] for row in rows])
+    header = ("| setting | test NELBO | rec | KL | test NLL (K) | active units | train min |\n"
+              "| --- | --- | --- | --- | --- | --- | --- |\n")
+    lines = [f"| {r['setting']} | {r['test_nelbo']:.2f} ± {r['nelbo_stderr']:.2f} | {r['rec']:.2f} | {r['kl']:.2f} | "
+             f"{r['nll']:.2f} ± {r['nll_stderr']:.2f} ({r['iwae_k']}) | {r['active_units']} | "
+             f"{r['train_minutes']:.1f} |\n" for r in rows]
+    (RESULTS / study / "results.md").write_text(header + "".join(lines))
+    print(header + "".join(lines), end="")
+
+
+def _validation_curves(axes, rows: list[dict]) -> None:
+    for row in rows:
+        epochs = [line["epoch"] for line in row["metrics"]]
+        axes.plot(epochs, [line["val_nelbo"] for line in row["metrics"]], label=row["setting"])
+    axes.set(xlabel="epoch", ylabel="validation NELBO (nats)", title="learning curves")
+    axes.legend(fontsize=7)
+
+
+def plot_latent_size(figure: Figure, rows: list[dict]) -> None:
+    z = [r["config"]["model"]["latent_dim"] for r in rows]
+    left, right = figure.subplots(1, 2)
+    left.plot(z, [r["test_nelbo"] for r in rows], "o-", label="test NELBO")
+    left.plot(z, [r["nll"] for r in rows], "s-", label=f"test NLL (K = {rows[0]['iwae_k']})")
+    left.set(xscale="log", xlabel="latent size z", ylabel="nats", title="bound and likelihood")
+    left.legend()
+    right.plot(z, [r["rec"] for r in rows], "o-", label="reconstruction")
+    right.plot(z, [r["kl"] for r in rows], "s-", label="KL")
+    for size, row in zip(z, rows, strict=True):
+        right.annotate(f"{row['active_units']} active", (size, row["kl"]), fontsize=7, textcoords="offset points",
+                       xytext=(0, 6), ha="center")
+    right.set(xscale="log", xlabel="latent size z", ylabel="nats", title="the two terms, and active units")
+    right.legend()
+    for axes in (left, right):
+        axes.set_xticks(z, [str(size) for size in z])
+        axes.minorticks_off()
+
+
+def plot_kl_weight(figure: Figure, rows: list[dict]) -> None:
+    grid = figure.add_gridspec(2, len(rows), height_ratios=(3, 2))
+    curve = figure.add_subplot(grid[0, :])
+    curve.plot([r["kl"] for r in rows], [r["rec"] for r in rows], "o-")
+    for row in rows:
+        curve.annotate(row["setting"], (row["kl"], row["rec"]), textcoords="offset points", xytext=(5, 5))
+    curve.set(xlabel="rate: KL(q(z|x) || p(z)) (nats)", ylabel="distortion: reconstruction loss (nats)",
+              title="rate against distortion on the test split")
+    for column, row in enumerate(rows):
+        axes = figure.add_subplot(grid[1, column])
+        axes.imshow(np.asarray(Image.open(row["dir"] / "samples.png"))[:117, :117], cmap="gray")
+        axes.set_title(f"{row['setting']}: samples", fontsize=8)
+        axes.axis("off")
+
+
+def plot_curves_and_nll(figure: Figure, rows: list[dict]) -> None:
+    left, right = figure.subplots(1, 2)
+    _validation_curves(left, rows)
+    positions = np.arange(len(rows))
+    right.barh(positions, [r["nll"] for r in rows], xerr=[r["nll_stderr"] for r in rows])
+    right.set_yticks(positions, [r["setting"] for r in rows], fontsize=7)
+    low = min(r["nll"] for r in rows)
+    right.set_xlim(low - 5, max(r["nll"] for r in rows) + 2)
+    right.set(xlabel=f"test NLL (nats, K = {rows[0]['iwae_k']})", title="test negative log-likelihood")
+
+
+PLOTS: dict[str, Callable[[Figure, list[dict]], None]] = {
+    "latent_size": plot_latent_size,
+    "kl_weight": plot_kl_weight,
+    "binarization": plot_curves_and_nll,
+    "objectives_priors": plot_curves_and_nll,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", choices=sorted(PLOTS))
+    study = parser.parse_args().study
+    rows = collect(study)
+    write_tables(study, rows)
+    figure = Figure(figsize=(11, 4.5), dpi=110, layout="constrained")
+    PLOTS[study](figure, rows)
+    figure.savefig(RESULTS / study / f"{study}.png")
+
+
+if __name__ == "__main__":
+    main()
