@@ -3,7 +3,7 @@
 Reads `experiments/results/<study>/<run>/{eval.jsonl,metrics.jsonl}` (written by `train_and_eval.sh`) and writes
 `experiments/results/<study>/results.csv`, `results.md` (the same table in Markdown) and `<study>.png`.
 
-Usage: python experiments/study_report.py {latent_size,kl_weight,binarization,objectives_priors}
+Usage: python experiments/study_report.py {latent_size,kl_weight,objectives_priors,binarization,architecture}
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ def _setting(study: str, config: dict) -> str:
         return f"z = {config['model']['latent_dim']}"
     if study == "kl_weight":
         return f"beta = {config['kl_weight']:g}"
+    if study == "architecture":
+        model = config["model"]
+        dense = "-".join(map(str, model["encoder_hidden"]))
+        if model.get("architecture", "mlp") == "conv":
+            return f"conv {'-'.join(map(str, model['conv_channels']))} + dense {dense}"
+        return f"MLP {dense}"
     if study == "binarization":
         return "dynamic (mnist)" if config["dataset"] == "mnist" else "static (binarized_mnist)"
     objective = "IWAE" if config["objective"] == "iwae" else "VAE"
@@ -144,6 +150,7 @@ def plot_curves_and_nll(figure: Figure, rows: list[dict]) -> None:
 PLOTS: dict[str, Callable[[Figure, list[dict]], None]] = {
     "latent_size": plot_latent_size,
     "kl_weight": plot_kl_weight,
+    "architecture": plot_curves_and_nll,
     "binarization": plot_curves_and_nll,
     "objectives_priors": plot_curves_and_nll,
 }

@@ -44,6 +44,27 @@ def test_train_eval_sample(tiny_run, shared_data, data_dir, tmp_path, capsys):
     assert Image.open(figures["scatter"]).size == (720, 660)
 
 
+@pytest.mark.parametrize("prior", ["mixture", "vamp"])
+def test_a_learned_prior_trains_evaluates_and_samples_from_the_command_line(prior, shared_data, data_dir, tmp_path,
+                                                                             capsys):
+    workdir = tmp_path / prior
+    assert cli.main(["train", "--workdir", str(workdir), "--config", "cs236", "--epochs", "1", "--no-progress",
+                     "--manual-dir", str(shared_data / "binarized_mnist"), "--data-dir", str(data_dir), *TINY,
+                     f"model.prior={prior}", "model.prior_components=20"]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--workdir", str(workdir), "--split", "validation", "--iwae-samples", "10",
+                     "--data-dir", str(data_dir)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["config"]["model"]["prior"] == prior and result["kl_per_dim"] == []
+    # The bound is below the NELBO, and both are those of a model that learned something in one epoch.
+    assert 100 < result["nll"] < result["nelbo"] < 250
+    assert 0 < result["kl"] < 30
+    out = tmp_path / "samples.png"
+    assert cli.main(["sample", "--workdir", str(workdir), "--out", str(out), "--data-dir", str(data_dir),
+                     "--mnist-dir", str(shared_data / "mnist")]) == 0
+    assert out.is_file()
+
+
 def test_train_without_config_resumes_the_stored_one(tiny_run, data_dir, capsys):
     capsys.readouterr()
     assert cli.main(["train", "--workdir", str(tiny_run), "--no-progress", "--data-dir", str(data_dir)]) == 0

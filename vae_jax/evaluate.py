@@ -34,7 +34,7 @@ def _map_over_split(fn: Callable[[jax.Array, jax.Array], Any], pixels: jax.Array
     padded = jnp.pad(pixels, ((0, num_chunks * batch_size - num_examples), (0, 0)))
     chunks = (padded.reshape(num_chunks, batch_size, -1), jnp.arange(num_chunks * batch_size).reshape(num_chunks, -1))
     outputs = jax.lax.map(lambda chunk: fn(*shard_batch(chunk, mesh)), chunks)
-    return jax.tree.map(lambda t: t.reshape(-1, *t.shape[2:])[:num_examples], outputs)
+    return jax.tree.map(lambda t: t.reshape(num_chunks * batch_size, *t.shape[2:])[:num_examples], outputs)
 
 
 @functools.partial(jax.jit, static_argnames=(
