@@ -1,0 +1,62 @@
+"""How far the best runs here are from the issue's NLL targets, and where their learning curves are heading.
+
+Reads `experiments/results/<run>/{metrics.jsonl,eval.jsonl}` of the runs named below, and writes
+`experiments/results/target_curve.json` (each run's test NLL with K = 5000, its distance to the targets, and the
+validation NELBO's fall over its last 10 epochs) and `target_curve.png` (validation NELBO per epoch, with the
+test NLL at the end and the targets as lines).
+
+Usage: python experiments/target_curve.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = {"default": "standard VAE (default preset)",
+        "default_vampprior": "VampPrior (default preset + model.prior=vamp)"}
+TARGETS = {"standard VAE": 88.7, "best configuration": 85.5}
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarize(run: str) -> dict:
+    metrics = _lines(RESULTS / run / "metrics.jsonl")
+    result = [line for line in _lines(RESULTS / run / "eval.jsonl") if line.get("iwae_k") == 5000][-1]
+    val = [line["val_nelbo"] for line in metrics]
+    return {
+        "run": run, "epochs": len(metrics), "test_nll": result["nll"], "test_nll_stderr": result["nll_stderr"],
+        "test_nelbo": result["nelbo"], "nll_above_target": {name: result["nll"] - target
+                                                            for name, target in TARGETS.items()},
+        "val_nelbo_fall_over_last_10_epochs": val[-11] - val[-1], "val_nelbo": val,
+    }
+
+
+def main() -> None:
+    runs = [summarize(run) for run in RUNS if (RESULTS / run / "eval.jsonl").exists()]
+    figure = Figure(figsize=(8, 5), dpi=110, layout="constrained")
+    axes = figure.add_subplot()
+    for run in runs:
+        epochs = range(1, run["epochs"] + 1)
+        (line,) = axes.plot(epochs, run["val_nelbo"], label=f"{RUNS[run['run']]}: validation NELBO")
+        axes.errorbar([run["epochs"]], [run["test_nll"]], yerr=[run["test_nll_stderr"]], fmt="o",
+                      color=line.get_color(), label=f"{RUNS[run['run']]}: test NLL (K = 5000) {run['test_nll']:.2f}")
+    for name, target in TARGETS.items():
+        axes.axhline(target, linestyle="--", color="gray", linewidth=1)
+        axes.annotate(f"target, {name}: {target}", (1, target), textcoords="offset points", xytext=(2, 3),
+                      fontsize=8)
+    axes.set(xlabel="epoch", ylabel="nats", ylim=(84, 100), title="learning curves and the NLL targets")
+    axes.legend(fontsize=8)
+    figure.savefig(RESULTS / "target_curve.png")
+    summary = [{key: value for key, value in run.items() if key != "val_nelbo"} for run in runs]
+    (RESULTS / "target_curve.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
