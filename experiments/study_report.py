@@ -20,7 +20,7 @@ from PIL import Image
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ("run", "setting", "test_nelbo", "nelbo_stderr", "rec", "kl", "nll", "nll_stderr", "iwae_k",
-           "active_units", "best_epoch", "epochs", "train_minutes")
+           "active_units", "best_epoch", "epochs")
 
 
 def _json_lines(path: Path) -> list[dict]:
@@ -48,7 +48,7 @@ def _setting(study: str, config: dict) -> str:
 
 
 def collect(study: str) -> list[dict]:
-    """One row per run of the study: the last eval line that has an NLL, and training time from the metrics."""
+    """One row per run of the study: the last eval line that has an NLL, and the run's per-epoch metrics."""
     rows = []
     for eval_file in sorted((RESULTS / study).glob("*/eval.jsonl")):
         run_dir = eval_file.parent
@@ -61,7 +61,6 @@ def collect(study: str) -> list[dict]:
             "test_nelbo": result["nelbo"], "nelbo_stderr": result["nelbo_stderr"], "rec": result["rec"],
             "kl": result["kl"], "nll": result["nll"], "nll_stderr": result["nll_stderr"], "iwae_k": result["iwae_k"],
             "active_units": result["active_units"], "best_epoch": result["epoch"], "epochs": len(metrics),
-            "train_minutes": sum(line["seconds"] for line in metrics) / 60,
             "config": result["config"], "metrics": metrics, "dir": run_dir,
         })
     return sorted(rows, key=lambda row: _order(study, row))
@@ -85,11 +84,11 @@ def write_tables(study: str, rows: list[dict]) -> None:
         writer = csv.writer(file)
         writer.writerow(COLUMNS)
         writer.writerows([[cell(row[name]) for name in COLUMNS] for row in rows])
-    header = ("| setting | test NELBO | rec | KL | test NLL (K) | active units | train min |\n"
+    header = ("| setting | test NELBO | rec | KL | test NLL (K) | active units | best epoch |\n"
               "| --- | --- | --- | --- | --- | --- | --- |\n")
     lines = [f"| {r['setting']} | {r['test_nelbo']:.2f} ± {r['nelbo_stderr']:.2f} | {r['rec']:.2f} | {r['kl']:.2f} | "
              f"{r['nll']:.2f} ± {r['nll_stderr']:.2f} ({r['iwae_k']}) | {r['active_units']} | "
-             f"{r['train_minutes']:.1f} |\n" for r in rows]
+             f"{r['best_epoch']} of {r['epochs']} |\n" for r in rows]
     (RESULTS / study / "results.md").write_text(header + "".join(lines))
     print(header + "".join(lines), end="")
 
