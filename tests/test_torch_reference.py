@@ -100,3 +100,21 @@ def test_importance_weighted_bound_agrees_in_float64():
         reference = TorchVAE(LATENT, list(ENCODER_HIDDEN), list(DECODER_HIDDEN)).load_flax(params, torch.float64)
         theirs = reference.iwae_bound(torch.tensor(x), torch.tensor(eps)).detach().numpy()
         np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-10)
+
+
+def test_conv_encoder_and_decoder_match_pytorch():
+    from tests.torch_reference import conv_decoder, conv_encoder
+
+    config = configs.ModelConfig(LATENT, (24,), (24,), "elu", architecture="conv", conv_channels=(4, 8))
+    encoder, decoder = models.build_models(config)
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), train.init_params(jax.random.key(0), encoder, decoder))
+        rng = np.random.default_rng(2)
+        x, z = (rng.random((BATCH, 784)) < 0.3).astype(np.float64), rng.normal(size=(BATCH, LATENT))
+        mean, logvar = encoder.apply(params["encoder"], x)
+        logits = decoder.apply(params["decoder"], z)
+    theirs_mean, theirs_logvar = conv_encoder(params["encoder"], torch.tensor(x))
+    np.testing.assert_allclose(mean, theirs_mean.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(logvar, theirs_logvar.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(logits, conv_decoder(params["decoder"], torch.tensor(z), channels=8).numpy(),
+                               rtol=1e-10, atol=1e-12)

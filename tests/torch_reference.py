@@ -85,3 +85,48 @@ def _flax_dense_layers(tree: dict) -> list[tuple[np.ndarray, np.ndarray]]:
 def flax_dense_layers(params: dict) -> dict:
     """The Flax parameters (or gradients) as `{"encoder": [(kernel, bias), ...], "decoder": [...]}`."""
     return {name: _flax_dense_layers(params[name]["params"]) for name in ("encoder", "decoder")}
+
+
+def _conv_same_stride2(h: torch.Tensor, kernel: np.ndarray, bias: np.ndarray) -> torch.Tensor:
+    """XLA's SAME padding for a 3x3 stride-2 convolution of an even side: nothing before, one row/column after."""
+    weight = torch.tensor(np.asarray(kernel)).permute(3, 2, 0, 1)  # [kh, kw, in, out] -> [out, in, kh, kw]
+    return F.conv2d(F.pad(h, (0, 1, 0, 1)), weight, torch.tensor(np.asarray(bias)), stride=2)
+
+
+def _conv_transpose_same_stride2(h: torch.Tensor, kernel: np.ndarray, bias: np.ndarray) -> torch.Tensor:
+    """`lax.conv_transpose` with SAME padding, stride 2, 3x3 and an unflipped kernel, written out: put a zero
+    between input pixels, pad 2 before and 1 after, and correlate with the kernel (output side = 2 x input side)."""
+    batch, channels, side, _ = h.shape
+    dilated = h.new_zeros(batch, channels, 2 * side - 1, 2 * side - 1)
+    dilated[:, :, ::2, ::2] = h
+    weight = torch.tensor(np.asarray(kernel)).permute(3, 2, 0, 1)
+    return F.conv2d(F.pad(dilated, (2, 1, 2, 1)), weight, torch.tensor(np.asarray(bias)))
+
+
+def conv_encoder(params: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ConvEncoder of vae_jax (ELU) from its Flax variables: x `[B, 784]` -> (mean, logvar) `[B, J]`."""
+    tree = params["params"]
+    h = x.reshape(-1, 1, 28, 28)
+    for i in range(sum(name.startswith("Conv_") for name in tree)):
+        h = F.elu(_conv_same_stride2(h, tree[f"Conv_{i}"]["kernel"], tree[f"Conv_{i}"]["bias"]))
+    h = h.permute(0, 2, 3, 1).reshape(len(x), -1)  # flatten in Flax's [H, W, C] order
+    dense = _flax_dense_layers(tree)
+    for kernel, bias in dense[:-1]:
+        h = F.elu(h @ torch.tensor(np.asarray(kernel)) + torch.tensor(np.asarray(bias)))
+    out = h @ torch.tensor(np.asarray(dense[-1][0])) + torch.tensor(np.asarray(dense[-1][1]))
+    return out.chunk(2, dim=-1)
+
+
+def conv_decoder(params: dict, z: torch.Tensor, channels: int) -> torch.Tensor:
+    """The ConvDecoder of vae_jax (ELU) from its Flax variables: z `[B, J]` -> logits `[B, 784]`."""
+    tree = params["params"]
+    h = z
+    for kernel, bias in _flax_dense_layers(tree):  # the MLP, then the map to the first feature map
+        h = F.elu(h @ torch.tensor(np.asarray(kernel)) + torch.tensor(np.asarray(bias)))
+    side = int(round((h.shape[-1] / channels) ** 0.5))
+    h = h.reshape(len(z), side, side, channels).permute(0, 3, 1, 2)
+    layers = sum(name.startswith("ConvTranspose_") for name in tree)
+    for i in range(layers):
+        h = _conv_transpose_same_stride2(h, tree[f"ConvTranspose_{i}"]["kernel"], tree[f"ConvTranspose_{i}"]["bias"])
+        h = F.elu(h) if i < layers - 1 else h
+    return h.permute(0, 2, 3, 1).reshape(len(z), -1)
