@@ -73,7 +73,8 @@ def _order(study: str, row: dict) -> tuple:
         return (config["model"]["latent_dim"],)
     if study == "kl_weight":
         return (config["kl_weight"],)
-    return (config["model"].get("prior", "normal") != "normal", config["objective"], config["num_samples"])
+    return (config["dataset"] != "binarized_mnist", config["model"].get("architecture", "mlp") != "mlp",
+            config["model"].get("prior", "normal") != "normal", config["objective"], config["num_samples"])
 
 
 def write_tables(study: str, rows: list[dict]) -> None:
