@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The convolutional encoder/decoder against the MLP at the cs236 sizes (z = 10, dense layers 300-300; the conv
 # model puts 3x3 stride-2 convolutions with 32 and 64 channels before them, and transposed ones after the
-# decoder's), both trained for EPOCHS epochs (2 by default: a conv epoch costs about 30 MLP epochs on a 2-core
+# decoder's), both trained for EPOCHS epochs (2 by default: a conv epoch costs tens of MLP epochs on a 2-core
 # CPU) and evaluated on the whole test split with K = IWAE_K (100 by default).
 # Outputs: experiments/results/architecture/. Resumable.
 set -euo pipefail
