@@ -7,7 +7,7 @@ MANUAL_DIR=${MANUAL_DIR:-../shared/data/binarized_mnist}
 bash experiments/train_and_eval.sh cs236 cs236 --epochs 40
 bash experiments/train_and_eval.sh default default
 bash experiments/train_and_eval.sh cs236_bfloat16 cs236 --epochs 40 model.compute_dtype=bfloat16
-bash experiments/train_and_eval.sh default_vampprior default model.prior=vamp
+bash experiments/train_and_eval.sh default_vampprior vampprior
 python experiments/custom_model.py --manual-dir "$MANUAL_DIR"
 python experiments/benchmark.py --manual-dir "$MANUAL_DIR"
 bash experiments/latent_size.sh

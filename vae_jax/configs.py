@@ -134,7 +134,13 @@ def _default() -> Config:
     )
 
 
-PRESETS = {"cs236": _cs236, "default": _default}
+def _vampprior() -> Config:
+    """The best configuration shipped: the `default` preset with the VampPrior (500 pseudo-inputs)."""
+    default = _default()
+    return dataclasses.replace(default, model=dataclasses.replace(default.model, prior="vamp", prior_components=500))
+
+
+PRESETS = {"cs236": _cs236, "default": _default, "vampprior": _vampprior}
 
 
 def get_config(name: str) -> Config:
