@@ -15,4 +15,6 @@ bash experiments/kl_weight.sh
 bash experiments/objectives_priors.sh
 bash experiments/binarization.sh
 bash experiments/architecture.sh
+bash experiments/nll_k5000.sh binarization/dynamic objectives_priors/iwae_k50
+python experiments/target_curve.py
 python -m vae_jax compare experiments/results > experiments/results/tables.md

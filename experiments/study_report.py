@@ -4,6 +4,7 @@ Reads `experiments/results/<study>/<run>/{eval.jsonl,metrics.jsonl}` (written by
 `experiments/results/<study>/results.csv`, `results.md` (the same table in Markdown) and `<study>.png`.
 
 Usage: python experiments/study_report.py {latent_size,kl_weight,objectives_priors,binarization,architecture}
+       [--iwae-k K]   (the K of the eval lines to report; 1000 for the studies, 100 for architecture)
 """
 
 from __future__ import annotations
@@ -47,12 +48,12 @@ def _setting(study: str, config: dict) -> str:
     return f"{objective}{samples}, {prior[config['model'].get('prior', 'normal')]}"
 
 
-def collect(study: str) -> list[dict]:
-    """One row per run of the study: the last eval line that has an NLL, and the run's per-epoch metrics."""
+def collect(study: str, iwae_k: int) -> list[dict]:
+    """One row per run of the study: its last eval line with a K-sample NLL, and its per-epoch metrics."""
     rows = []
     for eval_file in sorted((RESULTS / study).glob("*/eval.jsonl")):
         run_dir = eval_file.parent
-        evals = [line for line in _json_lines(eval_file) if "nll" in line]
+        evals = [line for line in _json_lines(eval_file) if line.get("iwae_k") == iwae_k]
         if not evals:
             continue
         result, metrics = evals[-1], _json_lines(run_dir / "metrics.jsonl")
@@ -159,8 +160,10 @@ PLOTS: dict[str, Callable[[Figure, list[dict]], None]] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", choices=sorted(PLOTS))
-    study = parser.parse_args().study
-    rows = collect(study)
+    parser.add_argument("--iwae-k", type=int, default=None, help="default: 100 for architecture, else 1000")
+    args = parser.parse_args()
+    study = args.study
+    rows = collect(study, args.iwae_k or (100 if study == "architecture" else 1000))
     write_tables(study, rows)
     figure = Figure(figsize=(11, 4.5), dpi=110, layout="constrained")
     PLOTS[study](figure, rows)
