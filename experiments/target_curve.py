@@ -51,7 +51,7 @@ def main() -> None:
         axes.annotate(f"target, {name}: {target}", (1, target), textcoords="offset points", xytext=(2, 3),
                       fontsize=8)
     axes.set(xlabel="epoch", ylabel="nats", ylim=(84, 100), title="learning curves and the NLL targets")
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper right")
     figure.savefig(RESULTS / "target_curve.png")
     summary = [{key: value for key, value in run.items() if key != "val_nelbo"} for run in runs]
     (RESULTS / "target_curve.json").write_text(json.dumps(summary, indent=1) + "\n")
