@@ -24,7 +24,8 @@ COLUMNS = ("run", "setting", "test_nelbo", "nelbo_stderr", "rec", "kl", "nll", "
            "active_units", "best_epoch", "epochs")
 
 
-def _json_lines(path: Path) -> list[dict]:
+def json_lines(path: Path) -> list[dict]:
+    """The records of a JSON-lines file."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -53,10 +54,10 @@ def collect(study: str, iwae_k: int) -> list[dict]:
     rows = []
     for eval_file in sorted((RESULTS / study).glob("*/eval.jsonl")):
         run_dir = eval_file.parent
-        evals = [line for line in _json_lines(eval_file) if line.get("iwae_k") == iwae_k]
+        evals = [line for line in json_lines(eval_file) if line.get("iwae_k") == iwae_k]
         if not evals:
             continue
-        result, metrics = evals[-1], _json_lines(run_dir / "metrics.jsonl")
+        result, metrics = evals[-1], json_lines(run_dir / "metrics.jsonl")
         rows.append({
             "run": run_dir.name, "setting": _setting(study, result["config"]),
             "test_nelbo": result["nelbo"], "nelbo_stderr": result["nelbo_stderr"], "rec": result["rec"],

@@ -11,23 +11,18 @@ Usage: python experiments/target_curve.py
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from matplotlib.figure import Figure
+from study_report import RESULTS, json_lines
 
-RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = {"default": "standard VAE (default preset)",
         "default_vampprior": "VampPrior (default preset + model.prior=vamp)"}
 TARGETS = {"standard VAE": 88.7, "best configuration": 85.5}
 
 
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def summarize(run: str) -> dict:
-    metrics = _lines(RESULTS / run / "metrics.jsonl")
-    result = [line for line in _lines(RESULTS / run / "eval.jsonl") if line.get("iwae_k") == 5000][-1]
+    metrics = json_lines(RESULTS / run / "metrics.jsonl")
+    result = [line for line in json_lines(RESULTS / run / "eval.jsonl") if line.get("iwae_k") == 5000][-1]
     val = [line["val_nelbo"] for line in metrics]
     return {
         "run": run, "epochs": len(metrics), "test_nll": result["nll"], "test_nll_stderr": result["nll_stderr"],
