@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -56,16 +57,18 @@ def jax_case(case: dict, pixels) -> dict:
     import jax
     import optax
 
-    from vae_jax import models, train
+    from vae_jax import models, parallel, train
     from vae_jax.configs import ModelConfig
 
     latent_dim, encoder_hidden, decoder_hidden = ARCHITECTURES[case["model"]]
     encoder, decoder = models.build_models(ModelConfig(latent_dim, encoder_hidden, decoder_hidden,
                                                        compute_dtype=case.get("dtype", "float32")))
-    state = train.create_train_state(jax.random.key(0), encoder, decoder, optax.adam(1e-3))
-    data = jax.device_put(pixels)
+    mesh = parallel.data_mesh() if case.get("data_parallel") else None
+    state = parallel.replicate(train.create_train_state(jax.random.key(0), encoder, decoder, optax.adam(1e-3)), mesh)
+    data = parallel.replicate(pixels, mesh)
     start = time.perf_counter()
-    epoch_fn = train.train_epoch_jit.lower(state, data, jax.random.key(1), batch_size=case["batch"]).compile()
+    epoch_fn = train.train_epoch_jit.lower(state, data, jax.random.key(1), batch_size=case["batch"],
+                                           mesh=mesh).compile()
     compile_seconds = time.perf_counter() - start
     holder = {"state": state}
 
@@ -169,6 +172,8 @@ def _time(fn) -> float:
 
 
 def worker(case: dict) -> dict:
+    if "cpus" in case:  # pin to these cores before a framework sizes its thread pools
+        os.sched_setaffinity(0, case["cpus"])
     from vae_jax import data as vae_data
 
     if case["framework"] == "peak":
@@ -182,12 +187,20 @@ def worker(case: dict) -> dict:
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+    description = {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+                   "python": platform.python_version()}
+    if shutil.which("nvidia-smi"):
+        query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
+        description["gpu"] = subprocess.run(query, capture_output=True, text=True).stdout.strip()
+    return description
 
 
-def run_case(case: dict) -> dict:
+def run_case(case: dict, xla_flags: str = "") -> dict:
+    """Runs one case in a fresh process, with `xla_flags` (XLA_FLAGS) added to the environment's."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env["XLA_FLAGS"] = " ".join(filter(None, (os.environ.get("XLA_FLAGS", ""), xla_flags)))
     done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case)], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          cwd=REPO, env=env)
     if done.returncode != 0:
         return {**case, "error": (done.stderr.strip().splitlines() or ["failed"])[-1][:300]}
     return {**case, **json.loads(done.stdout.strip().splitlines()[-1])}
@@ -201,6 +214,33 @@ def summarize(result: dict, peak_gflops: float) -> dict:
     flops = training_flops_per_example(*ARCHITECTURES[result["model"]]) * examples / seconds
     return {**result, "seconds_per_epoch": seconds, "examples_per_second": examples / seconds,
             "gflops": flops / 1e9, "fraction_of_matmul_peak": flops / 1e9 / peak_gflops}
+
+
+IMPLEMENTATIONS = {"jax": "vae_jax", "torch": "PyTorch eager", "torch_compile": "torch.compile"}
+
+
+def markdown_report(report: dict) -> str:
+    """The README's performance table and the machine, peak and evaluation figures under it, from `report`."""
+    lines = ["| model | implementation | batch | s/epoch | examples/s | compile s | peak MB | % of matmul peak "
+             "| time vs PyTorch eager |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["training"]:
+        name = IMPLEMENTATIONS[r["framework"]] + (f" {r['dtype']}" if "dtype" in r else "")
+        if "seconds_per_epoch" not in r:
+            lines.append(f"| {r['model']} | {name} | {r['batch']} | error: {r.get('error')} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['model']} | {name} | {r['batch']} | {r['seconds_per_epoch']:.2f} | {r['examples_per_second']:,.0f} "
+            f"| {r['compile_seconds']:.1f} | {r.get('peak_device_mb', r['peak_rss_mb']):.0f} "
+            f"| {100 * r['fraction_of_matmul_peak']:.0f} | {r.get('time_ratio_vs_torch_eager', float('nan')):.2f} |")
+    machine, peak, iwae = report["machine"], report["matmul_peak"], report["iwae_eval"]
+    lines += ["", f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}"
+                  + (f", {machine['gpu']}" if machine.get("gpu") else "") + ". "
+              f"Measured float32 matrix-multiply peak (2048 x 2048): {peak['jax_gflops']:.0f} GFLOP/s in JAX, "
+              f"{peak['torch_gflops']:.0f} GFLOP/s in PyTorch."]
+    if iwae and "seconds" in iwae:
+        lines[-1] += (f" K = {iwae['k']} importance-weighted evaluation of the 10,000 test images "
+                      f"({iwae['model']} model): {iwae['seconds']:.1f} s.")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -242,16 +282,7 @@ def main() -> None:
               "command": "python experiments/benchmark.py " + " ".join(sys.argv[1:])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print("\n| model | framework | batch | s/epoch | examples/s | compile s | peak RSS MB | x torch eager |"
-          "\n| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in results:
-        if "seconds_per_epoch" not in r:
-            print(f"| {r['model']} | {r['framework']} | {r['batch']} | error: {r.get('error')} |")
-            continue
-        name = r["framework"] + (f" {r['dtype']}" if "dtype" in r else "")
-        print(f"| {r['model']} | {name} | {r['batch']} | {r['seconds_per_epoch']:.3f} | "
-              f"{r['examples_per_second']:.0f} | {r['compile_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
-              f"{r.get('time_ratio_vs_torch_eager', float('nan')):.2f} |")
+    print("\n" + markdown_report(report))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ bash experiments/train_and_eval.sh cs236_bfloat16 cs236 --epochs 40 model.comput
 bash experiments/train_and_eval.sh default_vampprior vampprior
 python experiments/custom_model.py --manual-dir "$MANUAL_DIR"
 python experiments/benchmark.py --manual-dir "$MANUAL_DIR"
+python experiments/profile_cpu.py --manual-dir "$MANUAL_DIR"
 bash experiments/latent_size.sh
 bash experiments/kl_weight.sh
 bash experiments/objectives_priors.sh

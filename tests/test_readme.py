@@ -1,5 +1,7 @@
-"""The README's Python example runs as written and prints what the README says it prints."""
+"""The README's Python example runs as written and prints what the README says it prints; its tables are the
+committed scripts' output."""
 
+import json
 import os
 import re
 import subprocess
@@ -35,8 +37,6 @@ def test_custom_model_script_runs(data_dir, shared_data, tmp_path):
          "--epochs", "1", "--iwae-samples", "5", "--workdir", str(tmp_path / "run"), "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    import json
-
     record = json.loads(out.read_text())
     assert record["config"]["model"] == "residual_mlp" and record["num_examples"] == 10_000 and record["epoch"] == 1
     assert record["iwae_k"] == 5 and record["estimator"] == "iwae" and record["split_size"] == 10_000
@@ -53,3 +53,15 @@ def test_results_tables_are_what_compare_prints_over_the_committed_results(capsy
     assert len(rows) >= 4
     for line in tables.splitlines():
         assert line in readme, f"README lacks this line of `compare experiments/results`: {line}"
+
+
+def test_performance_section_is_what_the_committed_benchmark_and_profile_print():
+    sys.path.insert(0, str(REPO / "experiments"))
+    import benchmark
+    import profile_cpu
+
+    readme = (REPO / "README.md").read_text()
+    for script, output in ((benchmark, "benchmark_cpu.json"), (profile_cpu, "profile_cpu.json")):
+        report = json.loads((REPO / "experiments" / "results" / output).read_text())
+        for line in script.markdown_report(report).splitlines():
+            assert line in readme, f"README lacks this line of {output}'s report: {line}"

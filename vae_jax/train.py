@@ -64,9 +64,10 @@ class TrainState(struct.PyTreeNode):
         return {"encoder": self.encoder, "decoder": self.decoder, "prior": self.prior}
 
     def apply_gradients(self, grads: Params) -> TrainState:
-        """One optimizer step."""
-        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-        params = optax.apply_updates(self.params, updates)
+        """One optimizer step (named `optimizer_update` in profiles)."""
+        with jax.named_scope("optimizer_update"):
+            updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+            params = optax.apply_updates(self.params, updates)
         return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
 
 
@@ -151,7 +152,8 @@ def training_loss(terms: ElboTerms, kl_weight: jax.Array | float = 1.0, free_bit
 
 
 def _all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+    with jax.named_scope("finite_check"):
+        return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
 def train_epoch(
