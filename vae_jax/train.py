@@ -151,6 +151,19 @@ def training_loss(terms: ElboTerms, kl_weight: jax.Array | float = 1.0, free_bit
     return jnp.mean(terms.rec) + kl_weight * kl
 
 
+def guarded_update(state: TrainState, grads: Params, apply: jax.Array, *, conditional: bool) -> TrainState:
+    """`state.apply_gradients(grads)` where the `[]` bool `apply` holds, else `state` unchanged.
+
+    `conditional=True` branches with `lax.cond`, so a skipped update costs nothing: the choice on the CPU.
+    XLA:GPU copies a conditional's predicate to the host and waits for the device at every step, so on
+    accelerators the update is computed and selected (`conditional=False`); both give the same state.
+    """
+    if conditional:
+        return jax.lax.cond(apply, lambda s: s.apply_gradients(grads), lambda s: s, state)
+    updated = state.apply_gradients(grads)
+    return jax.tree.map(lambda new, old: jnp.where(apply, new, old), updated, state)
+
+
 def _all_finite(tree: Any) -> jax.Array:
     with jax.named_scope("finite_check"):
         return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
@@ -190,6 +203,7 @@ def train_epoch(
             `state` and `pixels` should be replicated on it.
         progress: if given, called on the host as `progress(steps_done, running_mean_loss)` every
             `progress_every` steps from inside the compiled epoch (`jax.debug.callback`), e.g. for a progress bar.
+            It adds a conditional to every step, which stalls a GPU (see `guarded_update`): leave it None there.
         progress_every: steps between two `progress` calls.
 
     Returns:
@@ -199,6 +213,7 @@ def train_epoch(
     num_steps = pixels.shape[0] // batch_size
     order = jax.random.permutation(shuffle_key, pixels.shape[0])[: num_steps * batch_size]
     models = state.models
+    on_cpu = jax.default_backend() == "cpu"
 
     def loss_fn(params: Params, indices: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ElboTerms]]:
         indices = shard_batch(indices, mesh)
@@ -221,9 +236,7 @@ def train_epoch(
         index_in_epoch, indices = batch
         (_, (loss, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(current.params, indices)
         finite = _all_finite((loss, grads))
-        apply = finite & (failed_step < 0)
-        # A conditional, not a select over the state: the skipped branch costs nothing on the common path.
-        current = jax.lax.cond(apply, lambda s: s.apply_gradients(grads), lambda s: s, current)
+        current = guarded_update(current, grads, finite & (failed_step < 0), conditional=on_cpu)
         failed_step = jnp.where((failed_step < 0) & ~finite, index_in_epoch, failed_step)
         loss_sum = loss_sum + loss
         if progress is not None:
