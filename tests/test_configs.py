@@ -35,6 +35,7 @@ def test_overrides_parse_each_field_type():
     ("batch_size", "not of the form key=value"),
     ("model.encoder_hidden=512,0", "widths must be positive"),
     ("optim.name=lbfgs", "unknown optimizer"),
+    ("model.matmul_precision=float8", "unknown matmul precision 'float8'"),
 ])
 def test_bad_overrides_raise_config_error(override, message):
     with pytest.raises(ConfigError, match=message):

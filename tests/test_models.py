@@ -51,3 +51,31 @@ def test_three_convolutions_fail_validation():
         configs.apply_overrides(configs.get_config("cs236"), ["model.architecture=conv", "model.conv_channels=8,8,8"])
     with pytest.raises(ConfigError, match="unknown architecture"):
         configs.apply_overrides(configs.get_config("cs236"), ["model.architecture=resnet"])
+
+
+def _precisions(jaxpr: jax.extend.core.Jaxpr) -> list:
+    """The `precision` of every matrix product and convolution in `jaxpr`, nested calls included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
+            found.append(eqn.params["precision"])
+        for value in eqn.params.values():
+            if isinstance(value, jax.extend.core.ClosedJaxpr):
+                found += _precisions(value.jaxpr)
+    return found
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+@pytest.mark.parametrize("name, level", [("float32", jax.lax.Precision.HIGHEST),
+                                         ("tensorfloat32", jax.lax.Precision.HIGH),
+                                         ("bfloat16", jax.lax.Precision.DEFAULT)])
+def test_matmul_precision_reaches_every_product_and_convolution(architecture, name, level):
+    config = configs.ModelConfig(latent_dim=4, encoder_hidden=(32,), decoder_hidden=(32,), architecture=architecture,
+                                 conv_channels=(4, 8), matmul_precision=name)
+    encoder, decoder = models.build_models(config)
+    params = train.init_params(jax.random.key(0), encoder, decoder)
+    found = (_precisions(jax.make_jaxpr(encoder.apply)(params["encoder"], jnp.zeros((2, 784))).jaxpr)
+             + _precisions(jax.make_jaxpr(decoder.apply)(params["decoder"], jnp.zeros((2, 4))).jaxpr))
+    layers = 4 if architecture == "mlp" else 8  # 2 dense layers a side; conv: 2 convolutions, 2 transposed
+    assert len(found) == layers
+    assert all(precision == (level, level) for precision in found), found

@@ -20,6 +20,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 OBJECTIVES = ("elbo", "iwae")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16")
 ARCHITECTURES = ("mlp", "conv")
 PRIORS = ("normal", "mixture", "vamp")
 
@@ -37,6 +38,10 @@ class ModelConfig:
             (-logvar_bound, logvar_bound) by `bound * tanh(logvar / bound)`; 0 leaves it free.
         compute_dtype: `float32`, or `bfloat16` for mixed precision: the layers compute in bfloat16 while
             parameters, optimizer state and the loss stay float32.
+        matmul_precision: how accelerators compute the float32 matrix products and convolutions of the layers:
+            `float32` (true float32, on every platform, as PyTorch does by default), `tensorfloat32` (NVIDIA
+            tensor cores, inputs rounded to 10 mantissa bits; JAX's own default on recent GPUs) or `bfloat16`
+            (one bfloat16 pass; JAX's default on TPUs). CPUs compute in float32 whatever it says.
         architecture: `mlp`, or `conv`: stride-2 3x3 convolutions before the encoder's dense layers and
             transposed convolutions after the decoder's (`models.ConvEncoder`, `models.ConvDecoder`).
         conv_channels: channels of the encoder's convolutions (`conv` only); 28 must be divisible by 2 ** their number.
@@ -51,6 +56,7 @@ class ModelConfig:
     activation: str = "elu"
     logvar_bound: float = 0.0
     compute_dtype: str = "float32"
+    matmul_precision: str = "float32"
     architecture: str = "mlp"
     conv_channels: tuple[int, ...] = (32, 64)
     prior: str = "normal"
@@ -210,6 +216,8 @@ def validate(config: Config) -> Config:
     _require(model.logvar_bound >= 0, f"model.logvar_bound must be >= 0, got {model.logvar_bound}")
     _require(model.compute_dtype in COMPUTE_DTYPES,
              f"unknown compute dtype {model.compute_dtype!r}; choose one of {COMPUTE_DTYPES}")
+    _require(model.matmul_precision in MATMUL_PRECISIONS,
+             f"unknown matmul precision {model.matmul_precision!r}; choose one of {MATMUL_PRECISIONS}")
     _require(model.architecture in ARCHITECTURES,
              f"unknown architecture {model.architecture!r}; choose one of {ARCHITECTURES}")
     _require(len(model.conv_channels) > 0 and all(c > 0 for c in model.conv_channels)

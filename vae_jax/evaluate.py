@@ -116,6 +116,11 @@ def _mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(stderr)
 
 
+def per_dimension_list(values: np.ndarray | jax.Array) -> list[float]:
+    """`[J]` per-dimension values (e.g. the KL of each latent dimension) as a JSON list, to 4 decimals."""
+    return [round(float(v), 4) for v in np.asarray(values)]
+
+
 def summarize(terms: ElboTerms, iwae_bounds: jax.Array | None = None) -> dict[str, Any]:
     """Means over examples of `[N]` terms, standard errors of the means, KL per dimension and active units.
 
@@ -133,7 +138,7 @@ def summarize(terms: ElboTerms, iwae_bounds: jax.Array | None = None) -> dict[st
         "nelbo_stderr": nelbo_stderr,
         "rec": float(np.asarray(terms.rec, dtype=np.float64).mean()),
         "kl": float(np.asarray(terms.kl, dtype=np.float64).mean()),
-        "kl_per_dim": [round(float(v), 4) for v in np.asarray(terms.kl_per_dim, dtype=np.float64).mean(axis=0)],
+        "kl_per_dim": per_dimension_list(np.asarray(terms.kl_per_dim, dtype=np.float64).mean(axis=0)),
         "active_units": int(np.sum(means.var(axis=0) > ACTIVE_UNIT_THRESHOLD)),
         "num_examples": len(means),
     }

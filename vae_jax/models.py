@@ -43,17 +43,19 @@ class MLP(nn.Module):
         widths: output width of each hidden layer.
         activation: a name in `configs.ACTIVATIONS`.
         dtype: computation dtype of the layers; None follows the inputs and parameters (float32).
+        precision: of the matrix products on accelerators, a name in `configs.MATMUL_PRECISIONS`.
     """
 
     widths: Sequence[int]
     activation: str = "elu"
     dtype: str | None = None
+    precision: str = "float32"
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
         """`[..., in] -> [..., widths[-1]]` (identity when `widths` is empty)."""
         for width in self.widths:
-            h = _ACTIVATIONS[self.activation](nn.Dense(width, dtype=self.dtype)(h))
+            h = _ACTIVATIONS[self.activation](nn.Dense(width, dtype=self.dtype, precision=self.precision)(h))
         return h
 
 
@@ -68,6 +70,7 @@ class Encoder(nn.Module):
             exp(logvar) finite; 0 leaves it unbounded.
         dtype: computation dtype of the layers (`bfloat16` for mixed precision, whose outputs are cast to
             float32); None follows the inputs and parameters.
+        precision: of the matrix products on accelerators, a name in `configs.MATMUL_PRECISIONS`.
     """
 
     latent_dim: int
@@ -75,19 +78,20 @@ class Encoder(nn.Module):
     activation: str = "elu"
     logvar_bound: float = 0.0
     dtype: str | None = None
+    precision: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """`x [..., D] -> (mean [..., J], logvar [..., J])`."""
-        h = MLP(self.hidden, self.activation, self.dtype)(x)
-        return _gaussian_head(h, self.latent_dim, self.logvar_bound, self.dtype)
+        h = MLP(self.hidden, self.activation, self.dtype, self.precision)(x)
+        return _gaussian_head(h, self.latent_dim, self.logvar_bound, self.dtype, self.precision)
 
 
 def _gaussian_head(
-    h: jax.Array, latent_dim: int, logvar_bound: float, dtype: str | None
+    h: jax.Array, latent_dim: int, logvar_bound: float, dtype: str | None, precision: str
 ) -> tuple[jax.Array, jax.Array]:
     """One Dense layer `h [..., H] -> (mean, logvar) [..., J]` (call inside a compact module)."""
-    out = _float32_if_reduced(nn.Dense(2 * latent_dim, dtype=dtype)(h))
+    out = _float32_if_reduced(nn.Dense(2 * latent_dim, dtype=dtype, precision=precision)(h))
     mean, logvar = jnp.split(out, 2, axis=-1)
     if logvar_bound > 0:
         logvar = logvar_bound * jnp.tanh(logvar / logvar_bound)
@@ -103,18 +107,20 @@ class Decoder(nn.Module):
         activation: a name in `configs.ACTIVATIONS`.
         dtype: computation dtype of the layers (`bfloat16` for mixed precision, whose logits are cast to
             float32); None follows the inputs and parameters.
+        precision: of the matrix products on accelerators, a name in `configs.MATMUL_PRECISIONS`.
     """
 
     output_dim: int = NUM_PIXELS
     hidden: Sequence[int] = (300, 300)
     activation: str = "elu"
     dtype: str | None = None
+    precision: str = "float32"
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         """`z [..., J] -> logits [..., D]`."""
-        h = MLP(self.hidden, self.activation, self.dtype)(z)
-        return _float32_if_reduced(nn.Dense(self.output_dim, dtype=self.dtype)(h))
+        h = MLP(self.hidden, self.activation, self.dtype, self.precision)(z)
+        return _float32_if_reduced(nn.Dense(self.output_dim, dtype=self.dtype, precision=self.precision)(h))
 
 
 class ConvEncoder(nn.Module):
@@ -128,6 +134,7 @@ class ConvEncoder(nn.Module):
         activation: a name in `configs.ACTIVATIONS`.
         logvar_bound: see `Encoder`.
         dtype: see `Encoder`.
+        precision: see `Encoder`; also of the convolutions.
     """
 
     latent_dim: int
@@ -136,15 +143,17 @@ class ConvEncoder(nn.Module):
     activation: str = "elu"
     logvar_bound: float = 0.0
     dtype: str | None = None
+    precision: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """`x [..., 784] -> (mean [..., J], logvar [..., J])`."""
         h = x.reshape(*x.shape[:-1], *IMAGE_SHAPE, 1)
         for channels in self.channels:
-            h = _ACTIVATIONS[self.activation](nn.Conv(channels, (3, 3), strides=2, dtype=self.dtype)(h))
-        h = MLP(self.hidden, self.activation, self.dtype)(h.reshape(*h.shape[:-3], -1))
-        return _gaussian_head(h, self.latent_dim, self.logvar_bound, self.dtype)
+            conv = nn.Conv(channels, (3, 3), strides=2, dtype=self.dtype, precision=self.precision)
+            h = _ACTIVATIONS[self.activation](conv(h))
+        h = MLP(self.hidden, self.activation, self.dtype, self.precision)(h.reshape(*h.shape[:-3], -1))
+        return _gaussian_head(h, self.latent_dim, self.logvar_bound, self.dtype, self.precision)
 
 
 class ConvDecoder(nn.Module):
@@ -156,23 +165,25 @@ class ConvDecoder(nn.Module):
         hidden: widths of the dense layers, latent side first.
         activation: a name in `configs.ACTIVATIONS`.
         dtype: see `Decoder`.
+        precision: see `Decoder`; also of the transposed convolutions.
     """
 
     channels: Sequence[int] = (32, 64)
     hidden: Sequence[int] = (300,)
     activation: str = "elu"
     dtype: str | None = None
+    precision: str = "float32"
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         """`z [..., J] -> logits [..., 784]`."""
         act = _ACTIVATIONS[self.activation]
         side = IMAGE_SHAPE[0] // 2 ** len(self.channels)
-        h = MLP(self.hidden, self.activation, self.dtype)(z)
-        h = act(nn.Dense(side * side * self.channels[-1], dtype=self.dtype)(h))
+        h = MLP(self.hidden, self.activation, self.dtype, self.precision)(z)
+        h = act(nn.Dense(side * side * self.channels[-1], dtype=self.dtype, precision=self.precision)(h))
         h = h.reshape(*h.shape[:-1], side, side, self.channels[-1])
         for channels in (*self.channels[-2::-1], 1):
-            h = nn.ConvTranspose(channels, (3, 3), strides=(2, 2), dtype=self.dtype)(h)
+            h = nn.ConvTranspose(channels, (3, 3), strides=(2, 2), dtype=self.dtype, precision=self.precision)(h)
             h = act(h) if channels != 1 else h
         return _float32_if_reduced(h.reshape(*h.shape[:-3], NUM_PIXELS))
 
@@ -181,12 +192,14 @@ def build_models(config: ModelConfig) -> tuple[nn.Module, nn.Module]:
     """The encoder and decoder that `config` describes (`config.architecture` `mlp` or `conv`)."""
     dtype = None if config.compute_dtype == "float32" else config.compute_dtype
     encoder_hidden, decoder_hidden = tuple(config.encoder_hidden), tuple(config.decoder_hidden)
+    precision = config.matmul_precision
     if config.architecture == "conv":
         channels = tuple(config.conv_channels)
-        return (ConvEncoder(config.latent_dim, channels, encoder_hidden, config.activation, config.logvar_bound, dtype),
-                ConvDecoder(channels, decoder_hidden, config.activation, dtype))
-    encoder = Encoder(config.latent_dim, encoder_hidden, config.activation, config.logvar_bound, dtype)
-    decoder = Decoder(NUM_PIXELS, decoder_hidden, config.activation, dtype)
+        return (ConvEncoder(config.latent_dim, channels, encoder_hidden, config.activation, config.logvar_bound, dtype,
+                            precision),
+                ConvDecoder(channels, decoder_hidden, config.activation, dtype, precision))
+    encoder = Encoder(config.latent_dim, encoder_hidden, config.activation, config.logvar_bound, dtype, precision)
+    decoder = Decoder(NUM_PIXELS, decoder_hidden, config.activation, dtype, precision)
     return encoder, decoder
 
 

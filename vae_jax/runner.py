@@ -66,8 +66,8 @@ def stored_config(workdir: str | os.PathLike) -> configs.Config | None:
 
 # Fields a resumed run may change: they leave the shapes of the train state alone.
 RESUMABLE_FIELDS = ("epochs", "eval_batch_size", "keep_checkpoints", "optim.learning_rate", "optim.schedule",
-                    "optim.final_lr_fraction", "optim.grad_clip_norm", "model.logvar_bound", "free_bits",
-                    "data_parallel")
+                    "optim.final_lr_fraction", "optim.grad_clip_norm", "model.logvar_bound", "model.matmul_precision",
+                    "free_bits", "data_parallel")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -191,7 +191,7 @@ def train_and_evaluate(
             "epoch": epoch, "step": int(state.step), "kl_weight": weight,
             "train_loss": float(np.mean(result.loss)), "train_nelbo": float(np.mean(result.nelbo)),
             "train_rec": float(np.mean(result.rec)), "train_kl": float(np.mean(result.kl)),
-            "train_kl_per_dim": [round(float(v), 4) for v in np.asarray(result.kl_per_dim)],
+            "train_kl_per_dim": evaluate.per_dimension_list(result.kl_per_dim),
             "val_nelbo": val["nelbo"], "val_rec": val["rec"], "val_kl": val["kl"],
             "val_kl_per_dim": val["kl_per_dim"], "val_active_units": val["active_units"],
             "seconds": round(time.perf_counter() - start, 3),
