@@ -17,12 +17,15 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +84,33 @@ def jax_case(case: dict, pixels) -> dict:
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         memory["peak_device_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
-    return {"epoch_times": times, "compile_seconds": compile_seconds, **memory, "device": str(jax.devices()[0])}
+    return {"epoch_times": times, "compile_seconds": compile_seconds, **memory, "device": str(jax.devices()[0]),
+            "matmul_kernels": matmul_kernels(epoch_fn.as_text())}
+
+
+def matmul_kernels(hlo_text: str) -> dict[str, int]:
+    """How many matrix products of a compiled HLO module each kernel runs: `xla` for XLA's own `dot`
+    instructions, else the library of the custom fusion (`ynn`, `xnn`, `onednn`) whose computation holds a dot."""
+    computations: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for line in hlo_text.splitlines():
+        header = re.match(r"(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if header:
+            lines = computations.setdefault(header.group(1), [])
+        elif line.startswith("  "):
+            lines.append(line)
+    counts: Counter = Counter()
+    library_bodies = set()
+    for body in computations.values():
+        for line in body:
+            library, called = re.search(r'"kind":"__(\w+?)_fusion"', line), re.search(r"calls=%?([\w.\-]+)", line)
+            if library and called and any(" dot(" in inner for inner in computations.get(called.group(1), [])):
+                counts[library.group(1)] += 1
+                library_bodies.add(called.group(1))
+    for name, body in computations.items():
+        if name not in library_bodies:
+            counts["xla"] += sum(" dot(" in line for line in body)
+    return dict(sorted(counts.items()))
 
 
 def torch_case(case: dict, pixels) -> dict:
@@ -187,23 +216,37 @@ def worker(case: dict) -> dict:
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
     description = {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-                   "python": platform.python_version()}
+                   "python": platform.python_version(),
+                   "cpu_flags": sorted(f for f in flags if re.match(r"(avx|amx|fma)", f))}
     if shutil.which("nvidia-smi"):
         query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
         description["gpu"] = subprocess.run(query, capture_output=True, text=True).stdout.strip()
     return description
 
 
-def run_case(case: dict, xla_flags: str = "") -> dict:
-    """Runs one case in a fresh process, with `xla_flags` (XLA_FLAGS) added to the environment's."""
+def run_worker(command: list[str], xla_flags: str = "") -> dict:
+    """Runs a Python worker script in a fresh process, with `xla_flags` added to the environment's XLA_FLAGS, and
+    returns the JSON object of its last output line, or `{"error": its last line of stderr}`."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
     env["XLA_FLAGS"] = " ".join(filter(None, (os.environ.get("XLA_FLAGS", ""), xla_flags)))
-    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case)], capture_output=True, text=True,
-                          cwd=REPO, env=env)
+    done = subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=REPO, env=env)
     if done.returncode != 0:
-        return {**case, "error": (done.stderr.strip().splitlines() or ["failed"])[-1][:300]}
-    return {**case, **json.loads(done.stdout.strip().splitlines()[-1])}
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1][:300]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_case(case: dict, xla_flags: str = "") -> dict:
+    """Runs one case of `worker` in a fresh process (see `run_worker`)."""
+    return {**case, **run_worker([str(Path(__file__).resolve()), "--worker", json.dumps(case)], xla_flags)}
+
+
+def markdown(lines: list[str], width: int = 116) -> str:
+    """`lines` as Markdown: table rows as they are, prose wrapped at `width` columns like the README's."""
+    return "\n".join(wrapped for line in lines
+                     for wrapped in ([line] if line.startswith("|") or not line else textwrap.wrap(line, width)))
 
 
 def summarize(result: dict, peak_gflops: float) -> dict:
@@ -240,7 +283,7 @@ def markdown_report(report: dict) -> str:
     if iwae and "seconds" in iwae:
         lines[-1] += (f" K = {iwae['k']} importance-weighted evaluation of the 10,000 test images "
                       f"({iwae['model']} model): {iwae['seconds']:.1f} s.")
-    return "\n".join(lines)
+    return markdown(lines)
 
 
 def main() -> None:

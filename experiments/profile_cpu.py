@@ -18,38 +18,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from benchmark import machine, run_case
+from benchmark import machine, markdown, run_case, run_worker
 
+RUNTIME = "runtime (scheduling, waits)"
 CATEGORIES = (  # (category, pattern on an instruction's text), first match wins
     ("optimizer update", r"optimizer_update"),
     ("finiteness check", r"finite_check"),
-    ("random numbers", r"threefry|random_|/_normal|/_uniform"),
+    ("random numbers", r"threefry|random_|jit\(_(normal|uniform)"),
     ("matrix products", r" dot\(|dot_general"),
-    ("backward elementwise", r"transpose\("),
+    ("backward elementwise", r"transpose\(jvp"),
     ("forward elementwise", r"jvp\("),
 )
+DEFAULT, ONE_CORE = "default", "default, pinned to one core"
+TORCH, TORCH_ONE_CORE = "PyTorch eager (reference)", "PyTorch eager, pinned to one core"
 VARIANTS = (  # (name, XLA_FLAGS, extra case fields)
-    ("default (YNNPACK matmuls, Eigen for the rest)", "", {}),
-    ("Eigen matmuls", "--xla_cpu_experimental_ynn_fusion_type=reduce", {}),
-    ("oneDNN matmuls", "--xla_cpu_experimental_ynn_fusion_type=reduce "
-                       "--xla_cpu_experimental_onednn_fusion_type=dot", {}),
-    ("XNNPACK matmuls", "--xla_cpu_experimental_ynn_fusion_type=reduce "
-                        "--xla_cpu_experimental_xnn_fusion_type=dot", {}),
-    ("YNNPACK matmuls and elementwise", "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce", {}),
+    (DEFAULT, "", {}),
+    ("all products by XLA (Eigen)", "--xla_cpu_experimental_ynn_fusion_type=reduce", {}),
+    ("oneDNN products", "--xla_cpu_experimental_ynn_fusion_type=reduce "
+                        "--xla_cpu_experimental_onednn_fusion_type=dot", {}),
+    ("XNNPACK products", "--xla_cpu_experimental_ynn_fusion_type=reduce "
+                         "--xla_cpu_experimental_xnn_fusion_type=dot", {}),
+    ("YNNPACK products and elementwise", "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce", {}),
     ("XNNPACK graph fusion (greedy)", "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
      {}),
     ("data parallel over 2 host devices", "--xla_force_host_platform_device_count=2", {"data_parallel": True}),
-    ("default, pinned to one core", "", {"cpus": [0]}),
+    (ONE_CORE, "", {"cpus": [0]}),
 )
 
 
@@ -63,7 +64,7 @@ def category(event_name: str, instructions: dict[str, str]) -> str:
     """What a trace event's operation does; events that are no instruction are the runtime's own work."""
     line = instructions.get(event_name)
     if line is None:
-        return "runtime (scheduling, waits)"
+        return RUNTIME
     if re.search(r" (while|conditional|call)\(", line):
         return "control flow"
     return next((name for name, pattern in CATEGORIES if re.search(pattern, line)), "other")
@@ -107,12 +108,12 @@ def trace_epoch(manual_dir: str | None) -> dict:
     by_name: Counter = Counter()
     for plane in profile.planes:
         for line in plane.lines:
-            if line.name.startswith("tf_XLAEigen"):  # XLA:CPU's worker threads
+            if line.name.startswith("tf_XLA"):  # XLA:CPU's threads (its worker pool and the client's)
                 by_name += self_times([(e.name, e.start_ns, e.duration_ns) for e in line.events])
     by_category: Counter = Counter()
     for name, nanoseconds in by_name.items():
         by_category[category(name, instructions)] += nanoseconds / 1e9
-    busy = sum(seconds for name, seconds in by_category.items() if not name.startswith("runtime"))
+    busy = sum(seconds for name, seconds in by_category.items() if name != RUNTIME)
     top = [{"instruction": name, "category": category(name, instructions), "seconds": ns / 1e9}
            for name, ns in by_name.most_common(15)]
     return {"wall_seconds": wall, "busy_thread_seconds": busy, "average_busy_cores": busy / wall,
@@ -122,57 +123,60 @@ def trace_epoch(manual_dir: str | None) -> dict:
 def time_variants(manual_dir: str | None, epochs: int) -> list[dict]:
     """Part 2: the epoch under each variant, and the eager PyTorch reference, each in a fresh process."""
     case = {"framework": "jax", "model": "cs236", "batch": 100, "epochs": epochs, "manual_dir": manual_dir}
-    references = [run_case({**case, "framework": "torch"}), run_case({**case, "framework": "torch", "cpus": [0]})]
-    torch_seconds = [statistics.median(r["epoch_times"]) if "epoch_times" in r else float("nan") for r in references]
-    results = [{"variant": "PyTorch eager (reference)", "seconds_per_epoch": torch_seconds[0],
-                "time_ratio_vs_torch_eager": 1.0},
-               {"variant": "PyTorch eager, pinned to one core", "cpus": [0], "seconds_per_epoch": torch_seconds[1],
-                "time_ratio_vs_torch_eager": torch_seconds[1] / torch_seconds[0]}]
-    for name, flags, extra in VARIANTS:
-        result = run_case({**case, **extra}, xla_flags=flags)
-        row = {"variant": name, "xla_flags": flags, **extra}
+    runs = [(TORCH, run_case({**case, "framework": "torch"}), {}),
+            (TORCH_ONE_CORE, run_case({**case, "framework": "torch", "cpus": [0]}), {"cpus": [0]})]
+    runs += [(name, run_case({**case, **extra}, xla_flags=flags), {"xla_flags": flags, **extra})
+             for name, flags, extra in VARIANTS]
+    rows = []
+    for name, result, settings in runs:
+        row = {"variant": name, **settings, "matmul_kernels": result.get("matmul_kernels")}
         if "epoch_times" in result:
-            seconds = statistics.median(result["epoch_times"])
-            row.update(seconds_per_epoch=seconds, time_ratio_vs_torch_eager=seconds / torch_seconds[0])
+            row["seconds_per_epoch"] = statistics.median(result["epoch_times"])
         else:
             row["error"] = result.get("error")
-        results.append(row)
+        rows.append(row)
         print(json.dumps(row), flush=True)
-    return results
+    return rows
 
 
 def run_trace(manual_dir: str | None) -> dict:
     """Part 1 in a fresh process, whose XLA_FLAGS turn on the per-operation trace events."""
-    command = [sys.executable, __file__, "--trace-worker"] + (["--manual-dir", manual_dir] if manual_dir else [])
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-           "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"the traced epoch failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    command = [str(Path(__file__).resolve()), "--trace-worker"] + (["--manual-dir", manual_dir] if manual_dir else [])
+    trace = run_worker(command, xla_flags="--xla_cpu_enable_xprof_traceme=true")
+    if "error" in trace:
+        raise SystemExit(f"the traced epoch failed: {trace['error']}")
+    return trace
 
 
 def markdown_report(report: dict) -> str:
-    """The README's profile tables, from `report`."""
+    """The README's profile tables and the sentences that it quotes, from `report`."""
     trace = report["trace"]
-    lines = [f"Traced epoch: {trace['wall_seconds']:.2f} s wall, {trace['busy_thread_seconds']:.2f} busy "
-             f"thread-seconds, at least {trace['average_busy_cores']:.2f} cores busy on average.", "",
-             "| work | thread-seconds | share |", "| --- | --- | --- |"]
-    total = sum(trace["thread_seconds_by_category"].values())
-    for name, seconds in trace["thread_seconds_by_category"].items():
-        lines.append(f"| {name} | {seconds:.2f} | {100 * seconds / total:.0f}% |")
-    lines += ["", "| variant | s/epoch | time vs PyTorch eager |", "| --- | --- | --- |"]
+    busy, by_category = trace["busy_thread_seconds"], trace["thread_seconds_by_category"]
+    lines = [f"Traced epoch: {trace['wall_seconds']:.2f} s wall, {busy:.2f} busy thread-seconds, at least "
+             f"{trace['average_busy_cores']:.2f} cores busy on average.", "",
+             "| work | thread-seconds | share of the busy time |", "| --- | --- | --- |"]
+    for name, seconds in by_category.items():
+        share = "-" if name == RUNTIME else f"{100 * seconds / busy:.0f}%"
+        lines.append(f"| {name} | {seconds:.2f} | {share} |")
+    lines += ["", "| variant | s/epoch | time vs PyTorch eager | matrix products per step, by kernel |",
+              "| --- | --- | --- | --- |"]
+    seconds = {row["variant"]: row.get("seconds_per_epoch", float("nan")) for row in report["variants"]}
     for row in report["variants"]:
-        seconds = row.get("seconds_per_epoch")
-        cells = f"{seconds:.2f} | {row['time_ratio_vs_torch_eager']:.2f}" if seconds else f"error: {row['error']} | -"
-        lines.append(f"| {row['variant']} | {cells} |")
-    return "\n".join(lines)
+        kernels = ", ".join(f"{name} {count}" for name, count in (row.get("matmul_kernels") or {}).items()) or "-"
+        timing = (f"{row['seconds_per_epoch']:.2f} | {row['seconds_per_epoch'] / seconds[TORCH]:.2f}"
+                  if "seconds_per_epoch" in row else f"error: {row['error']} | -")
+        lines.append(f"| {row['variant']} | {timing} | {kernels} |")
+    lines += ["", f"On one core vae_jax takes {seconds[ONE_CORE] / seconds[TORCH_ONE_CORE]:.2f}x PyTorch's time; "
+                  f"a second core speeds vae_jax up {seconds[ONE_CORE] / seconds[DEFAULT]:.2f}x and PyTorch "
+                  f"{seconds[TORCH_ONE_CORE] / seconds[TORCH]:.2f}x."]
+    return markdown(lines)
 
 
 def main() -> None:
+    """Part 1, part 2, the JSON report and its tables (or, with --trace-worker, part 1 alone)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manual-dir", default=None)
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per variant, after one warm-up epoch")
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per variant, after one warm-up epoch")
     parser.add_argument("--out", default="experiments/results/profile_cpu.json")
     parser.add_argument("--trace-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

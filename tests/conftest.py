@@ -1,5 +1,6 @@
 """Shared fixtures: strict dtype promotion, small models, and the real datasets from ../shared/data."""
 
+import sys
 from pathlib import Path
 
 import jax
@@ -10,6 +11,7 @@ from vae_jax import configs, models
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO / "experiments"))  # the experiment scripts' helpers are tested as modules
 
 
 @pytest.fixture

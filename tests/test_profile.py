@@ -1,14 +1,11 @@
 """experiments/profile_cpu.py: self times of nested trace spans, and the kind of work of compiled instructions."""
 
-import sys
-
+import benchmark
 import jax
 import jax.numpy as jnp
+import profile_cpu
 
-from tests.conftest import REPO
-
-sys.path.insert(0, str(REPO / "experiments"))
-import profile_cpu  # noqa: E402
+from vae_jax import train
 
 
 def test_self_time_subtracts_nested_spans_only():
@@ -19,17 +16,44 @@ def test_self_time_subtracts_nested_spans_only():
 
 
 def test_categories_of_a_compiled_step():
-    def step(w, x):
-        loss, grad = jax.value_and_grad(lambda w: jnp.sum(jax.nn.elu(x @ w)))(w)
+    def step(w, x, key):
+        noise = jax.random.normal(key, x.shape)
+        loss, grad = jax.value_and_grad(lambda w: jnp.sum(jax.nn.elu((x + noise) @ w)))(w)
+        ok = train._all_finite(grad)
         with jax.named_scope("optimizer_update"):
-            w = w - 0.1 * jnp.sqrt(jnp.abs(grad))
+            w = jnp.where(ok, w - 0.1 * jnp.sqrt(jnp.abs(grad)), w)
         return w, loss
 
     w, x = jnp.ones((8, 4)), jnp.ones((3, 8))
-    instructions = profile_cpu.instruction_texts(jax.jit(step).lower(w, x).compile().as_text())
+    instructions = profile_cpu.instruction_texts(jax.jit(step).lower(w, x, jax.random.key(0)).compile().as_text())
     kinds = {name: profile_cpu.category(name, instructions) for name in instructions}
-    assert "matrix products" in kinds.values()
-    assert "optimizer update" in kinds.values()
-    optimizer_lines = [instructions[n] for n, kind in kinds.items() if kind == "optimizer update"]
-    assert all("optimizer_update" in line for line in optimizer_lines)
-    assert profile_cpu.category("ThunkExecutor::Execute", instructions) == "runtime (scheduling, waits)"
+    for kind in ("matrix products", "optimizer update", "finiteness check", "random numbers", "forward elementwise"):
+        assert kind in kinds.values(), kind
+    for kind, marker in (("optimizer update", "optimizer_update"), ("finiteness check", "finite_check")):
+        assert all(marker in instructions[n] for n, k in kinds.items() if k == kind)
+    assert profile_cpu.category("ThunkExecutor::Execute", instructions) == profile_cpu.RUNTIME
+
+
+HLO = """HloModule m
+
+%ynn_body (p0: f32[2,3], p1: f32[3,4]) -> f32[2,4] {
+  %p0 = f32[2,3]{1,0} parameter(0)
+  %p1 = f32[3,4]{1,0} parameter(1)
+  ROOT %dot.1 = f32[2,4]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%add_body (p0: f32[2,4]) -> f32[2,4] {
+  ROOT %p0 = f32[2,4]{1,0} parameter(0)
+}
+
+ENTRY %main (a: f32[2,3], b: f32[3,4], c: f32[2,4]) -> f32[4,4] {
+  %a = f32[2,3]{1,0} parameter(0)
+  %ynn_fusion = f32[2,4]{1,0} fusion(%a, %b), kind=kCustom, calls=%ynn_body, backend_config={"fusion_config":KIND}
+  %other = f32[2,4]{1,0} fusion(%ynn_fusion), kind=kLoop, calls=%add_body
+  ROOT %dot.2 = f32[4,4]{1,0} dot(%other, %other), lhs_contracting_dims={0}, rhs_contracting_dims={0}
+}
+""".replace("KIND", '{"kind":"__ynn_fusion"}')
+
+
+def test_matmul_kernels_counts_library_fusions_and_xla_dots():
+    assert benchmark.matmul_kernels(HLO) == {"xla": 1, "ynn": 1}

@@ -151,17 +151,23 @@ def training_loss(terms: ElboTerms, kl_weight: jax.Array | float = 1.0, free_bit
     return jnp.mean(terms.rec) + kl_weight * kl
 
 
-def guarded_update(state: TrainState, grads: Params, apply: jax.Array, *, conditional: bool) -> TrainState:
-    """`state.apply_gradients(grads)` where the `[]` bool `apply` holds, else `state` unchanged.
+def _update_by_conditional(state: TrainState, grads: Params, apply: jax.Array) -> TrainState:
+    return jax.lax.cond(apply, lambda s: s.apply_gradients(grads), lambda s: s, state)
 
-    `conditional=True` branches with `lax.cond`, so a skipped update costs nothing: the choice on the CPU.
-    XLA:GPU copies a conditional's predicate to the host and waits for the device at every step, so on
-    accelerators the update is computed and selected (`conditional=False`); both give the same state.
-    """
-    if conditional:
-        return jax.lax.cond(apply, lambda s: s.apply_gradients(grads), lambda s: s, state)
+
+def _update_by_select(state: TrainState, grads: Params, apply: jax.Array) -> TrainState:
     updated = state.apply_gradients(grads)
     return jax.tree.map(lambda new, old: jnp.where(apply, new, old), updated, state)
+
+
+def guarded_update(state: TrainState, grads: Params, apply: jax.Array) -> TrainState:
+    """`state.apply_gradients(grads)` where the `[]` bool `apply` holds, else `state` unchanged.
+
+    Compiled for the CPU it branches (`lax.cond`), so a skipped update costs nothing. Compiled for anything else
+    it computes the update and selects, because XLA:GPU copies a conditional's predicate to the host and waits for
+    the device at every step. Both give the same state.
+    """
+    return jax.lax.platform_dependent(state, grads, apply, cpu=_update_by_conditional, default=_update_by_select)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -203,7 +209,8 @@ def train_epoch(
             `state` and `pixels` should be replicated on it.
         progress: if given, called on the host as `progress(steps_done, running_mean_loss)` every
             `progress_every` steps from inside the compiled epoch (`jax.debug.callback`), e.g. for a progress bar.
-            It adds a conditional to every step, which stalls a GPU (see `guarded_update`): leave it None there.
+            Only where the epoch is compiled for the CPU: elsewhere the conditional it needs at every step would
+            stall the device (see `guarded_update`).
         progress_every: steps between two `progress` calls.
 
     Returns:
@@ -213,7 +220,6 @@ def train_epoch(
     num_steps = pixels.shape[0] // batch_size
     order = jax.random.permutation(shuffle_key, pixels.shape[0])[: num_steps * batch_size]
     models = state.models
-    on_cpu = jax.default_backend() == "cpu"
 
     def loss_fn(params: Params, indices: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ElboTerms]]:
         indices = shard_batch(indices, mesh)
@@ -236,13 +242,17 @@ def train_epoch(
         index_in_epoch, indices = batch
         (_, (loss, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(current.params, indices)
         finite = _all_finite((loss, grads))
-        current = guarded_update(current, grads, finite & (failed_step < 0), conditional=on_cpu)
+        current = guarded_update(current, grads, finite & (failed_step < 0))
         failed_step = jnp.where((failed_step < 0) & ~finite, index_in_epoch, failed_step)
         loss_sum = loss_sum + loss
         if progress is not None:
             steps_done = index_in_epoch + 1
-            jax.lax.cond(steps_done % progress_every == 0,
-                         lambda: jax.debug.callback(progress, steps_done, loss_sum / steps_done), lambda: None)
+
+            def report() -> None:
+                jax.lax.cond(steps_done % progress_every == 0,
+                             lambda: jax.debug.callback(progress, steps_done, loss_sum / steps_done), lambda: None)
+
+            jax.lax.platform_dependent(cpu=report, default=lambda: None)
         means = (loss, *(jnp.mean(t, axis=0) for t in terms[:4]))
         return (current, failed_step, loss_sum), means
 
