@@ -245,8 +245,10 @@ def run_case(case: dict, xla_flags: str = "") -> dict:
 
 def markdown(lines: list[str], width: int = 116) -> str:
     """`lines` as Markdown: table rows as they are, prose wrapped at `width` columns like the README's."""
-    return "\n".join(wrapped for line in lines
-                     for wrapped in ([line] if line.startswith("|") or not line else textwrap.wrap(line, width)))
+    def wrap(line: str) -> list[str]:
+        return [line] if line.startswith("|") or not line else textwrap.wrap(line, width, break_on_hyphens=False)
+
+    return "\n".join(wrapped for line in lines for wrapped in wrap(line))
 
 
 def summarize(result: dict, peak_gflops: float) -> dict:
