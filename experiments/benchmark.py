@@ -26,6 +26,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,6 +244,14 @@ def run_case(case: dict, xla_flags: str = "") -> dict:
     return {**case, **run_worker([str(Path(__file__).resolve()), "--worker", json.dumps(case)], xla_flags)}
 
 
+def save_report(report: dict, out: str, render: Callable[[dict], str]) -> None:
+    """Writes `report`, with the machine and this command line added, to `out` as JSON; prints `render` of it."""
+    report = {"machine": machine(), **report, "command": "python " + " ".join(sys.argv)}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=1) + "\n")
+    print("\n" + render(report))
+
+
 def markdown(lines: list[str], width: int = 116) -> str:
     """`lines` as Markdown: table rows as they are, prose wrapped at `width` columns like the README's."""
     def wrap(line: str) -> list[str]:
@@ -323,11 +332,7 @@ def main() -> None:
         iwae = run_case({"framework": "iwae", "model": "cs236", "k": args.iwae_k, "batch": 100, "chunk": 500,
                          "manual_dir": args.manual_dir})
         print(json.dumps(iwae), flush=True)
-    report = {"machine": machine(), "matmul_peak": peak, "training": results, "iwae_eval": iwae,
-              "command": "python experiments/benchmark.py " + " ".join(sys.argv[1:])}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print("\n" + markdown_report(report))
+    save_report({"matmul_peak": peak, "training": results, "iwae_eval": iwae}, args.out, markdown_report)
 
 
 if __name__ == "__main__":

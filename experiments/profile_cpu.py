@@ -20,13 +20,12 @@ import argparse
 import json
 import re
 import statistics
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from benchmark import machine, markdown, run_case, run_worker
+from benchmark import markdown, run_case, run_worker, save_report
 
 RUNTIME = "runtime (scheduling, waits)"
 CATEGORIES = (  # (category, pattern on an instruction's text), first match wins
@@ -185,11 +184,7 @@ def main() -> None:
         return
     trace = run_trace(args.manual_dir)
     variants = time_variants(args.manual_dir, args.epochs)
-    report = {"machine": machine(), "model": "cs236", "batch": 100, "trace": trace, "variants": variants,
-              "command": "python experiments/profile_cpu.py " + " ".join(sys.argv[1:])}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print("\n" + markdown_report(report))
+    save_report({"model": "cs236", "batch": 100, "trace": trace, "variants": variants}, args.out, markdown_report)
 
 
 if __name__ == "__main__":
