@@ -298,6 +298,7 @@ def markdown_report(report: dict) -> str:
 
 
 def main() -> None:
+    """Every case in a fresh process, then the JSON report and its table (or, with --worker, one case)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--manual-dir", default=None)

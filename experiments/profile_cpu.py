@@ -70,7 +70,8 @@ def category(event_name: str, instructions: dict[str, str]) -> str:
 
 
 def self_times(events: list[tuple[str, float, float]]) -> Counter:
-    """Self time in ns by event name, from one thread's `(name, start_ns, duration_ns)` events (nested spans)."""
+    """Self time in ns by event name, from one thread's `(name, start_ns, duration_ns)` events, whose spans nest
+    (XLA's trace events on one thread do): each event's duration less that of the events directly inside it."""
     totals: Counter = Counter()
     stack: list[tuple[str, float]] = []  # (name, end_ns) of the open spans
     for name, start, duration in sorted(events, key=lambda e: (e[1], -e[2])):
