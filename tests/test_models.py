@@ -79,3 +79,10 @@ def test_matmul_precision_reaches_every_product_and_convolution(architecture, na
     layers = 4 if architecture == "mlp" else 8  # 2 dense layers a side; conv: 2 convolutions, 2 transposed
     assert len(found) == layers
     assert all(precision == (level, level) for precision in found), found
+
+
+def test_bfloat16_compute_leaves_the_precision_to_jax():
+    encoder, _ = models.build_models(configs.ModelConfig(latent_dim=4, compute_dtype="bfloat16"))
+    params = train.init_params(jax.random.key(0), *models.build_models(configs.ModelConfig(latent_dim=4)))
+    found = _precisions(jax.make_jaxpr(encoder.apply)(params["encoder"], jnp.zeros((2, 784))).jaxpr)
+    assert len(found) == 3 and all(precision is None for precision in found), found

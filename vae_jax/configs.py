@@ -41,7 +41,8 @@ class ModelConfig:
         matmul_precision: how accelerators compute the float32 matrix products and convolutions of the layers:
             `float32` (true float32, on every platform, as PyTorch does by default), `tensorfloat32` (NVIDIA
             tensor cores, inputs rounded to 10 mantissa bits; JAX's own default on recent GPUs) or `bfloat16`
-            (one bfloat16 pass; JAX's default on TPUs). CPUs compute in float32 whatever it says.
+            (one bfloat16 pass; JAX's default on TPUs). CPUs compute in float32 whatever it says, and with
+            `compute_dtype=bfloat16` the products are bfloat16 anyway.
         architecture: `mlp`, or `conv`: stride-2 3x3 convolutions before the encoder's dense layers and
             transposed convolutions after the decoder's (`models.ConvEncoder`, `models.ConvDecoder`).
         conv_channels: channels of the encoder's convolutions (`conv` only); 28 must be divisible by 2 ** their number.

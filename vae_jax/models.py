@@ -43,13 +43,14 @@ class MLP(nn.Module):
         widths: output width of each hidden layer.
         activation: a name in `configs.ACTIVATIONS`.
         dtype: computation dtype of the layers; None follows the inputs and parameters (float32).
-        precision: of the matrix products on accelerators, a name in `configs.MATMUL_PRECISIONS`.
+        precision: of float32 matrix products on accelerators, a name in `configs.MATMUL_PRECISIONS` (None: JAX's
+            default).
     """
 
     widths: Sequence[int]
     activation: str = "elu"
     dtype: str | None = None
-    precision: str = "float32"
+    precision: str | None = "float32"
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
@@ -70,7 +71,8 @@ class Encoder(nn.Module):
             exp(logvar) finite; 0 leaves it unbounded.
         dtype: computation dtype of the layers (`bfloat16` for mixed precision, whose outputs are cast to
             float32); None follows the inputs and parameters.
-        precision: of the matrix products on accelerators, a name in `configs.MATMUL_PRECISIONS`.
+        precision: of float32 matrix products on accelerators, a name in `configs.MATMUL_PRECISIONS` (None: JAX's
+            default).
     """
 
     latent_dim: int
@@ -78,7 +80,7 @@ class Encoder(nn.Module):
     activation: str = "elu"
     logvar_bound: float = 0.0
     dtype: str | None = None
-    precision: str = "float32"
+    precision: str | None = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -88,7 +90,7 @@ class Encoder(nn.Module):
 
 
 def _gaussian_head(
-    h: jax.Array, latent_dim: int, logvar_bound: float, dtype: str | None, precision: str
+    h: jax.Array, latent_dim: int, logvar_bound: float, dtype: str | None, precision: str | None
 ) -> tuple[jax.Array, jax.Array]:
     """One Dense layer `h [..., H] -> (mean, logvar) [..., J]` (call inside a compact module)."""
     out = _float32_if_reduced(nn.Dense(2 * latent_dim, dtype=dtype, precision=precision)(h))
@@ -107,14 +109,15 @@ class Decoder(nn.Module):
         activation: a name in `configs.ACTIVATIONS`.
         dtype: computation dtype of the layers (`bfloat16` for mixed precision, whose logits are cast to
             float32); None follows the inputs and parameters.
-        precision: of the matrix products on accelerators, a name in `configs.MATMUL_PRECISIONS`.
+        precision: of float32 matrix products on accelerators, a name in `configs.MATMUL_PRECISIONS` (None: JAX's
+            default).
     """
 
     output_dim: int = NUM_PIXELS
     hidden: Sequence[int] = (300, 300)
     activation: str = "elu"
     dtype: str | None = None
-    precision: str = "float32"
+    precision: str | None = "float32"
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
@@ -143,7 +146,7 @@ class ConvEncoder(nn.Module):
     activation: str = "elu"
     logvar_bound: float = 0.0
     dtype: str | None = None
-    precision: str = "float32"
+    precision: str | None = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -172,7 +175,7 @@ class ConvDecoder(nn.Module):
     hidden: Sequence[int] = (300,)
     activation: str = "elu"
     dtype: str | None = None
-    precision: str = "float32"
+    precision: str | None = "float32"
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
@@ -192,7 +195,7 @@ def build_models(config: ModelConfig) -> tuple[nn.Module, nn.Module]:
     """The encoder and decoder that `config` describes (`config.architecture` `mlp` or `conv`)."""
     dtype = None if config.compute_dtype == "float32" else config.compute_dtype
     encoder_hidden, decoder_hidden = tuple(config.encoder_hidden), tuple(config.decoder_hidden)
-    precision = config.matmul_precision
+    precision = config.matmul_precision if dtype is None else None  # bfloat16 compute: products are bfloat16 anyway
     if config.architecture == "conv":
         channels = tuple(config.conv_channels)
         return (ConvEncoder(config.latent_dim, channels, encoder_hidden, config.activation, config.logvar_bound, dtype,
