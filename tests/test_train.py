@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax import export
 
 from vae_jax import train
 
@@ -70,6 +71,22 @@ def test_divergence_mid_epoch_keeps_the_last_good_update(small_models, binary_pi
     assert failed > 0
     assert int(new_state.step) == failed
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(new_state.params))
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_guard_compiled_for_an_accelerator_selects_instead_of_branching(small_models, platform):
+    # XLA:GPU reads a conditional's predicate on the host at every step; exported for an accelerator (no device
+    # needed), the guard keeps only lax.platform_dependent's own constant-index cases and selects the state.
+    state = _state(small_models)
+    grads = jax.tree.map(jnp.zeros_like, state.params)
+
+    def module(target: str) -> str:
+        exported = export.export(jax.jit(train.guarded_update), platforms=[target])(state, grads, jnp.array(True))
+        return exported.mlir_module()
+
+    cpu, accelerator = module("cpu"), module(platform)
+    assert accelerator.count("stablehlo.case") == cpu.count("stablehlo.case") - 1
+    assert accelerator.count("stablehlo.select") > cpu.count("stablehlo.select")
 
 
 def test_guarded_update_by_conditional_and_by_select_agree(small_models):
