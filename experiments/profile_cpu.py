@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmark import markdown, run_case, run_worker, save_report
+from benchmark import compiled_jax_epoch, markdown, run_case, run_worker, save_report
 
 RUNTIME = "runtime (scheduling, waits)"
 CATEGORIES = (  # (category, pattern on an instruction's text), first match wins
@@ -87,15 +87,11 @@ def self_times(events: list[tuple[str, float, float]]) -> Counter:
 def trace_epoch(manual_dir: str | None) -> dict:
     """Part 1, in this process: the thread-seconds of one traced epoch by category."""
     import jax
-    import optax
 
-    from vae_jax import data, models, train
-    from vae_jax.configs import ModelConfig
+    from vae_jax import data
 
-    pixels = jax.device_put(data.load_split("binarized_mnist", "train", manual_dir=manual_dir))
-    encoder, decoder = models.build_models(ModelConfig(10, (300, 300), (300, 300)))
-    state = train.create_train_state(jax.random.key(0), encoder, decoder, optax.adam(1e-3))
-    epoch = train.train_epoch_jit.lower(state, pixels, jax.random.key(1), batch_size=100).compile()
+    train_split = data.load_split("binarized_mnist", "train", manual_dir=manual_dir)
+    epoch, state, pixels, _ = compiled_jax_epoch({"model": "cs236", "batch": 100}, train_split)
     instructions = instruction_texts(epoch.as_text())
     jax.block_until_ready(epoch(state, pixels, jax.random.key(1)))  # warm-up
     with tempfile.TemporaryDirectory() as trace_dir:
