@@ -13,9 +13,10 @@ from jax.typing import ArrayLike
 def bernoulli_log_prob(x: ArrayLike, logits: ArrayLike) -> jax.Array:
     """log p(x | logits) of independent Bernoulli pixels, summed over the last axis.
 
-    log p = sum_d x_d log sigmoid(l_d) + (1 - x_d) log sigmoid(-l_d). Both terms use
-    `log_sigmoid`, which is finite for any finite logit; the common form
-    log(1 - sigmoid(l)) underflows to log(0) = -inf for l > ~17 in float32.
+    log p = sum_d x_d log sigmoid(l_d) + (1 - x_d) log sigmoid(-l_d) = sum_d x_d l_d - softplus(l_d), since
+    log sigmoid(l) = l - softplus(l) and log sigmoid(-l) = -softplus(l). The second form (the negative of PyTorch's
+    `binary_cross_entropy_with_logits`) needs one transcendental per pixel instead of two and is finite for any
+    finite logit; the common form log(1 - sigmoid(l)) underflows to log(0) = -inf for l > ~17 in float32.
 
     Args:
         x: `[..., D]` pixels in {0, 1}.
@@ -25,7 +26,7 @@ def bernoulli_log_prob(x: ArrayLike, logits: ArrayLike) -> jax.Array:
         `[...]` log-likelihood in nats.
     """
     x = jnp.asarray(x, dtype=jnp.result_type(logits))
-    return jnp.sum(x * jax.nn.log_sigmoid(logits) + (1 - x) * jax.nn.log_sigmoid(-logits), axis=-1)
+    return jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)
 
 
 def gaussian_kl_per_dim(mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
