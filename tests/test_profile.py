@@ -19,7 +19,7 @@ def test_categories_of_a_compiled_step():
     def step(w, x, key):
         noise = jax.random.normal(key, x.shape)
         loss, grad = jax.value_and_grad(lambda w: jnp.sum(jax.nn.elu((x + noise) @ w)))(w)
-        ok = train._all_finite(grad)
+        ok = train.all_finite(grad)
         with jax.named_scope("optimizer_update"):
             w = jnp.where(ok, w - 0.1 * jnp.sqrt(jnp.abs(grad)), w)
         return w, loss

@@ -59,6 +59,16 @@ def test_non_finite_step_is_not_applied_and_is_reported(small_models, binary_pix
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_flags_any_non_finite_element(bad):
+    grads = {"w": jax.random.normal(jax.random.key(0), (300, 784)) * 1e30, "b": jnp.full((7,), -2.0)}
+    assert bool(jax.jit(train.all_finite)(grads))
+    assert not bool(jax.jit(train.all_finite)({**grads, "b": grads["b"].at[3].set(bad)}))
+    assert not bool(jax.jit(train.all_finite)((jnp.float32(bad), grads)))
+    # A sum that overflows float32 counts as a divergence too (documented).
+    assert not bool(jax.jit(train.all_finite)({"w": jnp.full((300, 784), 1e34)}))
+
+
 @pytest.mark.parametrize("update", ["guarded_update", "_update_by_select"])
 def test_divergence_mid_epoch_keeps_the_last_good_update(small_models, binary_pixels, update, monkeypatch):
     # A huge learning rate blows the parameters up within a few steps; the state stops at the last finite one.

@@ -170,9 +170,15 @@ def guarded_update(state: TrainState, grads: Params, apply: jax.Array) -> TrainS
     return jax.lax.platform_dependent(state, grads, apply, cpu=_update_by_conditional, default=_update_by_select)
 
 
-def _all_finite(tree: Any) -> jax.Array:
+def all_finite(tree: Any) -> jax.Array:
+    """`[]` bool: whether the sum of all elements of the array leaves of `tree` is finite.
+
+    That is false whenever an element is NaN or infinite, and otherwise only if the sum overflows float32, which
+    takes elements near 1e33 at least: a divergence too. One reducing pass per leaf, without the boolean arrays of
+    `jnp.isfinite`, which took 4% of a CPU epoch (a max of |x| costs 2-4% more than this sum).
+    """
     with jax.named_scope("finite_check"):
-        return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+        return jnp.isfinite(sum(jnp.sum(leaf, dtype=jnp.float32) for leaf in jax.tree.leaves(tree)))
 
 
 def train_epoch(
@@ -241,7 +247,7 @@ def train_epoch(
         current, failed_step, loss_sum = carry
         index_in_epoch, indices = batch
         (_, (loss, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(current.params, indices)
-        finite = _all_finite((loss, grads))
+        finite = all_finite((loss, grads))
         current = guarded_update(current, grads, finite & (failed_step < 0))
         failed_step = jnp.where((failed_step < 0) & ~finite, index_in_epoch, failed_step)
         loss_sum = loss_sum + loss
