@@ -54,9 +54,20 @@ VARIANTS = (  # (name, XLA_FLAGS, extra case fields)
 
 
 def instruction_texts(hlo_text: str) -> dict[str, str]:
-    """`{instruction name: its line}` of every instruction in an HLO module's text."""
-    pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$", re.MULTILINE)
-    return {name: line for name, line in pattern.findall(hlo_text)}
+    """`{instruction name: its line}` of every instruction in an HLO module's text, and `{computation name: its
+    lines}` of every computation under the key `%computation name`."""
+    texts: dict[str, str] = {}
+    body: list[str] = []
+    for line in hlo_text.splitlines():
+        header = re.match(r"(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        instruction = re.match(r"^\s+(?:ROOT )?%?([\w.\-]+) = (.*)$", line)
+        if header:
+            body = []
+            texts["%" + header.group(1)] = body
+        elif instruction:
+            texts[instruction.group(1)] = instruction.group(2)
+            body.append(instruction.group(2))
+    return {name: "\n".join(text) if isinstance(text, list) else text for name, text in texts.items()}
 
 
 def category(event_name: str, instructions: dict[str, str]) -> str:
@@ -66,7 +77,18 @@ def category(event_name: str, instructions: dict[str, str]) -> str:
         return RUNTIME
     if re.search(r" (while|conditional|call)\(", line):
         return "control flow"
-    return next((name for name, pattern in CATEGORIES if re.search(pattern, line)), "other")
+    return _kind(line, instructions)
+
+
+def _kind(text: str, instructions: dict[str, str]) -> str:
+    """The category of HLO text, else that of the first computation it calls that has one (XLA's partial
+    reductions, for one, keep no op_name of their own)."""
+    kind = next((name for name, pattern in CATEGORIES if re.search(pattern, text)), "other")
+    for called in re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", text) if kind == "other" else ():
+        kind = _kind(instructions.get("%" + called, ""), instructions)
+        if kind != "other":
+            break
+    return kind
 
 
 def self_times(events: list[tuple[str, float, float]]) -> Counter:

@@ -57,3 +57,32 @@ ENTRY %main (a: f32[2,3], b: f32[3,4], c: f32[2,4]) -> f32[4,4] {
 
 def test_matmul_kernels_counts_library_fusions_and_xla_dots():
     assert benchmark.matmul_kernels(HLO) == {"xla": 1, "ynn": 1}
+
+
+PARTIAL_SUM = """HloModule m
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0), metadata={op_name="reduce_sum"}
+  %y = f32[] parameter(1), metadata={op_name="reduce_sum"}
+  ROOT %sum = f32[] add(%x, %y), metadata={op_name="jit(f)/finite_check/reduce_sum"}
+}
+
+%partial (p: f32[64,64], zero: f32[]) -> f32[2,2] {
+  %p = f32[64,64]{1,0} parameter(0)
+  %zero = f32[] parameter(1)
+  ROOT %window = f32[2,2]{1,0} reduce-window(%p, %zero), window={size=32x32 stride=32x32}, to_apply=%add
+}
+
+ENTRY %main (g: f32[64,64]) -> f32[2,2] {
+  %g = f32[64,64]{1,0} parameter(0)
+  %c = f32[] constant(0)
+  ROOT %ynn_fusion.3 = f32[2,2]{1,0} fusion(%g, %c), kind=kCustom, calls=%partial
+}
+"""
+
+
+def test_an_instruction_without_a_name_of_its_own_takes_that_of_what_it_calls():
+    instructions = profile_cpu.instruction_texts(PARTIAL_SUM)
+    assert "op_name" not in instructions["ynn_fusion.3"]
+    assert profile_cpu.category("ynn_fusion.3", instructions) == "finiteness check"
+    assert profile_cpu.category("g", instructions) == "other"
