@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Issue #4's GPU measurements in one command, on a machine with an NVIDIA GPU and the CUDA builds of JAX and PyTorch:
+#   bash experiments/gpu_check.sh            (MANUAL_DIR as in run_all.sh; or TFDS_DATA_DIR with the prepared data)
+# 1. the benchmark (cs236 epoch, PyTorch eager and torch.compile on the same GPU, K = 5000 evaluation), written to
+#    experiments/results/benchmark_gpu.json with the device name;
+# 2. the numerical tests on the GPU: the PyTorch cross-checks, closed forms and training steps at their stated
+#    tolerances (the data, CLI and profile tests need ../shared/data or the CPU; the in-epoch progress callback
+#    exists only where the epoch is compiled for the CPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+python -c "import jax; assert jax.default_backend() == 'gpu', f'JAX runs on {jax.default_backend()}, not a GPU'"
+MANUAL_DIR=${MANUAL_DIR:-}
+python experiments/benchmark.py ${MANUAL_DIR:+--manual-dir "$MANUAL_DIR"} --out experiments/results/benchmark_gpu.json
+python -m pytest -q tests/test_distributions.py tests/test_objective.py tests/test_iwae.py tests/test_models.py \
+  tests/test_priors.py tests/test_torch_reference.py tests/test_train.py -k "not progress"
