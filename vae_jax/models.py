@@ -126,18 +126,27 @@ class Decoder(nn.Module):
         return _float32_if_reduced(nn.Dense(self.output_dim, dtype=self.dtype, precision=self.precision)(h))
 
 
-class ConvEncoder(Encoder):
+class ConvEncoder(nn.Module):
     """q(z|x) from a convolutional network: 3x3 convolutions of stride 2 (28 -> 14 -> 7 pixels a side for two
-    layers), then the dense layers and Gaussian head of `Encoder`, whose attributes it shares (`precision` also
-    sets that of the convolutions).
+    layers), then dense layers, then the Gaussian head of `Encoder`.
 
     Attributes:
-        hidden: widths of the dense layers after the convolutions (default one layer of 300).
+        latent_dim: size J of z.
         channels: output channels of each convolution.
+        hidden: widths of the dense layers after the convolutions.
+        activation: a name in `configs.ACTIVATIONS`.
+        logvar_bound: see `Encoder`.
+        dtype: see `Encoder`.
+        precision: see `Encoder`; also of the convolutions.
     """
 
-    hidden: Sequence[int] = (300,)
+    latent_dim: int
     channels: Sequence[int] = (32, 64)
+    hidden: Sequence[int] = (300,)
+    activation: str = "elu"
+    logvar_bound: float = 0.0
+    dtype: str | None = None
+    precision: str | None = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -189,8 +198,8 @@ def build_models(config: ModelConfig) -> tuple[nn.Module, nn.Module]:
     precision = config.matmul_precision if dtype is None else None  # bfloat16 compute: products are bfloat16 anyway
     if config.architecture == "conv":
         channels = tuple(config.conv_channels)
-        return (ConvEncoder(config.latent_dim, encoder_hidden, config.activation, config.logvar_bound, dtype, precision,
-                            channels=channels),
+        return (ConvEncoder(config.latent_dim, channels, encoder_hidden, config.activation, config.logvar_bound, dtype,
+                            precision),
                 ConvDecoder(channels, decoder_hidden, config.activation, dtype, precision))
     encoder = Encoder(config.latent_dim, encoder_hidden, config.activation, config.logvar_bound, dtype, precision)
     decoder = Decoder(NUM_PIXELS, decoder_hidden, config.activation, dtype, precision)
