@@ -1,6 +1,7 @@
 """Command line: `python -m vae_jax train|eval|sample|compare`. The only place that prints errors and exits.
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 3 training diverged (NaN/Inf), 130 interrupted.
+Exit codes: 0 success, 2 bad input (one line on stderr), 3 training diverged (non-finite loss or gradient),
+130 interrupted.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ def bernoulli_log_prob(x: ArrayLike, logits: ArrayLike) -> jax.Array:
 
     log p = sum_d x_d log sigmoid(l_d) + (1 - x_d) log sigmoid(-l_d) = sum_d x_d l_d - softplus(l_d), since
     log sigmoid(l) = l - softplus(l) and log sigmoid(-l) = -softplus(l). The second form (the negative of PyTorch's
-    `binary_cross_entropy_with_logits`) needs one transcendental per pixel instead of two and is finite for any
-    finite logit; the common form log(1 - sigmoid(l)) underflows to log(0) = -inf for l > ~17 in float32.
+    `binary_cross_entropy_with_logits`) needs one exponential and one logarithm per pixel instead of two of each,
+    and is finite for any finite logit; the common form log(1 - sigmoid(l)) underflows to log(0) = -inf for
+    l > ~17 in float32.
 
     Args:
         x: `[..., D]` pixels in {0, 1}.

@@ -18,7 +18,7 @@ class CheckpointError(VaeError):
 
 
 class DivergenceError(VaeError):
-    """Training produced a NaN or Inf; the message names the epoch and step."""
+    """Training produced a non-finite loss or gradient; the message names the epoch and step."""
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:

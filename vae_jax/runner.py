@@ -124,7 +124,7 @@ def train_and_evaluate(
     """Trains `config` in `workdir` up to `config.epochs` epochs, resuming from its latest good checkpoint.
 
     Each epoch is one compiled call; after it the validation split is evaluated, a line is appended to
-    `metrics.jsonl` and a checkpoint is saved. A run whose loss or gradient turns NaN/Inf stops with
+    `metrics.jsonl` and a checkpoint is saved. A run whose loss or gradient turns non-finite stops with
     `DivergenceError`, keeping every good checkpoint and writing the failing epoch and step to the metrics.
 
     Returns:
@@ -182,8 +182,9 @@ def train_and_evaluate(
             bar.close()
             checkpointer.close()
             raise DivergenceError(
-                f"loss or gradient became NaN/Inf at epoch {epoch}, step {failed_step} of the epoch "
-                f"(global step {int(state.step)}); checkpoints up to epoch {done} are kept; {DIVERGENCE_HINT}")
+                f"loss or gradient became non-finite (NaN, Inf or past float32) at epoch {epoch}, step {failed_step} "
+                f"of the epoch (global step {int(state.step)}); checkpoints up to epoch {done} are kept; "
+                f"{DIVERGENCE_HINT}")
         val = evaluate.summarize(evaluate.evaluate_elbo(
             state.params, val_pixels, keys.eval, **state.models, batch_size=config.eval_batch_size,
             dynamic_binarization=dynamic, mesh=mesh))
