@@ -2,19 +2,22 @@
 
     python experiments/benchmark.py --manual-dir ../shared/data/binarized_mnist
 
-Each case runs in a fresh subprocess (clean peak memory, no cross-talk between frameworks) and reports
-seconds per epoch (median of `--epochs` epochs after one warm-up epoch), examples per second, compile time and
-peak memory. Cases: vae_jax (one compiled `lax.scan` per epoch), the PyTorch reference of `tests/torch_reference.py`
-written idiomatically (eager, data as an in-memory tensor, no DataLoader), `torch.compile` of its loss, vae_jax in
-bfloat16 compute, large batches against the measured matrix-multiply peak, and the time of the K = 5000
-importance-weighted evaluation of the 10,000 test images. Writes `--out` (JSON) with the machine's description
-and prints a table with the ratios against the eager PyTorch reference.
+Each case runs in a fresh subprocess (clean peak memory, no cross-talk between frameworks), `--rounds` times with
+all cases in turn in each round (so that a shared machine's drift falls on every case alike), and reports seconds
+per epoch (median of all rounds' `--epochs` epochs, each round after one warm-up epoch), examples per second,
+compile time and peak memory; its time against eager PyTorch is the median over the rounds of the ratio within a
+round, with the lowest and highest. Cases: vae_jax (one compiled `lax.scan` per epoch), the PyTorch reference of
+`tests/torch_reference.py` written idiomatically (eager, data as an in-memory tensor, no DataLoader),
+`torch.compile` of its loss, vae_jax in bfloat16 compute, large batches against the measured matrix-multiply peak,
+and the time of the K = 5000 importance-weighted evaluation of the 10,000 test images. Writes `--out` (JSON) with
+the machine's description and prints a table with the ratios against the eager PyTorch reference.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -269,6 +272,40 @@ def markdown(lines: list[str], width: int = 116) -> str:
     return "\n".join(wrapped for line in lines for wrapped in wrap(line))
 
 
+def case_seconds(result: dict) -> float:
+    """Median seconds per epoch of one run of a case; NaN if it failed."""
+    return statistics.median(result["epoch_times"]) if "epoch_times" in result else float("nan")
+
+
+def merge_rounds(runs: list[dict]) -> dict:
+    """One case's runs in several rounds as one result: all epoch times (and each round's median), the median
+    compile time and the largest peak memory; the first failure if any run failed."""
+    failed = next((run for run in runs if "epoch_times" not in run), None)
+    if failed:
+        return failed
+    merged = {**runs[0], "epoch_times": [t for run in runs for t in run["epoch_times"]],
+              "round_seconds": [case_seconds(run) for run in runs],
+              "compile_seconds": statistics.median(run["compile_seconds"] for run in runs)}
+    for memory in ("peak_rss_mb", "peak_device_mb"):
+        if memory in runs[0]:
+            merged[memory] = max(run[memory] for run in runs)
+    return merged
+
+
+def add_time_ratios(results: list[dict], rounds: list[list[dict]]) -> None:
+    """Adds to each of `results` its time against eager PyTorch at the same model and batch, from `rounds` (each a
+    run of every case, in the order of `results`): the median over rounds of the ratio within a round, and the
+    lowest and highest (a case with a failed run gets none)."""
+    for index, result in enumerate(results):
+        reference = next((i for i, r in enumerate(results) if r["framework"] == "torch"
+                          and r["model"] == result["model"] and r["batch"] == result["batch"]), None)
+        ratios = [case_seconds(run[index]) / case_seconds(run[reference]) for run in rounds] if reference is not None \
+            else [float("nan")]
+        if not any(math.isnan(ratio) for ratio in ratios):
+            result["time_ratio_vs_torch_eager"] = statistics.median(ratios)
+            result["time_ratio_range"] = [min(ratios), max(ratios)]
+
+
 def summarize(result: dict, peak_gflops: float) -> dict:
     if "epoch_times" not in result:
         return result
@@ -277,6 +314,15 @@ def summarize(result: dict, peak_gflops: float) -> dict:
     flops = training_flops_per_example(*ARCHITECTURES[result["model"]]) * examples / seconds
     return {**result, "seconds_per_epoch": seconds, "examples_per_second": examples / seconds,
             "gflops": flops / 1e9, "fraction_of_matmul_peak": flops / 1e9 / peak_gflops}
+
+
+def _ratio_text(result: dict) -> str:
+    """`0.62 (0.60-0.65)`: the median ratio and, where the rounds differ, their range; `-` without a ratio."""
+    if "time_ratio_vs_torch_eager" not in result:
+        return "-"
+    low, high = result.get("time_ratio_range", [result["time_ratio_vs_torch_eager"]] * 2)
+    text = f"{result['time_ratio_vs_torch_eager']:.2f}"
+    return text if f"{low:.2f}" == f"{high:.2f}" else f"{text} ({low:.2f}-{high:.2f})"
 
 
 IMPLEMENTATIONS = {"jax": "vae_jax", "torch": "PyTorch eager", "torch_compile": "torch.compile"}
@@ -294,7 +340,7 @@ def markdown_report(report: dict) -> str:
         lines.append(
             f"| {r['model']} | {name} | {r['batch']} | {r['seconds_per_epoch']:.2f} | {r['examples_per_second']:,.0f} "
             f"| {r['compile_seconds']:.1f} | {r.get('peak_device_mb', r['peak_rss_mb']):.0f} "
-            f"| {100 * r['fraction_of_matmul_peak']:.0f} | {r.get('time_ratio_vs_torch_eager', float('nan')):.2f} |")
+            f"| {100 * r['fraction_of_matmul_peak']:.0f} | {_ratio_text(r)} |")
     machine, peak, iwae = report["machine"], report["matmul_peak"], report["iwae_eval"]
     lines += ["", f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}"
                   + (f", {machine['gpu']}" if machine.get("gpu") else "") + ". "
@@ -312,6 +358,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--manual-dir", default=None)
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per case, after one warm-up epoch")
+    parser.add_argument("--rounds", type=int, default=3, help="times each case runs, all cases in turn each time")
     parser.add_argument("--iwae-k", type=int, default=5000, help="0 skips the importance-weighted evaluation")
     parser.add_argument("--out", default="experiments/results/benchmark_cpu.json")
     args = parser.parse_args()
@@ -327,16 +374,14 @@ def main() -> None:
               for b in (1024, 4096) for f in ("jax", "torch")]
     peak = run_case({"framework": "peak"})
     peak_gflops = max(peak.get("jax_gflops", 0), peak.get("torch_gflops", 0))
-    results = []
-    for case in cases:
-        result = summarize(run_case(case), peak_gflops)
-        results.append(result)
-        print(json.dumps({k: v for k, v in result.items() if k not in ("epoch_times", "manual_dir")}), flush=True)
+    rounds = []
+    for _ in range(args.rounds):
+        rounds.append([run_case(case) for case in cases])
+        print(json.dumps([case_seconds(r) for r in rounds[-1]]), flush=True)
+    results = [summarize(merge_rounds(list(runs)), peak_gflops) for runs in zip(*rounds)]
+    add_time_ratios(results, rounds)
     for result in results:
-        reference = next((r for r in results if r["framework"] == "torch" and r["model"] == result["model"]
-                          and r["batch"] == result["batch"] and "seconds_per_epoch" in r), None)
-        if reference and "seconds_per_epoch" in result:
-            result["time_ratio_vs_torch_eager"] = result["seconds_per_epoch"] / reference["seconds_per_epoch"]
+        print(json.dumps({k: v for k, v in result.items() if k not in ("epoch_times", "manual_dir")}), flush=True)
     iwae = None
     if args.iwae_k:
         iwae = run_case({"framework": "iwae", "model": "cs236", "k": args.iwae_k, "batch": 100, "chunk": 500,

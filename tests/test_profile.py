@@ -1,4 +1,5 @@
-"""experiments/profile_cpu.py: self times of nested trace spans, and the kind of work of compiled instructions."""
+"""experiments/benchmark.py and profile_cpu.py: rounds and ratios, kernel counts, self times of nested trace spans, and
+the kind of work of compiled instructions."""
 
 import benchmark
 import jax
@@ -86,3 +87,26 @@ def test_an_instruction_without_a_name_of_its_own_takes_that_of_what_it_calls():
     assert "op_name" not in instructions["ynn_fusion.3"]
     assert profile_cpu.category("ynn_fusion.3", instructions) == "finiteness check"
     assert profile_cpu.category("g", instructions) == "other"
+
+
+def test_rounds_merge_and_ratios_are_taken_within_each_round():
+    def run(framework, seconds):
+        return {"framework": framework, "model": "cs236", "batch": 100, "epoch_times": [seconds, seconds + 0.2, 9.0],
+                "compile_seconds": seconds, "peak_rss_mb": 10 * seconds}
+
+    rounds = [[run("jax", 1.0), run("torch", 2.0)], [run("jax", 1.5), run("torch", 2.0)],
+              [run("jax", 3.0), run("torch", 4.0)]]  # the third round on a slower machine
+    results = [benchmark.merge_rounds([r[i] for r in rounds]) for i in range(2)]
+    assert results[0]["epoch_times"] == [1.0, 1.2, 9.0, 1.5, 1.7, 9.0, 3.0, 3.2, 9.0]
+    assert results[0]["round_seconds"] == [1.2, 1.7, 3.2] and results[0]["compile_seconds"] == 1.5
+    assert results[0]["peak_rss_mb"] == 30.0
+    benchmark.add_time_ratios(results, rounds)
+    ratios = [1.2 / 2.2, 1.7 / 2.2, 3.2 / 4.2]
+    assert results[0]["time_ratio_vs_torch_eager"] == ratios[2]  # the median of the three
+    assert results[0]["time_ratio_range"] == [ratios[0], ratios[1]]
+    assert benchmark._ratio_text(results[0]) == "0.76 (0.55-0.77)"
+    assert benchmark._ratio_text(results[1]) == "1.00"
+    rounds[1][1] = {"framework": "torch", "model": "cs236", "batch": 100, "error": "out of memory"}
+    failed = [benchmark.merge_rounds([r[i] for r in rounds]) for i in range(2)]
+    benchmark.add_time_ratios(failed, rounds)
+    assert failed[1]["error"] == "out of memory" and "time_ratio_vs_torch_eager" not in failed[0]
