@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 python -c "import jax; assert jax.default_backend() == 'gpu', f'JAX runs on {jax.default_backend()}, not a GPU'"
 MANUAL_DIR=${MANUAL_DIR:-}
-python experiments/benchmark.py ${MANUAL_DIR:+--manual-dir "$MANUAL_DIR"} --out experiments/results/benchmark_gpu.json
+# One round: a dedicated GPU drifts little, and a lent GPU's time is short (11 cases, each a fresh process).
+python experiments/benchmark.py ${MANUAL_DIR:+--manual-dir "$MANUAL_DIR"} --rounds 1 \
+  --out experiments/results/benchmark_gpu.json
 python -m pytest -q tests/test_distributions.py tests/test_objective.py tests/test_iwae.py tests/test_models.py \
   tests/test_priors.py tests/test_torch_reference.py tests/test_train.py \
   --deselect tests/test_train.py::test_progress_reports_the_running_loss_from_inside_the_epoch
