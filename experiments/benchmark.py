@@ -101,17 +101,24 @@ def jax_case(case: dict, pixels) -> dict:
             "matmul_kernels": matmul_kernels(epoch_fn.as_text())}
 
 
+def hlo_computations(hlo_text: str) -> dict[str, dict[str, str]]:
+    """`{computation name: {instruction name: its text after " = "}}` of an HLO module's text, in order."""
+    computations: dict[str, dict[str, str]] = {}
+    body: dict[str, str] = {}
+    for line in hlo_text.splitlines():
+        header = re.match(r"(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        instruction = re.match(r"\s+(?:ROOT )?%?([\w.\-]+) = (.*)$", line)
+        if header:
+            body = computations.setdefault(header.group(1), {})
+        elif instruction:
+            body[instruction.group(1)] = instruction.group(2)
+    return computations
+
+
 def matmul_kernels(hlo_text: str) -> dict[str, int]:
     """How many matrix products of a compiled HLO module each kernel runs: `xla` for XLA's own `dot`
     instructions, else the library of the custom fusion (`ynn`, `xnn`, `onednn`) whose computation holds a dot."""
-    computations: dict[str, list[str]] = {}
-    lines: list[str] = []
-    for line in hlo_text.splitlines():
-        header = re.match(r"(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
-        if header:
-            lines = computations.setdefault(header.group(1), [])
-        elif line.startswith("  "):
-            lines.append(line)
+    computations = {name: list(body.values()) for name, body in hlo_computations(hlo_text).items()}
     counts: Counter = Counter()
     library_bodies = set()
     for body in computations.values():
@@ -227,10 +234,13 @@ def worker(case: dict) -> dict:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+
+    def field(key: str, default: str) -> str:  # the first core's value
+        return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith(key)), default)
+
+    cpu = field("model name", platform.processor()) if cpuinfo else ""
+    flags = field("flags", "").split()
     description = {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
                    "python": platform.python_version(),
                    "cpu_flags": sorted(f for f in flags if re.match(r"(avx|amx|fma)", f))}
@@ -299,8 +309,9 @@ def add_time_ratios(results: list[dict], rounds: list[list[dict]]) -> None:
     for index, result in enumerate(results):
         reference = next((i for i, r in enumerate(results) if r["framework"] == "torch"
                           and r["model"] == result["model"] and r["batch"] == result["batch"]), None)
-        ratios = [case_seconds(run[index]) / case_seconds(run[reference]) for run in rounds] if reference is not None \
-            else [float("nan")]
+        if reference is None:
+            continue
+        ratios = [case_seconds(run[index]) / case_seconds(run[reference]) for run in rounds]
         if not any(math.isnan(ratio) for ratio in ratios):
             result["time_ratio_vs_torch_eager"] = statistics.median(ratios)
             result["time_ratio_range"] = [min(ratios), max(ratios)]
@@ -309,7 +320,7 @@ def add_time_ratios(results: list[dict], rounds: list[list[dict]]) -> None:
 def summarize(result: dict, peak_gflops: float) -> dict:
     if "epoch_times" not in result:
         return result
-    seconds = statistics.median(result["epoch_times"])
+    seconds = case_seconds(result)
     examples = (50_000 // result["batch"]) * result["batch"]
     flops = training_flops_per_example(*ARCHITECTURES[result["model"]]) * examples / seconds
     return {**result, "seconds_per_epoch": seconds, "examples_per_second": examples / seconds,

@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from benchmark import compiled_jax_epoch, markdown, run_case, run_worker, save_report
+from benchmark import case_seconds, compiled_jax_epoch, hlo_computations, markdown, run_case, run_worker, save_report
 
 RUNTIME = "runtime (scheduling, waits)"
 CATEGORIES = (  # (category, pattern on an instruction's text), first match wins
@@ -54,20 +53,13 @@ VARIANTS = (  # (name, XLA_FLAGS, extra case fields)
 
 
 def instruction_texts(hlo_text: str) -> dict[str, str]:
-    """`{instruction name: its line}` of every instruction in an HLO module's text, and `{computation name: its
-    lines}` of every computation under the key `%computation name`."""
+    """`{instruction name: its text}` of every instruction in an HLO module's text, and under `%computation name`
+    the text of each computation's instructions, one a line."""
     texts: dict[str, str] = {}
-    body: list[str] = []
-    for line in hlo_text.splitlines():
-        header = re.match(r"(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
-        instruction = re.match(r"^\s+(?:ROOT )?%?([\w.\-]+) = (.*)$", line)
-        if header:
-            body = []
-            texts["%" + header.group(1)] = body
-        elif instruction:
-            texts[instruction.group(1)] = instruction.group(2)
-            body.append(instruction.group(2))
-    return {name: "\n".join(text) if isinstance(text, list) else text for name, text in texts.items()}
+    for computation, body in hlo_computations(hlo_text).items():
+        texts.update(body)
+        texts["%" + computation] = "\n".join(body.values())
+    return texts
 
 
 def category(event_name: str, instructions: dict[str, str]) -> str:
@@ -149,7 +141,7 @@ def time_variants(manual_dir: str | None, epochs: int) -> list[dict]:
     for name, result, settings in runs:
         row = {"variant": name, **settings, "matmul_kernels": result.get("matmul_kernels")}
         if "epoch_times" in result:
-            row["seconds_per_epoch"] = statistics.median(result["epoch_times"])
+            row["seconds_per_epoch"] = case_seconds(result)
         else:
             row["error"] = result.get("error")
         rows.append(row)
