@@ -67,14 +67,14 @@ def compiled_jax_epoch(case: dict, pixels) -> tuple[Callable, Any, Any, float]:
     import jax
     import optax
 
-    from vae_jax import models, parallel, train
+    from vae_jax import builders, parallel, train
     from vae_jax.configs import ModelConfig
 
     latent_dim, encoder_hidden, decoder_hidden = ARCHITECTURES[case["model"]]
-    encoder, decoder = models.build_models(ModelConfig(latent_dim, encoder_hidden, decoder_hidden,
-                                                       compute_dtype=case.get("dtype", "float32")))
+    model = builders.build_model(ModelConfig(latent_dim, encoder_hidden, decoder_hidden,
+                                             compute_dtype=case.get("dtype", "float32")))
     mesh = parallel.data_mesh() if case.get("data_parallel") else None
-    state = parallel.replicate(train.create_train_state(jax.random.key(0), encoder, decoder, optax.adam(1e-3)), mesh)
+    state = parallel.replicate(train.create_train_state(jax.random.key(0), model, optax.adam(1e-3)), mesh)
     data = parallel.replicate(pixels, mesh)
     start = time.perf_counter()
     epoch_fn = train.train_epoch_jit.lower(state, data, jax.random.key(1), batch_size=case["batch"],
@@ -182,16 +182,15 @@ def iwae_case(case: dict, pixels) -> dict:
     import jax
     import optax
 
-    from vae_jax import evaluate, models, train
+    from vae_jax import builders, evaluate, train
     from vae_jax.configs import ModelConfig
 
-    encoder, decoder = models.build_models(ModelConfig(*ARCHITECTURES[case["model"]]))
-    params = train.create_train_state(jax.random.key(0), encoder, decoder, optax.adam(1e-3)).params
+    model = builders.build_model(ModelConfig(*ARCHITECTURES[case["model"]]))
+    params = train.create_train_state(jax.random.key(0), model, optax.adam(1e-3)).params
     data = jax.device_put(pixels)
-    kwargs = {"encoder": encoder, "decoder": decoder, "num_samples": case["k"], "batch_size": case["batch"],
-              "chunk_size": case["chunk"]}
+    kwargs = {"num_samples": case["k"], "batch_size": case["batch"], "chunk_size": case["chunk"]}
     start = time.perf_counter()
-    compiled = evaluate.evaluate_iwae.lower(params, data, jax.random.key(0), **kwargs).compile()
+    compiled = evaluate.evaluate_iwae.lower(model, params, data, jax.random.key(0), **kwargs).compile()
     compile_seconds = time.perf_counter() - start
     start = time.perf_counter()
     jax.block_until_ready(compiled(params, data, jax.random.key(0)))

@@ -20,22 +20,21 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from vae_jax import configs, evaluate, models, objective, parallel, train  # noqa: E402
+from vae_jax import builders, configs, evaluate, objective, parallel, train  # noqa: E402
 
 if len(sys.argv) > 2:
     parallel.initialize_distributed()
-encoder, decoder = models.build_models(configs.ModelConfig(latent_dim=3, encoder_hidden=(32,), decoder_hidden=(32,)))
+model = builders.build_model(configs.ModelConfig(latent_dim=3, encoder_hidden=(32,), decoder_hidden=(32,)))
 pixels = (np.random.default_rng(0).random((512, 784)) < 0.3).astype(np.uint8)
 mesh = parallel.data_mesh() if len(jax.devices()) > 1 else None
-state = train.create_train_state(jax.random.key(0), encoder, decoder, optax.adam(1e-2))
+state = train.create_train_state(jax.random.key(0), model, optax.adam(1e-2))
 device_pixels, state = parallel.replicate((pixels, state), mesh)
 losses = []
 for epoch in range(2):
     state, result = train.train_epoch_jit(state, device_pixels, jax.random.fold_in(jax.random.key(1), epoch),
                                           batch_size=64, mesh=mesh)
     losses.append(float(np.asarray(result.loss).mean()))
-terms = evaluate.evaluate_elbo(state.params, device_pixels, jax.random.key(3), encoder=encoder, decoder=decoder,
-                               batch_size=128, mesh=mesh)
+terms = evaluate.evaluate_elbo(model, state.params, device_pixels, jax.random.key(3), batch_size=128, mesh=mesh)
 
 
 def batch_layout():

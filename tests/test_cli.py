@@ -41,7 +41,8 @@ def test_train_eval_sample(tiny_run, shared_data, data_dir, tmp_path, capsys):
     assert figures["scatter"] == str(tmp_path / "figures" / "prior_scatter.png")
     from PIL import Image
 
-    assert Image.open(figures["scatter"]).size == (720, 660)
+    with Image.open(figures["scatter"]) as scatter:
+        assert scatter.size == (720, 660)
 
 
 @pytest.mark.parametrize("prior", ["mixture", "vamp"])
@@ -82,6 +83,11 @@ def test_train_without_config_resumes_the_stored_one(tiny_run, data_dir, capsys)
     (["sample", "--workdir", "{tmp}", "--out", "x.png", "--num-images", "0"], "--num-images must be positive"),
     (["train"], "the following arguments are required: --workdir"),
     (["fit"], "invalid choice: 'fit'"),
+    (["train", "--workdir", "{tmp}/w", "batch_size=70000"], "batch_size=70000 exceeds the 50000 training examples"),
+    (["train", "--workdir", "{tmp}/w", "objective=iwae", "kl_warmup_epochs=10"],
+     "objective=iwae has no KL term, so it would ignore kl_warmup_epochs=10"),
+    (["train", "--workdir", "{tmp}/w", "optim.momentum=0.5"], "optim.name=adam would ignore optim.momentum=0.5"),
+    (["train", "--workdir", "{tmp}/w", "optim.weight_decay=0.1"], "use optim.name=adamw"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2(argv, message, tmp_path, capsys):
     capsys.readouterr()
@@ -106,3 +112,26 @@ def test_module_entry_point_exit_codes(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: work directory {tmp_path / 'none'} does not exist; "
                                                 "pass the --workdir of a trained run"]
+
+
+def test_a_checkpoint_of_another_model_is_one_line_and_renames_nothing(tmp_path, capsys):
+    """A work directory whose checkpoint holds parameters of another shape than its stored config says (what another
+    vae_jax version's parameter names would give): exit 2, one line naming the differences, every file kept."""
+    import jax
+
+    from vae_jax import builders, configs
+    from vae_jax.checkpoint import Checkpointer
+
+    small = configs.apply_overrides(configs.get_config("cs236"), TINY)
+    other = configs.apply_overrides(small, ["model.decoder_hidden=24"])
+    checkpointer = Checkpointer(tmp_path)
+    checkpointer.save(1, builders.template_state(other), jax.random.key(0), val_nelbo=1.0,
+                      metadata=configs.to_dict(small))
+    checkpointer.close()
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert cli.main(["eval", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds another model than this one (params/decoder/params/" in err
+    assert "where the model has (32,) float32" in err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before

@@ -1,4 +1,4 @@
-"""Closed forms against direct formulas and Monte-Carlo estimates."""
+"""Closed forms against direct formulas in float64, Monte-Carlo estimates, and extreme inputs."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 
 from vae_jax import distributions
-
-pytestmark = pytest.mark.usefixtures("strict_promotion")
 
 
 def test_bernoulli_log_prob_matches_direct_formula():
@@ -33,17 +31,17 @@ def test_bernoulli_log_prob_is_finite_and_exact_for_extreme_logits(logit):
     assert np.all(np.isfinite(np.asarray(grad)))
 
 
-def test_kl_matches_monte_carlo_estimate():
-    mean = jnp.array([0.5, -1.0, 2.0])
-    logvar = jnp.array([0.0, -1.5, 0.7])
-    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.key(0), (400_000, 3))
-    log_q = distributions.gaussian_log_prob(z, mean, logvar)
-    log_p = distributions.gaussian_log_prob(z, jnp.zeros(3), jnp.zeros(3))
-    samples = np.asarray(log_q - log_p, dtype=np.float64)
+def test_kl_matches_monte_carlo_estimate_in_float64():
+    mean, logvar = np.array([0.5, -1.0, 2.0]), np.array([0.0, -1.5, 0.7])
+    z = mean + np.exp(0.5 * logvar) * np.random.default_rng(0).normal(size=(400_000, 3))
+    # log q - log p by direct NumPy formulas, not the library's.
+    log_q = np.sum(-0.5 * np.log(2 * np.pi * np.exp(logvar)) - (z - mean) ** 2 / (2 * np.exp(logvar)), axis=1)
+    log_p = np.sum(-0.5 * np.log(2 * np.pi) - z ** 2 / 2, axis=1)
+    samples = log_q - log_p
     stderr = samples.std() / np.sqrt(len(samples))
-    analytic = float(distributions.gaussian_kl_to_standard_normal(mean, logvar))
+    analytic = float(distributions.gaussian_kl_to_standard_normal(jnp.asarray(mean, jnp.float32),
+                                                                   jnp.asarray(logvar, jnp.float32)))
     assert abs(samples.mean() - analytic) < 4 * stderr
-    # The closed form itself: 1/2 sum(mean^2 + var - logvar - 1).
     np.testing.assert_allclose(analytic, 0.5 * np.sum(np.square(mean) + np.exp(logvar) - logvar - 1), rtol=1e-6)
 
 
@@ -59,6 +57,26 @@ def test_gaussian_log_prob_matches_direct_formula():
     with jax.enable_x64(True):
         got = distributions.gaussian_log_prob(jnp.asarray(z), jnp.asarray(mean), jnp.asarray(logvar))
         np.testing.assert_allclose(float(got), expected, rtol=1e-12)
+        np.testing.assert_allclose(float(distributions.standard_normal_log_prob(jnp.asarray(z))),
+                                   np.sum(-0.5 * np.log(2 * np.pi) - z ** 2 / 2), rtol=1e-12)
+
+
+@pytest.mark.parametrize("logvar", [-30.0, -90.0, 0.0, 20.0])
+def test_log_density_from_the_noise_is_exact_where_the_density_form_fails(logvar):
+    # z = mean + sigma * eps with mean 3: in float32, z - mean loses the digits of sigma * eps (and for logvar < -88
+    # exp(-logvar) overflows and meets a zero); from the noise the log-density is exact.
+    mean = np.full(4, 3.0)
+    eps = np.array([0.5, -1.2, 2.0, 0.1])
+    logvars = np.full(4, logvar)
+    exact = np.sum(-0.5 * (eps ** 2 + logvars + np.log(2 * np.pi)))  # float64, since (z - mean)^2 / sigma^2 = eps^2
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    got = float(distributions.gaussian_log_prob_of_noise(f32(eps), f32(logvars)))
+    assert np.isfinite(got)
+    np.testing.assert_allclose(got, exact, rtol=1e-5)
+    if logvar <= -30:  # the density form, for contrast: wrong digits or NaN
+        z = distributions.reparameterize(f32(mean), f32(logvars), f32(eps))
+        density = float(distributions.gaussian_log_prob(z, f32(mean), f32(logvars)))
+        assert not np.isfinite(density) or abs(density - exact) > 1e-3 * abs(exact)
 
 
 def test_reparameterize_has_the_right_moments_and_gradients():
@@ -72,3 +90,13 @@ def test_reparameterize_has_the_right_moments_and_gradients():
     grad_mean, grad_logvar = jax.grad(lambda m, lv: distributions.reparameterize(m, lv, e).sum(), (0, 1))(mean, logvar)
     np.testing.assert_allclose(grad_mean, [1.0, 1.0])
     np.testing.assert_allclose(grad_logvar, np.asarray(e) * np.exp(0.5 * np.asarray(logvar)) / 2, rtol=1e-6)
+
+
+def test_dynamic_binarization_draws_bernoulli_pixels():
+    grey = jnp.full((784,), 64, dtype=jnp.uint8)
+    keys = jax.random.split(jax.random.key(0), 500)
+    draws = np.asarray(jax.vmap(distributions.binarize, in_axes=(0, None, None))(keys, grey, True))
+    assert set(np.unique(draws)) == {0.0, 1.0}
+    np.testing.assert_allclose(draws.mean(), 64 / 255, atol=0.005)
+    static = distributions.binarize(jax.random.key(0), jnp.array([0, 1, 1], dtype=jnp.uint8), False)
+    np.testing.assert_array_equal(static, [0.0, 1.0, 1.0])

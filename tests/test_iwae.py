@@ -1,44 +1,47 @@
-"""The importance-weighted bound: K = 1, monotonicity in K, chunking, and exact log p(x) by quadrature."""
+"""The importance-weighted bound: against an independent PyTorch implementation (chunks, padding, -log K),
+monotonicity in K, chunking and batching invariance, and exact log p(x) by quadrature."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
-from vae_jax import distributions, evaluate, models, objective, train
+from tests.torch_reference import TorchVAE
+from vae_jax import builders, configs, evaluate, models, objective
 
-pytestmark = pytest.mark.usefixtures("strict_promotion")
-
-
-def _setup(small_models, binary_pixels):
-    encoder, decoder = small_models
-    params = train.init_params(jax.random.key(0), encoder, decoder)
-    return encoder, decoder, params, jnp.asarray(binary_pixels[0], jnp.float32)
+LATENT, HIDDEN = 3, (16,)
 
 
-def test_k1_bound_is_the_single_sample_elbo_with_the_same_noise(small_models, binary_pixels):
-    encoder, decoder, params, x = _setup(small_models, binary_pixels)
-    key = jax.random.key(4)
-    bound = objective.iwae_bound(params, x, key, encoder=encoder, decoder=decoder, num_samples=1)
-    eps = jax.random.normal(jax.random.fold_in(key, 0), (1, 3))
-    # The single-sample ELBO estimate with a Monte-Carlo KL: log p(x|z) + log p(z) - log q(z|x).
-    mean, logvar = encoder.apply(params["encoder"], x)
-    z = mean + jnp.exp(0.5 * logvar) * eps
-    log_px = distributions.bernoulli_log_prob(x, decoder.apply(params["decoder"], z))
-    mc_kl = distributions.gaussian_log_prob(z, mean, logvar) - distributions.gaussian_log_prob(z, 0 * z, 0 * z)
-    np.testing.assert_allclose(float(bound), float((log_px - mc_kl)[0]), rtol=1e-6)
+@pytest.mark.parametrize("num_samples,chunk_size", [(7, 3), (7, 7), (1, 500), (10, 4)])
+def test_bound_matches_pytorch_with_chunks_and_padding(num_samples, chunk_size, binary_pixels):
+    """K = 7 in chunks of 3 leaves two padded samples in the last chunk: they must not count, and the mean is over
+    the K real ones (-log K). Sample k is drawn from fold_in(key, k), so the reference gets the same noise."""
+    model = builders.build_model(configs.ModelConfig(LATENT, HIDDEN, HIDDEN))
+    params = model.init(jax.random.key(0), jnp.zeros(784))
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+        x = np.asarray(binary_pixels[:4], np.float64)
+        keys = jax.random.split(jax.random.key(1), 4)
+        ours = [float(objective.iwae_bound(model, params, jnp.asarray(xi), key, num_samples, chunk_size))
+                for xi, key in zip(x, keys)]
+        eps = np.stack([[np.asarray(jax.random.normal(jax.random.fold_in(key, k), (1, LATENT), jnp.float64))[0]
+                         for k in range(num_samples)] for key in keys])
+    reference = TorchVAE(LATENT, list(HIDDEN), list(HIDDEN)).load_flax(params, torch.float64)
+    theirs = reference.iwae_bound(torch.tensor(x), torch.tensor(eps)).detach().numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10)
 
 
-def test_bound_rises_with_k_and_does_not_depend_on_chunking(small_models, binary_pixels):
-    encoder, decoder, params, _ = _setup(small_models, binary_pixels)
+def test_bound_rises_with_k_and_does_not_depend_on_chunking_or_batching(small_model, binary_pixels):
+    params = small_model.init(jax.random.key(0), jnp.zeros(784))
     pixels = jnp.asarray(binary_pixels[:32])
-    bounds = {k: evaluate.evaluate_iwae(params, pixels, jax.random.key(1), encoder=encoder, decoder=decoder,
-                                        num_samples=k, batch_size=8, chunk_size=min(k, 64))
+    bounds = {k: evaluate.evaluate_iwae(small_model, params, pixels, jax.random.key(1), num_samples=k, batch_size=8,
+                                        chunk_size=min(k, 64))
               for k in (1, 10, 100)}
     assert float(bounds[1].mean()) < float(bounds[10].mean()) < float(bounds[100].mean())
-    rechunked = evaluate.evaluate_iwae(params, pixels, jax.random.key(1), encoder=encoder, decoder=decoder,
-                                       num_samples=100, batch_size=5, chunk_size=7)
+    rechunked = evaluate.evaluate_iwae(small_model, params, pixels, jax.random.key(1), num_samples=100, batch_size=5,
+                                       chunk_size=7)
     np.testing.assert_allclose(rechunked, bounds[100], rtol=1e-6)
 
 
@@ -51,19 +54,17 @@ class _Linear1d(nn.Module):
 
 
 def test_bound_converges_to_the_exact_log_likelihood():
-    encoder = models.Encoder(latent_dim=1, hidden=(8,))
-    decoder = _Linear1d()
-    params = train.init_params(jax.random.key(2), encoder, decoder)
+    model = models.VAE(models.Encoder(latent_dim=1, hidden=(8,)), _Linear1d())
+    params = model.init(jax.random.key(2), jnp.zeros(784))
     params["decoder"] = jax.tree.map(lambda p: p * 0.5, params["decoder"])
     x = (np.random.default_rng(3).random(784) < 0.3).astype(np.float32)
-    # Exact log p(x) = log of the integral of p(x|z) N(z; 0, 1) dz, by quadrature on a fine grid.
+    # Exact log p(x) = log of the integral of p(x|z) N(z; 0, 1) dz, by quadrature on a fine grid, in float64.
     grid = np.linspace(-10, 10, 40001)
-    log_joint = np.asarray(distributions.bernoulli_log_prob(x, decoder.apply(params["decoder"], grid[:, None]))
-                           + distributions.gaussian_log_prob(grid[:, None], np.zeros(1), np.zeros(1)), np.float64)
+    logits = np.asarray(model.decoder.apply(params["decoder"], jnp.asarray(grid[:, None], jnp.float32)), np.float64)
+    log_joint = (np.sum(x * logits - np.logaddexp(0.0, logits), axis=-1) - 0.5 * (grid ** 2 + np.log(2 * np.pi)))
     peak = log_joint.max()
     exact = peak + np.log(np.sum(np.exp(log_joint - peak)) * (grid[1] - grid[0]))
-    estimates = {k: float(objective.iwae_bound(params, jnp.asarray(x), jax.random.key(0), encoder=encoder,
-                                               decoder=decoder, num_samples=k, chunk_size=1000))
+    estimates = {k: float(objective.iwae_bound(model, params, jnp.asarray(x), jax.random.key(0), k, chunk_size=1000))
                  for k in (1, 5000)}
     assert estimates[1] < exact
     assert abs(estimates[5000] - exact) < 0.05

@@ -1,4 +1,5 @@
-"""The convolutional encoder/decoder: shapes, one example against a batch, learning; configs that build them."""
+"""Networks and models: the convolutional encoder's locality, one example against a batch, learning; gated layers;
+the hierarchical VAE's contract; configs that build them; matrix-product precision."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from vae_jax import configs, models, train
+from vae_jax import builders, configs, contract, hierarchical, models, objective, train
 from vae_jax.errors import ConfigError
 
 CONV = configs.ModelConfig(latent_dim=4, encoder_hidden=(32,), decoder_hidden=(32,), architecture="conv",
@@ -14,28 +15,44 @@ CONV = configs.ModelConfig(latent_dim=4, encoder_hidden=(32,), decoder_hidden=(3
 
 
 def test_conv_models_map_one_example_as_they_map_a_batch(binary_pixels):
-    encoder, decoder = models.build_models(CONV)
-    assert isinstance(encoder, models.ConvEncoder) and isinstance(decoder, models.ConvDecoder)
-    params = train.init_params(jax.random.key(0), encoder, decoder)
+    model = builders.build_model(CONV)
+    assert isinstance(model.encoder, models.ConvEncoder) and isinstance(model.decoder, models.ConvDecoder)
+    params = model.init(jax.random.key(0), jnp.zeros(784))
     x = jnp.asarray(binary_pixels[:5], jnp.float32)
-    mean, logvar = encoder.apply(params["encoder"], x)
+    mean, logvar = model.posterior(params, x)
     assert mean.shape == logvar.shape == (5, 4)
-    one_mean, one_logvar = jax.vmap(lambda xi: encoder.apply(params["encoder"], xi))(x)
+    one_mean, one_logvar = jax.vmap(lambda xi: model.posterior(params, xi))(x)
     np.testing.assert_allclose(one_mean, mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(one_logvar, logvar, rtol=1e-5, atol=1e-6)
     z = jax.random.normal(jax.random.key(1), (5, 3, 4))  # [B, S, J]
-    logits = decoder.apply(params["decoder"], z)
+    logits = model.decoder.apply(params["decoder"], z)
     assert logits.shape == (5, 3, 784)
-    np.testing.assert_allclose(jax.vmap(lambda zi: decoder.apply(params["decoder"], zi))(z), logits,
+    np.testing.assert_allclose(jax.vmap(lambda zi: model.decoder.apply(params["decoder"], zi))(z), logits,
                                rtol=1e-5, atol=1e-5)
-    # The first convolution sees the image, not the flat vector: moving one pixel changes the encoding locally.
-    kernel = params["encoder"]["params"]["Conv_0"]["kernel"]
-    assert kernel.shape == (3, 3, 1, 4)
+
+
+def test_the_first_convolution_sees_the_image_as_an_image():
+    """Locality: each output of the first stride-2 3x3 convolution depends on the 3x3 patch of pixels it covers,
+    and on no other pixel of the 28 x 28 image (a model that treated the image as a flat vector would not)."""
+    model = builders.build_model(CONV)
+    params = model.init(jax.random.key(0), jnp.zeros(784))
+
+    def first_feature_map(x):
+        _, state = model.encoder.apply(params["encoder"], x, capture_intermediates=True, mutable=["intermediates"])
+        return state["intermediates"]["Conv_0"]["__call__"][0]  # [14, 14, 4]
+
+    x = jnp.asarray(np.random.default_rng(0).random(784) < 0.3, jnp.float32)
+    assert first_feature_map(x).shape == (14, 14, 4)
+    row, column = 5, 9  # an output position; with SAME padding at stride 2 it covers rows 10..12, columns 18..20
+    sensitivity = jax.jacobian(lambda x: first_feature_map(x)[row, column].sum())(x).reshape(28, 28)
+    touched = np.argwhere(np.abs(np.asarray(sensitivity)) > 0)
+    assert touched[:, 0].min() == 2 * row and touched[:, 0].max() == 2 * row + 2
+    assert touched[:, 1].min() == 2 * column and touched[:, 1].max() == 2 * column + 2
+    assert len(touched) == 9
 
 
 def test_conv_vae_learns(binary_pixels):
-    encoder, decoder = models.build_models(CONV)
-    state = train.create_train_state(jax.random.key(0), encoder, decoder, optax.adam(3e-3))
+    state = train.create_train_state(jax.random.key(0), builders.build_model(CONV), optax.adam(3e-3))
     pixels = jnp.asarray(binary_pixels)
     state, first = train.train_epoch_jit(state, pixels, jax.random.key(1), batch_size=16)
     for epoch in range(2, 20):
@@ -46,11 +63,52 @@ def test_conv_vae_learns(binary_pixels):
     assert float(np.mean(last.nelbo)) < 485
 
 
-def test_three_convolutions_fail_validation():
+def test_gated_layers_gate_each_value_by_a_sigmoid():
+    mlp = models.MLP((3,), activation="gated")
+    h = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5)), jnp.float32)
+    params = mlp.init(jax.random.key(0), h)["params"]
+    value, gate = params["Dense_0"], params["Dense_1"]
+    expected = (h @ value["kernel"] + value["bias"]) * jax.nn.sigmoid(h @ gate["kernel"] + gate["bias"])
+    np.testing.assert_allclose(mlp.apply({"params": params}, h), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("prior", ["normal", "vamp"])
+def test_the_hierarchical_vae_keeps_the_contract(prior, binary_pixels):
+    config = configs.apply_overrides(configs.get_config("hvae"), [
+        "model.latent_dim=3", "model.encoder_hidden=16,16", "model.decoder_hidden=16,16", f"model.prior={prior}",
+        "model.prior_components=5"])
+    model = builders.build_model(config.model)
+    assert isinstance(model, contract.FlaxModel) and isinstance(model.module, hierarchical.HierarchicalVAE)
+    params = model.init(jax.random.key(0), jnp.zeros(784))
+    x = jnp.asarray(binary_pixels[0], jnp.float32)
+    samples = model.joint_samples(params, x, jax.random.key(1), 4)
+    assert samples.log_likelihood.shape == samples.log_prior.shape == samples.log_posterior.shape == (4,)
+    assert samples.kl is None and samples.posterior_mean.shape == (3,)
+    # log p(x, z) of the sampled z equals log p(x|z) + log p(z) of the samples.
+    eps1, eps2 = jax.random.normal(jax.random.key(2), (2, 1, 3))
+    one = model.module.apply(params, x, eps1, eps2, method="joint_samples_from_noise")
+    mean2, logvar2 = model.module.apply(params, x, method=lambda m, x: m.q_z2(x))
+    z2 = mean2 + jnp.exp(0.5 * logvar2) * eps2[0]
+    mean1, logvar1 = model.module.apply(params, x, z2, method="q_z1")
+    z1 = mean1 + jnp.exp(0.5 * logvar1) * eps1[0]
+    np.testing.assert_allclose(model.log_joint(params, x, {"z1": z1, "z2": z2}),
+                               one.log_likelihood[0] + one.log_prior[0], rtol=1e-5)
+    assert model.generate(params, jax.random.key(3), 6).shape == (6, 784)
+    assert model.reconstruct(params, jnp.asarray(binary_pixels[:2], jnp.float32)).shape == (2, 784)
+    assert model.encode(params, jnp.asarray(binary_pixels[:2], jnp.float32)).shape == (2, 3)
+    bound = objective.iwae_bound(model, params, x, jax.random.key(4), 20, chunk_size=6)
+    assert float(bound) > -float(objective.elbo_terms(model, params, x, jax.random.key(4), 20).nelbo) - 1e-3
+
+
+def test_configs_that_cannot_be_built_fail_validation():
     with pytest.raises(ConfigError, match="conv_channels"):
         configs.apply_overrides(configs.get_config("cs236"), ["model.architecture=conv", "model.conv_channels=8,8,8"])
     with pytest.raises(ConfigError, match="unknown architecture"):
         configs.apply_overrides(configs.get_config("cs236"), ["model.architecture=resnet"])
+    with pytest.raises(ConfigError, match="need model.architecture=mlp"):
+        configs.apply_overrides(configs.get_config("hvae"), ["model.architecture=conv"])
+    with pytest.raises(ConfigError, match="stochastic_layers must be 1 or 2"):
+        configs.apply_overrides(configs.get_config("hvae"), ["model.stochastic_layers=3"])
 
 
 def _precisions(jaxpr: jax.extend.core.Jaxpr) -> list:
@@ -72,17 +130,17 @@ def _precisions(jaxpr: jax.extend.core.Jaxpr) -> list:
 def test_matmul_precision_reaches_every_product_and_convolution(architecture, name, level):
     config = configs.ModelConfig(latent_dim=4, encoder_hidden=(32,), decoder_hidden=(32,), architecture=architecture,
                                  conv_channels=(4, 8), matmul_precision=name)
-    encoder, decoder = models.build_models(config)
-    params = train.init_params(jax.random.key(0), encoder, decoder)
-    found = (_precisions(jax.make_jaxpr(encoder.apply)(params["encoder"], jnp.zeros((2, 784))).jaxpr)
-             + _precisions(jax.make_jaxpr(decoder.apply)(params["decoder"], jnp.zeros((2, 4))).jaxpr))
+    model = builders.build_model(config)
+    params = model.init(jax.random.key(0), jnp.zeros(784))
+    found = (_precisions(jax.make_jaxpr(model.posterior)(params, jnp.zeros((2, 784))).jaxpr)
+             + _precisions(jax.make_jaxpr(model.decode)(params, jnp.zeros((2, 4))).jaxpr))
     layers = 4 if architecture == "mlp" else 8  # 2 dense layers a side; conv: 2 convolutions, 2 transposed
     assert len(found) == layers
     assert all(precision == (level, level) for precision in found), found
 
 
 def test_bfloat16_compute_leaves_the_precision_to_jax():
-    encoder, _ = models.build_models(configs.ModelConfig(latent_dim=4, compute_dtype="bfloat16"))
-    params = train.init_params(jax.random.key(0), *models.build_models(configs.ModelConfig(latent_dim=4)))
-    found = _precisions(jax.make_jaxpr(encoder.apply)(params["encoder"], jnp.zeros((2, 784))).jaxpr)
+    model = builders.build_model(configs.ModelConfig(latent_dim=4, compute_dtype="bfloat16"))
+    params = builders.build_model(configs.ModelConfig(latent_dim=4)).init(jax.random.key(0), jnp.zeros(784))
+    found = _precisions(jax.make_jaxpr(model.posterior)(params, jnp.zeros((2, 784))).jaxpr)
     assert len(found) == 3 and all(precision is None for precision in found), found

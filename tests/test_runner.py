@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from vae_jax import cli, configs, runner
+from vae_jax import builders, cli, configs, runner
 from vae_jax.checkpoint import Checkpointer
 from vae_jax.errors import ConfigError
 
@@ -32,7 +32,7 @@ def cs236_run(tmp_path_factory, run_args):
 def _params(workdir, epoch=None):
     checkpointer = Checkpointer(workdir)
     config = configs.from_dict(checkpointer.read_metadata(checkpointer.epochs()[-1]))
-    return checkpointer.restore(runner.template_state(config), jax.random.key(0), epoch=epoch).state.params
+    return checkpointer.restore(builders.template_state(config), jax.random.key(0), epoch=epoch).state.params
 
 
 def test_cs236_learns_on_real_data(cs236_run, run_args):
@@ -117,27 +117,55 @@ def test_sample_figures(cs236_run, run_args, tmp_path):
                                           data_dir=run_args["data_dir"])
     assert figures == {"samples": tmp_path / "grid.png", "reconstructions": tmp_path / "grid_reconstructions.png",
                        "interpolations": tmp_path / "grid_interpolations.png"}
-    assert Image.open(figures["samples"]).size == (4 * 29 + 1, 4 * 29 + 1)
-    assert Image.open(figures["reconstructions"]).size == (8 * 29 + 1, 4 * 29 + 1)
-    assert Image.open(figures["interpolations"]).size == (10 * 29 + 1, 4 * 29 + 1)
-    pixels = np.asarray(Image.open(figures["samples"]))
+    def picture(name):
+        with Image.open(figures[name]) as image:
+            return np.asarray(image)
+
+    assert picture("samples").shape == (4 * 29 + 1, 4 * 29 + 1)
+    assert picture("reconstructions").shape == (4 * 29 + 1, 8 * 29 + 1)
+    assert picture("interpolations").shape == (4 * 29 + 1, 10 * 29 + 1)
+    pixels = picture("samples")
     assert 10 < pixels.mean() < 120, "samples should be mostly dark digits with bright strokes"
 
 
 def test_interpolation_ends_at_the_reconstructions_and_manifold_covers_the_prior():
-    from vae_jax import evaluate, models, train
+    from vae_jax import figures
 
-    encoder, decoder = models.build_models(configs.ModelConfig(latent_dim=2, encoder_hidden=(16,),
-                                                               decoder_hidden=(16,)))
-    params = train.init_params(jax.random.key(0), encoder, decoder)
+    model = builders.build_model(configs.ModelConfig(latent_dim=2, encoder_hidden=(16,), decoder_hidden=(16,)))
+    params = model.init(jax.random.key(0), np.zeros(784, np.float32))
     x = (np.random.default_rng(0).random((6, 784)) < 0.3).astype(np.float32)
-    lines = evaluate.interpolate(params, x[:3], x[3:], encoder=encoder, decoder=decoder, num_steps=5)
+    lines = figures.interpolate(model, params, x[:3], x[3:], 5)
     assert lines.shape == (3, 5, 784)
-    recons = evaluate.reconstruct(params, x, encoder=encoder, decoder=decoder)
+    recons = figures.reconstruct(model, params, x)
     np.testing.assert_allclose(lines[:, 0], recons[:3], rtol=1e-5)
     np.testing.assert_allclose(lines[:, -1], recons[3:], rtol=1e-5)
-    manifold = evaluate.latent_manifold(params, decoder=decoder, grid_size=4)
+    manifold = figures.latent_manifold(model, params, 4)
     assert manifold.shape == (16, 784)
     # The grid's corners are the prior's 1/8 and 7/8 quantiles: z = (-1.15, +1.15) at the top left.
     z = np.array([[-1.1503494, 1.1503494]], np.float32)
-    np.testing.assert_allclose(manifold[0], jax.nn.sigmoid(decoder.apply(params["decoder"], z))[0], rtol=1e-5)
+    np.testing.assert_allclose(manifold[0], jax.nn.sigmoid(model.decoder.apply(params["decoder"], z))[0], rtol=1e-5)
+
+
+def test_a_config_built_in_python_is_validated(run_args, tmp_path):
+    config = configs.Config(batch_size=0)
+    with pytest.raises(ConfigError, match="batch_size must be positive, got 0"):
+        runner.train_and_evaluate(config, tmp_path, **run_args)
+    with pytest.raises(ConfigError, match="batch_size=70000 exceeds the 50000 training examples"):
+        runner.train_and_evaluate(configs.Config(batch_size=70_000), tmp_path, **run_args)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_tensorboard_scalars_beside_the_metrics(run_args, tmp_path):
+    import tensorflow as tf
+
+    config = configs.apply_overrides(configs.get_config("cs236"), [
+        "epochs=1", "model.encoder_hidden=16", "model.decoder_hidden=16", "model.latent_dim=2"])
+    record = runner.train_and_evaluate(config, tmp_path, tensorboard=True, **run_args)
+    scalars = {}
+    for file in (tmp_path / runner.TENSORBOARD_DIR).iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(file)):
+            for value in event.summary.value:
+                scalars[value.tag] = (event.step, value.simple_value)
+    assert {"train_nelbo", "val_nelbo", "val_kl", "kl_weight", "seconds"} <= set(scalars)
+    assert scalars["val_nelbo"][0] == 500
+    np.testing.assert_allclose(scalars["val_nelbo"][1], record["val_nelbo"], rtol=1e-6)  # float32 in the file

@@ -1,36 +1,36 @@
-"""vae_jax against an independent PyTorch implementation with copied weights and the same noise.
+"""vae_jax against independent PyTorch implementations with copied weights and the same noise: the one-layer VAE
+(terms, gradients, optimizer steps), the two-layer HVAE with and without the VampPrior, the convolutional networks.
 
 Tolerances: float64 agrees to 1e-10 relative (only summation order differs); float32 to 1e-5.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
 
-from tests.torch_reference import TorchVAE, flax_dense_layers
-from vae_jax import configs, models, objective, train
+from tests.torch_reference import TorchHVAE, TorchVAE, flax_dense_layers
+from vae_jax import builders, configs, objective
 
 LATENT, ENCODER_HIDDEN, DECODER_HIDDEN = 4, (32, 24), (24, 32)
 BATCH, SAMPLES = 8, 3
 
 
 def _setup(dtype):
-    encoder, decoder = models.build_models(configs.ModelConfig(LATENT, ENCODER_HIDDEN, DECODER_HIDDEN, "elu"))
-    params = jax.tree.map(lambda p: p.astype(dtype), train.init_params(jax.random.key(0), encoder, decoder))
+    model = builders.build_model(configs.ModelConfig(LATENT, ENCODER_HIDDEN, DECODER_HIDDEN, "elu"))
+    params = jax.tree.map(lambda p: p.astype(dtype), model.init(jax.random.key(0), jnp.zeros(784, jnp.float32)))
     rng = np.random.default_rng(1)
     x = (rng.random((BATCH, 784)) < 0.3).astype(np.float64)
     eps = rng.normal(size=(BATCH, SAMPLES, LATENT))
-    return encoder, decoder, params, x, eps
+    return model, params, x, eps
 
 
-def _jax_batch_loss(params, x, eps, encoder, decoder):
-    def per_example(xi, ei):
-        return objective.elbo_terms_from_noise(params, xi, ei, encoder=encoder, decoder=decoder)
-
-    terms = jax.vmap(per_example)(x, eps)
+def _jax_batch_loss(params, x, eps, model):
+    terms = jax.vmap(lambda xi, ei: objective.elbo_terms_from_samples(model.joint_samples_from_noise(params, xi, ei)))(
+        x, eps)
     return jnp.mean(terms.nelbo), terms
 
 
@@ -40,9 +40,9 @@ def _jax_batch_loss(params, x, eps, encoder, decoder):
 ])
 def test_terms_and_gradients_agree(jax_dtype, torch_dtype, rtol):
     with jax.enable_x64(jax_dtype == jnp.float64):
-        encoder, decoder, params, x, eps = _setup(jax_dtype)
+        model, params, x, eps = _setup(jax_dtype)
         (loss, terms), grads = jax.value_and_grad(_jax_batch_loss, has_aux=True)(
-            params, jnp.asarray(x, jax_dtype), jnp.asarray(eps, jax_dtype), encoder, decoder)
+            params, jnp.asarray(x, jax_dtype), jnp.asarray(eps, jax_dtype), model)
         assert terms.nelbo.dtype == jax_dtype
 
         reference = TorchVAE(LATENT, list(ENCODER_HIDDEN), list(DECODER_HIDDEN)).load_flax(params, torch_dtype)
@@ -62,38 +62,62 @@ def test_terms_and_gradients_agree(jax_dtype, torch_dtype, rtol):
                 np.testing.assert_allclose(np.asarray(gb), tb, rtol=rtol, atol=rtol * np.abs(tb).max())
 
 
-def test_adam_steps_agree_in_float64():
+def _torch_clip_by_global_norm(parameters, max_norm):
+    """g <- g * min(1, max_norm / ||g||), ||g|| over all parameters (Pascanu et al., 2013); returns ||g||."""
+    norm = math.sqrt(sum(float(torch.sum(p.grad ** 2)) for p in parameters))
+    for p in parameters:
+        p.grad.mul_(min(1.0, max_norm / norm))
+    return norm
+
+
+def test_optimizer_steps_agree_with_pytorch_in_float64():
+    """`builders.build_optimizer`'s whole chain, gradient clipping and the cosine schedule included, against
+    torch.optim.Adam with clipping written out and the cosine schedule as a LambdaLR."""
+    optim = configs.OptimConfig(learning_rate=1e-2, schedule="cosine", final_lr_fraction=0.1, grad_clip_norm=5.0)
+    total_steps = 6
     with jax.enable_x64(True):
-        encoder, decoder, params, x, _ = _setup(jnp.float64)
+        model, params, x, _ = _setup(jnp.float64)
         reference = TorchVAE(LATENT, list(ENCODER_HIDDEN), list(DECODER_HIDDEN)).load_flax(params, torch.float64)
-        torch_opt = torch.optim.Adam(reference.parameters(), lr=1e-2)
-        tx = optax.adam(1e-2)
+        parameters = list(reference.parameters())
+        torch_opt = torch.optim.Adam(parameters, lr=optim.learning_rate)
+        alpha = optim.final_lr_fraction
+
+        def cosine_factor(t):  # the learning rate of step t over the peak: cosine decay from 1 to alpha
+            return (1 - alpha) * 0.5 * (1 + math.cos(math.pi * min(t, total_steps) / total_steps)) + alpha
+
+        cosine = torch.optim.lr_scheduler.LambdaLR(torch_opt, cosine_factor)
+        tx = builders.build_optimizer(optim, total_steps)
         opt_state = tx.init(params)
-        grad_fn = jax.jit(jax.grad(lambda p, xb, eb: _jax_batch_loss(p, xb, eb, encoder, decoder)[0]))
+        grad_fn = jax.jit(jax.grad(lambda p, xb, eb: _jax_batch_loss(p, xb, eb, model)[0]))
         rng = np.random.default_rng(2)
-        for _ in range(5):
+        norms = []
+        for _ in range(total_steps + 2):  # two steps past the schedule's end, at its final rate
             eps = rng.normal(size=(BATCH, SAMPLES, LATENT))
-            updates, opt_state = tx.update(grad_fn(params, jnp.asarray(x), jnp.asarray(eps)), opt_state, params)
-            params = optax.apply_updates(params, updates)
+            with jax.numpy_dtype_promotion("standard"):
+                updates, opt_state = tx.update(grad_fn(params, jnp.asarray(x), jnp.asarray(eps)), opt_state, params)
+            params = jax.tree.map(lambda p, u: p + u, params, updates)
             torch_opt.zero_grad()
             reference.terms(torch.tensor(x), torch.tensor(eps))[0].mean().backward()
+            norms.append(_torch_clip_by_global_norm(parameters, optim.grad_clip_norm))
             torch_opt.step()
+            cosine.step()
         after = TorchVAE(LATENT, list(ENCODER_HIDDEN), list(DECODER_HIDDEN)).load_flax(params, torch.float64)
         for ours, theirs in zip(after.parameters(), reference.parameters()):
             np.testing.assert_allclose(ours.detach().numpy(), theirs.detach().numpy(), rtol=1e-9, atol=1e-12)
-        # The parameters did move: five steps of size ~1e-2 each.
-        moved = np.abs(next(after.parameters()).detach().numpy() - np.asarray(
-            flax_dense_layers(_setup(jnp.float64)[2])["encoder"][0][0]).T).max()
-        assert moved > 1e-3
+    assert min(norms) > optim.grad_clip_norm, "clipping must be active in every step for the test to check it"
+    # The parameters did move: eight steps of size ~1e-2 or less.
+    moved = np.abs(next(after.parameters()).detach().numpy() - np.asarray(
+        flax_dense_layers(_setup(jnp.float32)[1])["encoder"][0][0]).T).max()
+    assert moved > 1e-3
 
 
 def test_importance_weighted_bound_agrees_in_float64():
     with jax.enable_x64(True):
-        encoder, decoder, params, x, _ = _setup(jnp.float64)
+        model, params, x, _ = _setup(jnp.float64)
         eps = np.random.default_rng(3).normal(size=(BATCH, 50, LATENT))
 
         def bound(xi, ei):
-            log_w = objective.log_importance_weights_from_noise(params, xi, ei, encoder=encoder, decoder=decoder)
+            log_w = objective.log_weights(model.joint_samples_from_noise(params, xi, ei))
             return jax.nn.logsumexp(log_w) - jnp.log(50.0)
 
         ours = jax.vmap(bound)(jnp.asarray(x), jnp.asarray(eps))
@@ -102,17 +126,64 @@ def test_importance_weighted_bound_agrees_in_float64():
         np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-10)
 
 
+@pytest.mark.parametrize("prior", ["normal", "vamp"])
+def test_hierarchical_vae_log_weights_and_gradients_agree_in_float64(prior):
+    config = configs.ModelConfig(latent_dim=LATENT, encoder_hidden=(24, 16), decoder_hidden=(16, 20),
+                                 activation="gated", logvar_bound=6.0, prior=prior, prior_components=7,
+                                 stochastic_layers=2)
+    model = builders.build_model(config)
+    params = model.init(jax.random.key(0), jnp.zeros(784))
+    rng = np.random.default_rng(4)
+    x = (rng.random((3, 784)) < 0.3).astype(np.float64)
+    eps1, eps2 = rng.normal(size=(2, 3, SAMPLES, LATENT))
+    module = model.module
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+
+        def loss(p):
+            def one(xi, e1, e2):
+                return module.apply(p, xi, e1, e2, method=module.joint_samples_from_noise)
+
+            samples = jax.vmap(one)(jnp.asarray(x), jnp.asarray(eps1), jnp.asarray(eps2))
+            return jnp.mean(jax.vmap(objective.elbo_terms_from_samples)(samples).nelbo), samples
+
+        (ours_loss, samples), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    reference = TorchHVAE(params, bound=6.0, dtype=torch.float64)
+    theirs = [reference.log_densities(torch.tensor(xi), torch.tensor(e1), torch.tensor(e2))
+              for xi, e1, e2 in zip(x, eps1, eps2)]
+    for field, index in (("log_likelihood", 0), ("log_prior", 1), ("log_posterior", 2)):
+        expected = np.stack([t[index].detach().numpy() for t in theirs])
+        np.testing.assert_allclose(np.asarray(getattr(samples, field)), expected, rtol=1e-10)
+    log_w = np.stack([(t[0] + t[1] - t[2]).detach().numpy() for t in theirs])
+    np.testing.assert_allclose(np.asarray(objective.log_weights(samples)), log_w, rtol=1e-10)
+    # -ELBO with the Monte-Carlo KL, and its gradient with respect to every parameter.
+    theirs_loss = torch.stack([-(t[0] + t[1] - t[2]).mean() for t in theirs]).mean()
+    theirs_loss.backward()
+    np.testing.assert_allclose(float(ours_loss), theirs_loss.item(), rtol=1e-10)
+    tree = grads["params"]
+    pairs = [(tree["q_z1_head"]["kernel"], reference.q_z1_head.weight.grad.numpy().T),
+             (tree["p_x_head"]["bias"], reference.p_x_head.bias.grad.numpy()),
+             (tree["q_z2"]["MLP_0"]["Dense_1"]["kernel"], reference.q_z2.body.gates[0].weight.grad.numpy().T),
+             (tree["p_z1"]["Dense_0"]["kernel"], reference.p_z1.head.weight.grad.numpy().T),
+             (tree["p_x_trunk"]["MLP_1"]["Dense_0"]["kernel"], reference.p_x_trunk.b.values[0].weight.grad.numpy().T)]
+    if prior == "vamp":
+        pairs.append((tree["prior"]["pseudo_input_logits"], reference.pseudo_logits.grad.numpy()))
+    for ours, theirs in pairs:
+        np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-10, atol=1e-10 * np.abs(theirs).max())
+
+
 def test_conv_encoder_and_decoder_match_pytorch():
     from tests.torch_reference import conv_decoder, conv_encoder
 
     config = configs.ModelConfig(LATENT, (24,), (24,), "elu", architecture="conv", conv_channels=(4, 8))
-    encoder, decoder = models.build_models(config)
+    model = builders.build_model(config)
+    params = model.init(jax.random.key(0), jnp.zeros(784))
     with jax.enable_x64(True):
-        params = jax.tree.map(lambda p: p.astype(jnp.float64), train.init_params(jax.random.key(0), encoder, decoder))
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
         rng = np.random.default_rng(2)
         x, z = (rng.random((BATCH, 784)) < 0.3).astype(np.float64), rng.normal(size=(BATCH, LATENT))
-        mean, logvar = encoder.apply(params["encoder"], x)
-        logits = decoder.apply(params["decoder"], z)
+        mean, logvar = model.posterior(params, x)
+        logits = model.decoder.apply(params["decoder"], z)
     theirs_mean, theirs_logvar = conv_encoder(params["encoder"], torch.tensor(x))
     np.testing.assert_allclose(mean, theirs_mean.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(logvar, theirs_logvar.numpy(), rtol=1e-10, atol=1e-12)

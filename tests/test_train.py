@@ -1,4 +1,4 @@
-"""The compiled epoch: learning, determinism, layout of randomness, and the finite-check."""
+"""The train step and the compiled epoch: learning, determinism, layout of randomness, and the finite-check."""
 
 import jax
 import jax.numpy as jnp
@@ -7,16 +7,15 @@ import optax
 import pytest
 from jax import export
 
-from vae_jax import train
+from vae_jax import builders, configs, objective, train
 
 
-def _state(small_models, learning_rate=1e-2):
-    encoder, decoder = small_models
-    return train.create_train_state(jax.random.key(0), encoder, decoder, optax.adam(learning_rate))
+def _state(model, learning_rate=1e-2):
+    return train.create_train_state(jax.random.key(0), model, optax.adam(learning_rate))
 
 
-def test_epochs_lower_the_loss_and_count_steps(small_models, binary_pixels):
-    state = _state(small_models)
+def test_epochs_lower_the_loss_and_count_steps(small_model, binary_pixels):
+    state = _state(small_model)
     pixels = jnp.asarray(binary_pixels)
     first = None
     for epoch in range(5):
@@ -30,24 +29,24 @@ def test_epochs_lower_the_loss_and_count_steps(small_models, binary_pixels):
     np.testing.assert_allclose(result.nelbo, result.rec + result.kl, rtol=1e-5)
 
 
-def test_same_key_same_parameters(small_models, binary_pixels):
-    runs = [train.train_epoch_jit(_state(small_models), jnp.asarray(binary_pixels), jax.random.key(2), batch_size=16)
+def test_same_key_same_parameters(small_model, binary_pixels):
+    runs = [train.train_epoch_jit(_state(small_model), jnp.asarray(binary_pixels), jax.random.key(2), batch_size=16)
             for _ in range(2)]
     for a, b in zip(jax.tree.leaves(runs[0][0].params), jax.tree.leaves(runs[1][0].params)):
         np.testing.assert_array_equal(a, b)
-    other, _ = train.train_epoch_jit(_state(small_models), jnp.asarray(binary_pixels), jax.random.key(3),
+    other, _ = train.train_epoch_jit(_state(small_model), jnp.asarray(binary_pixels), jax.random.key(3),
                                      batch_size=16)
     assert not np.array_equal(jax.tree.leaves(other.params)[0], jax.tree.leaves(runs[0][0].params)[0])
 
 
-def test_epoch_drops_the_incomplete_last_batch(small_models, binary_pixels):
-    state, result = train.train_epoch_jit(_state(small_models), jnp.asarray(binary_pixels[:50]), jax.random.key(0),
+def test_epoch_drops_the_incomplete_last_batch(small_model, binary_pixels):
+    state, result = train.train_epoch_jit(_state(small_model), jnp.asarray(binary_pixels[:50]), jax.random.key(0),
                                           batch_size=16)
     assert result.nelbo.shape == (3,) and int(state.step) == 3
 
 
-def test_non_finite_step_is_not_applied_and_is_reported(small_models, binary_pixels):
-    state = _state(small_models, learning_rate=1e-3)
+def test_non_finite_step_is_not_applied_and_is_reported(small_model, binary_pixels):
+    state = _state(small_model, learning_rate=1e-3)
     poisoned = jax.tree.map(lambda p: p, state.params)
     poisoned["decoder"]["params"]["Dense_0"]["bias"] = poisoned["decoder"]["params"]["Dense_0"]["bias"].at[0].set(
         jnp.nan)
@@ -70,11 +69,11 @@ def test_all_finite_flags_any_non_finite_element(bad):
 
 
 @pytest.mark.parametrize("update", ["guarded_update", "_update_by_select"])
-def test_divergence_mid_epoch_keeps_the_last_good_update(small_models, binary_pixels, update, monkeypatch):
+def test_divergence_mid_epoch_keeps_the_last_good_update(small_model, binary_pixels, update, monkeypatch):
     # A huge learning rate blows the parameters up within a few steps; the state stops at the last finite one.
     # `_update_by_select` runs, on this CPU, the guard that the epoch uses when compiled for an accelerator.
     monkeypatch.setattr(train, "guarded_update", getattr(train, update))
-    state = _state(small_models, learning_rate=1e4)
+    state = _state(small_model, learning_rate=1e4)
     new_state, result = train.train_epoch(state, jnp.asarray(np.tile(binary_pixels, (8, 1))), jax.random.key(0),
                                           batch_size=16)
     failed = int(result.failed_step)
@@ -84,10 +83,10 @@ def test_divergence_mid_epoch_keeps_the_last_good_update(small_models, binary_pi
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
-def test_guard_compiled_for_an_accelerator_selects_instead_of_branching(small_models, platform):
+def test_guard_compiled_for_an_accelerator_selects_instead_of_branching(small_model, platform):
     # XLA:GPU reads a conditional's predicate on the host at every step; exported for an accelerator (no device
     # needed), the guard keeps only lax.platform_dependent's own constant-index cases and selects the state.
-    state = _state(small_models)
+    state = _state(small_model)
     grads = jax.tree.map(jnp.zeros_like, state.params)
 
     def module(target: str) -> str:
@@ -99,8 +98,8 @@ def test_guard_compiled_for_an_accelerator_selects_instead_of_branching(small_mo
     assert accelerator.count("stablehlo.select") > cpu.count("stablehlo.select")
 
 
-def test_guarded_update_by_conditional_and_by_select_agree(small_models):
-    state = _state(small_models)
+def test_guarded_update_by_conditional_and_by_select_agree(small_model):
+    state = _state(small_model)
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), state.params)
     poisoned = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads)
     updated = state.apply_gradients(grads)
@@ -112,44 +111,20 @@ def test_guarded_update_by_conditional_and_by_select_agree(small_models):
                 np.testing.assert_allclose(a, b, rtol=1e-6 if apply else 0, atol=1e-8 if apply else 0)
 
 
-def test_cosine_schedule_and_clipping():
-    from vae_jax.configs import OptimConfig
-
-    tx = train.make_optimizer(OptimConfig(schedule="cosine", final_lr_fraction=0.1, grad_clip_norm=1.0), 100)
-    params = {"w": jnp.zeros(3)}
-    state = tx.init(params)
-    updates, _ = tx.update({"w": jnp.array([300.0, 400.0, 0.0])}, state, params)
-    # Clipped to norm 1, then Adam's first step has magnitude lr for each non-zero coordinate.
-    np.testing.assert_allclose(np.abs(np.asarray(updates["w"]))[:2], [1e-3, 1e-3], rtol=1e-4)
-
-
-def test_training_loss_kl_weight_and_free_bits():
-    from vae_jax.objective import ElboTerms
-
-    kl_per_dim = jnp.array([[0.1, 2.0], [0.3, 4.0]])
-    kl = kl_per_dim.sum(axis=1)
-    rec = jnp.array([10.0, 20.0])
-    terms = ElboTerms(rec + kl, rec, kl, kl_per_dim, jnp.zeros((2, 2)))
-    np.testing.assert_allclose(train.training_loss(terms), 15.0 + 3.2, rtol=1e-6)
-    np.testing.assert_allclose(train.training_loss(terms, kl_weight=0.5), 15.0 + 1.6, rtol=1e-6)
-    # Free bits of 1 nat lift dimension 0 (mean KL 0.2) to 1 and leave dimension 1 (mean KL 3) alone.
-    np.testing.assert_allclose(train.training_loss(terms, free_bits=1.0), 15.0 + 1.0 + 3.0, rtol=1e-6)
-
-
 def test_kl_warmup_is_linear():
-    from vae_jax import configs, runner
+    from vae_jax import runner
 
     config = configs.apply_overrides(configs.get_config("cs236"), ["kl_weight=2", "kl_warmup_epochs=4"])
     assert [runner.kl_weight(config, epoch) for epoch in (1, 2, 4, 9)] == [0.5, 1.0, 2.0, 2.0]
     assert runner.kl_weight(configs.get_config("cs236"), 1) == 1.0
 
 
-def test_iwae_objective_trains(small_models, binary_pixels):
-    state = _state(small_models)
+def test_iwae_objective_trains(small_model, binary_pixels):
+    state = _state(small_model)
     pixels = jnp.asarray(binary_pixels)
     for epoch in range(3):
         state, result = train.train_epoch_jit(state, pixels, jax.random.fold_in(jax.random.key(1), epoch),
-                                              batch_size=16, objective="iwae", num_samples=5)
+                                              batch_size=16, objective=objective.Iwae(num_samples=5))
     # The loss is the negative K = 5 bound, which lies below the negative single-sample ELBO on average.
     assert float(result.loss.mean()) < float(result.nelbo.mean())
     assert int(result.failed_step) == -1
@@ -166,12 +141,10 @@ def test_logvar_bound():
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_loss(binary_pixels):
-    from vae_jax import configs, models
-
     config = configs.ModelConfig(latent_dim=3, encoder_hidden=(32,), decoder_hidden=(32,), compute_dtype="bfloat16")
-    encoder, decoder = models.build_models(config)
-    state = train.create_train_state(jax.random.key(0), encoder, decoder, optax.adam(1e-2))
-    mean, _ = encoder.apply(state.params["encoder"], jnp.ones(784))
+    model = builders.build_model(config)
+    state = train.create_train_state(jax.random.key(0), model, optax.adam(1e-2))
+    mean, _ = model.posterior(state.params, jnp.ones(784))
     assert mean.dtype == jnp.float32
     for epoch in range(3):
         state, result = train.train_epoch_jit(state, jnp.asarray(binary_pixels), jax.random.key(epoch),
@@ -180,7 +153,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_loss(binary_pixels):
                if jnp.issubdtype(leaf.dtype, jnp.floating))
     assert result.loss.dtype == jnp.float32 and int(result.failed_step) == -1
     # The same model in float32 reaches nearly the same loss.
-    reference = train.create_train_state(jax.random.key(0), *models.build_models(
+    reference = train.create_train_state(jax.random.key(0), builders.build_model(
         configs.ModelConfig(latent_dim=3, encoder_hidden=(32,), decoder_hidden=(32,))), optax.adam(1e-2))
     for epoch in range(3):
         reference, reference_result = train.train_epoch_jit(reference, jnp.asarray(binary_pixels),
@@ -188,15 +161,48 @@ def test_bfloat16_compute_keeps_float32_parameters_and_loss(binary_pixels):
     np.testing.assert_allclose(float(result.loss.mean()), float(reference_result.loss.mean()), rtol=0.02)
 
 
-def test_progress_reports_the_running_loss_from_inside_the_epoch(small_models, binary_pixels):
+def test_progress_reports_the_running_loss_from_inside_the_epoch(small_model, binary_pixels):
     calls = []
 
     def progress(steps_done, running_loss):
         calls.append((int(steps_done), float(running_loss)))
 
-    _, result = train.train_epoch_jit(_state(small_models), jnp.asarray(binary_pixels), jax.random.key(0),
+    _, result = train.train_epoch_jit(_state(small_model), jnp.asarray(binary_pixels), jax.random.key(0),
                                       batch_size=8, progress=progress, progress_every=3)
     jax.effects_barrier()
     losses = np.asarray(result.loss)
     assert [steps for steps, _ in calls] == [3, 6]
     np.testing.assert_allclose([loss for _, loss in calls], [losses[:3].mean(), losses[:6].mean()], rtol=1e-5)
+
+
+def test_a_pure_step_on_a_batch_is_the_epoch_s_step(small_model, binary_pixels):
+    """The compiled epoch scans `train_step`: an epoch of one batch equals one step taken by hand on the batch the
+    epoch's shuffle picks, with the epoch's example key."""
+    state = _state(small_model)
+    pixels = jnp.asarray(binary_pixels[:16])
+    epoch_key = jax.random.key(4)
+    shuffle_key, examples_key = jax.random.split(epoch_key)
+    order = jax.random.permutation(shuffle_key, 16)
+    by_hand, result = jax.jit(train.train_step)(state, pixels[order], order, examples_key)
+    epoch_state, epoch = train.train_epoch_jit(state, pixels, epoch_key, batch_size=16)
+    assert bool(result.finite) and int(by_hand.step) == int(epoch_state.step) == 1
+    np.testing.assert_allclose(float(epoch.loss[0]), float(result.loss), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(by_hand.params), jax.tree.leaves(epoch_state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_non_finite_step_is_skipped_by_the_pure_step(small_model, binary_pixels):
+    state = _state(small_model)
+    poisoned = jax.tree.map(lambda p: p, state.params)
+    poisoned["decoder"]["params"]["Dense_0"]["bias"] = poisoned["decoder"]["params"]["Dense_0"]["bias"].at[0].set(
+        jnp.inf)
+    state = state.replace(params=poisoned)
+    new_state, result = train.train_step(state, jnp.asarray(binary_pixels[:8]), jnp.arange(8), jax.random.key(0))
+    assert not bool(result.finite) and int(new_state.step) == 0
+
+
+def test_a_batch_larger_than_the_split_is_refused(small_model, binary_pixels):
+    from vae_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="batch_size=65 does not fit the 64 training examples"):
+        train.train_epoch(_state(small_model), jnp.asarray(binary_pixels), jax.random.key(0), batch_size=65)

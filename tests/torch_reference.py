@@ -130,3 +130,101 @@ def conv_decoder(params: dict, z: torch.Tensor, channels: int) -> torch.Tensor:
         h = _conv_transpose_same_stride2(h, tree[f"ConvTranspose_{i}"]["kernel"], tree[f"ConvTranspose_{i}"]["bias"])
         h = F.elu(h) if i < layers - 1 else h
     return h.permute(0, 2, 3, 1).reshape(len(z), -1)
+
+
+def _linear(params: dict, name: str, dtype: torch.dtype) -> nn.Linear:
+    """A Linear holding the Flax Dense `params[name]` (kernel `[in, out]` becomes weight `[out, in]`)."""
+    kernel, bias = np.asarray(params[name]["kernel"]), np.asarray(params[name]["bias"])
+    linear = nn.Linear(*kernel.shape).to(dtype)
+    linear.weight = nn.Parameter(torch.tensor(kernel.T, dtype=dtype))
+    linear.bias = nn.Parameter(torch.tensor(bias, dtype=dtype))
+    return linear
+
+
+class GatedStack(nn.Module):
+    """Gated dense layers h -> (h W + b) * sigmoid(h V + c) (Tomczak & Welling's GatedDense), from a Flax MLP whose
+    Dense layers alternate value and gate."""
+
+    def __init__(self, mlp: dict, dtype: torch.dtype):
+        super().__init__()
+        names = sorted(mlp, key=lambda name: int(name.split("_")[1]))
+        self.values = nn.ModuleList(_linear(mlp, name, dtype) for name in names[0::2])
+        self.gates = nn.ModuleList(_linear(mlp, name, dtype) for name in names[1::2])
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for value, gate in zip(self.values, self.gates):
+            h = value(h) * torch.sigmoid(gate(h))
+        return h
+
+
+class GaussianHead(nn.Module):
+    """Gated layers, then a Linear split into mean and logvar = bound * tanh(raw / bound)."""
+
+    def __init__(self, tree: dict, bound: float, dtype: torch.dtype):
+        super().__init__()
+        self.body = GatedStack(tree["MLP_0"], dtype)
+        self.head = _linear(tree, "Dense_0", dtype)
+        self.bound = bound
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, raw = self.head(self.body(h)).chunk(2, dim=-1)
+        return mean, self.bound * torch.tanh(raw / self.bound)
+
+
+class Joined(nn.Module):
+    """One gated layer on each of two inputs, concatenated, then one more gated layer."""
+
+    def __init__(self, tree: dict, dtype: torch.dtype):
+        super().__init__()
+        self.a, self.b, self.joint = (GatedStack(tree[f"MLP_{i}"], dtype) for i in range(3))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ha, hb = self.a(a), self.b(b)
+        ha, hb = torch.broadcast_tensors(ha, hb)
+        return self.joint(torch.cat([ha, hb], dim=-1))
+
+
+class TorchHVAE(nn.Module):
+    """The two-layer HVAE of Tomczak & Welling (2018), written from the paper: q(z2|x) q(z1|x,z2) and
+    p(z2) p(z1|z2) p(x|z1,z2), every conditional Gaussian a gated MLP, p(z2) = N(0, I) or the VampPrior; its weights
+    copied from vae_jax's `HierarchicalVAE` variables."""
+
+    def __init__(self, variables: dict, bound: float, dtype: torch.dtype):
+        super().__init__()
+        tree = variables["params"]
+        self.q_z2 = GaussianHead(tree["q_z2"], bound, dtype)
+        self.q_z1_trunk, self.q_z1_head = Joined(tree["q_z1_trunk"], dtype), _linear(tree, "q_z1_head", dtype)
+        self.p_z1 = GaussianHead(tree["p_z1"], bound, dtype)
+        self.p_x_trunk, self.p_x_head = Joined(tree["p_x_trunk"], dtype), _linear(tree, "p_x_head", dtype)
+        self.bound = bound
+        self.pseudo_logits = None
+        if "prior" in tree:
+            self.pseudo_logits = nn.Parameter(
+                torch.tensor(np.asarray(tree["prior"]["pseudo_input_logits"]), dtype=dtype))
+
+    def log_prior_z2(self, z2: torch.Tensor) -> torch.Tensor:
+        if self.pseudo_logits is None:
+            return torch.distributions.Normal(torch.zeros_like(z2), torch.ones_like(z2)).log_prob(z2).sum(-1)
+        means, logvars = self.q_z2(torch.sigmoid(self.pseudo_logits))
+        components = torch.distributions.Independent(torch.distributions.Normal(means, torch.exp(0.5 * logvars)), 1)
+        uniform = torch.distributions.Categorical(logits=torch.zeros(len(means), dtype=means.dtype))
+        return torch.distributions.MixtureSameFamily(uniform, components).log_prob(z2)
+
+    def log_densities(self, x: torch.Tensor, eps1: torch.Tensor, eps2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(log p(x|z1,z2), log p(z1, z2), log q(z1, z2|x)), each `[S]`, for one example x `[D]`, noise `[S, J]`."""
+        mean2, logvar2 = self.q_z2(x)
+        z2 = mean2 + torch.exp(0.5 * logvar2) * eps2
+        raw = self.q_z1_head(self.q_z1_trunk(x, z2))
+        mean1, logvar1 = raw.chunk(2, dim=-1)
+        logvar1 = self.bound * torch.tanh(logvar1 / self.bound)
+        z1 = mean1 + torch.exp(0.5 * logvar1) * eps1
+        prior_mean1, prior_logvar1 = self.p_z1(z2)
+        logits = self.p_x_head(self.p_x_trunk(z1, z2))
+        log_px = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+
+        def normal(mean: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            return torch.distributions.Normal(mean, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
+
+        log_p = self.log_prior_z2(z2) + normal(prior_mean1, prior_logvar1, z1)
+        log_q = normal(mean2, logvar2, z2) + normal(mean1, logvar1, z1)
+        return log_px, log_p, log_q

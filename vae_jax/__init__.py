@@ -1,43 +1,58 @@
 """vae_jax: variational autoencoders for binarized MNIST in JAX, Flax and Optax.
 
-The Python API, for use with any Flax encoder/decoder pair (see `vae_jax.models` for the call signatures):
+The Python API (each name loads its module on first use, so `import vae_jax` itself is light):
 
-- objective: `elbo_terms`, `elbo_terms_from_noise`, `batch_elbo_terms`, `iwae_bound`, `map_examples`, `ElboTerms`;
-- models and priors: `Encoder`, `Decoder`, `ConvEncoder`, `ConvDecoder`, `MixturePrior`, `VampPrior` (pass a prior
-  as `prior=` to `create_train_state` and to the objective and evaluation functions; None is N(0, I));
-- training: `TrainState`, `create_train_state`, `make_optimizer`, `training_loss`, `train_epoch` (jit it, or use
-  `train_epoch_jit`), `run_keys`;
-- checkpoints: `Checkpointer`;
-- evaluation: `evaluate_elbo`, `evaluate_iwae`, `summarize`;
-- data: `load_split`, `load_labels`;
-- runs in a work directory, as the CLI does them: `train_and_evaluate`, `evaluate_checkpoint`.
+- the model contract: `JointSamples`, `Model`, `FlaxModel`, `as_model` (`vae_jax.contract`);
+- models: `VAE` with `Encoder`, `Decoder`, `ConvEncoder`, `ConvDecoder`, `MLP`, `Bernoulli`; the priors
+  `MixturePrior`, `VampPrior`; the two-layer `HierarchicalVAE`;
+- objectives and bounds: `Elbo`, `Iwae`, `ElboTerms`, `elbo_terms`, `batch_elbo_terms`, `iwae_bound`,
+  `training_loss`, `map_examples`;
+- training: `TrainState`, `create_train_state`, `train_step`, `train_epoch` (jit it, or use `train_epoch_jit`),
+  `run_keys`;
+- configs and what they build: `Config`, `ModelConfig`, `OptimConfig`, `get_config`, `build_model`,
+  `build_optimizer`, `build_objective`;
+- evaluation: `evaluate_elbo`, `evaluate_iwae`, `summarize`; per-example inference and the amortization gaps:
+  `refine_posteriors`, `amortization_gaps`;
+- data: `load_split`, `load_labels`; checkpoints: `Checkpointer`;
+- runs in a work directory, as the CLI does them, for presets and for any model: `train_and_evaluate`,
+  `evaluate_checkpoint`.
 """
 
-from vae_jax.checkpoint import Checkpointer
-from vae_jax.configs import Config, ModelConfig, OptimConfig, get_config
-from vae_jax.data import load_labels, load_split
-from vae_jax.evaluate import evaluate_elbo, evaluate_iwae, summarize
-from vae_jax.models import ConvDecoder, ConvEncoder, Decoder, Encoder
-from vae_jax.objective import ElboTerms, batch_elbo_terms, elbo_terms, elbo_terms_from_noise, iwae_bound, map_examples
-from vae_jax.priors import MixturePrior, VampPrior
-from vae_jax.runner import evaluate_checkpoint, train_and_evaluate
-from vae_jax.train import (
-    TrainState,
-    create_train_state,
-    make_optimizer,
-    run_keys,
-    train_epoch,
-    train_epoch_jit,
-    training_loss,
-)
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
-__all__ = [
-    "Checkpointer", "Config", "ConvDecoder", "ConvEncoder", "Decoder", "ElboTerms", "Encoder", "MixturePrior",
-    "ModelConfig", "OptimConfig", "TrainState", "VampPrior",
-    "batch_elbo_terms", "create_train_state", "elbo_terms", "elbo_terms_from_noise", "evaluate_checkpoint",
-    "evaluate_elbo", "evaluate_iwae", "get_config", "iwae_bound", "load_labels", "load_split", "make_optimizer",
-    "map_examples",
-    "run_keys", "summarize", "train_and_evaluate", "train_epoch", "train_epoch_jit", "training_loss",
-]
+__version__ = "0.2.0"
+
+_EXPORTS = {
+    "vae_jax.contract": ("JointSamples", "Model", "FlaxModel", "as_model"),
+    "vae_jax.models": ("VAE", "Encoder", "Decoder", "ConvEncoder", "ConvDecoder", "MLP", "Bernoulli"),
+    "vae_jax.priors": ("MixturePrior", "VampPrior"),
+    "vae_jax.hierarchical": ("HierarchicalVAE",),
+    "vae_jax.objective": ("Elbo", "Iwae", "ElboTerms", "elbo_terms", "batch_elbo_terms", "iwae_bound",
+                          "training_loss", "map_examples"),
+    "vae_jax.train": ("TrainState", "create_train_state", "train_step", "train_epoch", "train_epoch_jit",
+                      "run_keys"),
+    "vae_jax.configs": ("Config", "ModelConfig", "OptimConfig", "get_config"),
+    "vae_jax.builders": ("build_model", "build_optimizer", "build_objective"),
+    "vae_jax.evaluate": ("evaluate_elbo", "evaluate_iwae", "summarize"),
+    "vae_jax.inference": ("refine_posteriors", "amortization_gaps"),
+    "vae_jax.data": ("load_split", "load_labels"),
+    "vae_jax.checkpoint": ("Checkpointer",),
+    "vae_jax.runner": ("train_and_evaluate", "evaluate_checkpoint"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'vae_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,9 +1,12 @@
 """Orbax checkpoints of a run: train state, run key, epoch, JSON metadata (the config) and validation NELBO.
 
 Checkpoints live in `<workdir>/checkpoints/<epoch>/`. The latest `keep` epochs and the best one by validation
-NELBO are kept independently. Orbax writes each checkpoint to a temporary folder and renames it when complete,
-so a run killed mid-save leaves the previous checkpoints intact. A checkpoint that fails to restore is moved
-to `<workdir>/checkpoints/corrupt-<epoch>/` and the next older one is used.
+NELBO are kept independently. Saves run in the background (the next epoch does not wait for the disk); Orbax writes
+each checkpoint to a temporary folder and renames it when complete, so a run killed mid-save leaves the previous
+checkpoints intact. Restoring compares the saved structure (parameter paths, shapes, dtypes) with the model's
+first: a checkpoint of another model or of a vae_jax version with other parameter names is refused with the
+differences named, and left alone. A checkpoint whose files cannot be read is moved to
+`<workdir>/checkpoints/corrupt-<epoch>/` and the next older one is used.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ from vae_jax.errors import CheckpointError, first_line
 from vae_jax.train import TrainState
 
 VALIDATION_METRIC = "val_nelbo"
+# What Orbax raises for missing or damaged files (JSON and TensorStore errors are ValueErrors).
+UNREADABLE = (OSError, ValueError, KeyError, TypeError)
 
 
 class Restored(NamedTuple):
     """A restored checkpoint.
 
     Attributes:
-        state: the train state (with the modules and optimizer of the template it was restored into).
+        state: the train state (with the model and optimizer of the template it was restored into).
         key: the run's typed key.
         epoch: number of completed epochs.
         metadata: the JSON metadata saved with it (`vae_jax` runs store their config there).
@@ -50,14 +55,40 @@ def _manager(workdir: str | os.PathLike, keep: int, clean_unfinished: bool) -> o
         best_fn=lambda m: m[VALIDATION_METRIC],
         best_mode="min",
         preservation_policy=policy,
-        enable_async_checkpointing=False,
+        enable_async_checkpointing=True,
         cleanup_tmp_directories=clean_unfinished,
     )
-    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options, item_handlers=handlers)
 
 
 def _state_tree(state: TrainState, key: jax.Array) -> dict[str, Any]:
     return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "key": jax.random.key_data(key)}
+
+
+def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """`{"params/encoder/...": (shape, dtype)}` of every array leaf (or array metadata leaf) of `tree`."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(map(_key_name, path)): (tuple(leaf.shape), str(leaf.dtype)) for path, leaf in leaves}
+
+
+def _key_name(key: Any) -> str:
+    """A path entry's name, the same for a dict key, a sequence index and a named tuple's field (which Orbax stores
+    as a dict key)."""
+    for attribute in ("key", "idx", "name"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def layout_differences(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    """What differs between two `_layout`s, one phrase per path, the parameters' before the optimizer state's."""
+    missing = [(path, f"no {path}") for path in expected if path not in found]
+    extra = [(path, f"an extra {path}") for path in found if path not in expected]
+    changed = [(path, f"{path} {found[path][0]} {found[path][1]} where the model has {expected[path][0]} "
+                      f"{expected[path][1]}") for path in expected if path in found and found[path] != expected[path]]
+    # The parameters first: the optimizer's state mirrors them.
+    return [text for path, text in sorted(missing + extra + changed, key=lambda item: not item[0].startswith("params"))]
 
 
 class Checkpointer:
@@ -85,19 +116,20 @@ class Checkpointer:
 
     def save(self, epoch: int, state: TrainState, key: jax.Array, val_nelbo: float,
              metadata: dict[str, Any] | None = None) -> None:
-        """Saves the state after `epoch` completed epochs, with its validation NELBO and JSON-ready metadata."""
+        """Saves the state after `epoch` completed epochs, with its validation NELBO and JSON-ready metadata.
+
+        Returns once the arrays are copied to the host; the files are written in the background (`close` waits)."""
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(_state_tree(state, key)),
             metadata=ocp.args.JsonSave(metadata or {}),
         )
         self._manager.save(epoch, args=args, metrics={VALIDATION_METRIC: float(val_nelbo)})
-        self._manager.wait_until_finished()
 
     def read_metadata(self, epoch: int) -> dict[str, Any]:
         """The metadata stored with the checkpoint of `epoch`."""
         try:
             return self._manager.restore(epoch, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
-        except Exception as error:  # orbax raises many kinds for missing or damaged files
+        except UNREADABLE as error:
             raise CheckpointError(f"checkpoint of epoch {epoch} in {self.workdir} is unreadable ({first_line(error)}); "
                                   f"pick another epoch from {self.epochs()}") from None
 
@@ -110,6 +142,22 @@ class Checkpointer:
                 continue
         return None
 
+    def check_layout(self, epoch: int, template: TrainState) -> None:
+        """Raises `CheckpointError` naming the differences if the checkpoint of `epoch` holds other parameters than
+        `template` (another model, or a vae_jax version with other parameter names). An unreadable layout passes:
+        `restore` then finds the checkpoint damaged."""
+        try:
+            saved = self._manager.item_metadata(epoch)["state"]
+        except UNREADABLE:
+            return
+        if saved is None:
+            return
+        differences = layout_differences(_layout(_state_tree(template, jax.random.key(0))), _layout(saved.tree))
+        if differences:
+            shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
+            raise CheckpointError(f"checkpoint of epoch {epoch} in {self.workdir} holds another model than this one "
+                                  f"({shown}); restore it with the model it was trained with, or use a fresh --workdir")
+
     def restore(self, template: TrainState, key_template: jax.Array, epoch: int | None = None) -> Restored:
         """Restores `epoch` (default: the latest readable one) into the structure of `template`.
 
@@ -119,7 +167,8 @@ class Checkpointer:
             epoch: a given epoch, which must restore; None tries the latest, then older ones.
 
         Returns:
-            `Restored`; unreadable newer checkpoints are moved aside and named in `skipped`.
+            `Restored`; unreadable newer checkpoints are moved aside and named in `skipped`. A checkpoint of another
+            model raises `CheckpointError` (see `check_layout`) and is left where it is.
         """
         candidates = [epoch] if epoch is not None else sorted(self._manager.all_steps(), reverse=True)
         if not candidates or (epoch is not None and epoch not in self._manager.all_steps()):
@@ -128,12 +177,13 @@ class Checkpointer:
         target = jax.tree.map(np.asarray, _state_tree(template, key_template))
         skipped = []
         for candidate in candidates:
+            self.check_layout(candidate, template)
             try:
                 restored = self._manager.restore(
                     candidate,
                     args=ocp.args.Composite(state=ocp.args.StandardRestore(target), metadata=ocp.args.JsonRestore()),
                 )
-            except Exception as error:  # orbax raises many kinds for missing or damaged files
+            except UNREADABLE as error:
                 reason = first_line(error)
                 if epoch is not None:
                     raise CheckpointError(f"checkpoint of epoch {epoch} in {self.workdir} is unreadable ({reason}); "
@@ -149,10 +199,19 @@ class Checkpointer:
                               "start a new run in a fresh work directory")
 
     def _set_aside(self, epoch: int) -> None:
+        """Moves the checkpoint of `epoch` to `corrupt-<epoch>` (or `corrupt-<epoch>-<n>` if that exists)."""
         folder = self.workdir / "checkpoints" / str(epoch)
         if folder.exists():
-            folder.rename(folder.with_name(f"corrupt-{epoch}"))
+            target, number = folder.with_name(f"corrupt-{epoch}"), 1
+            while target.exists():
+                number += 1
+                target = folder.with_name(f"corrupt-{epoch}-{number}")
+            folder.rename(target)
         self._manager.reload()
+
+    def wait_until_finished(self) -> None:
+        """Waits for the saves in progress to be written."""
+        self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default=None, help=f"one of {list(configs.DATASETS)}")
     train.add_argument("--epochs", type=int, default=None, help="total epochs; a larger N continues a finished run")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--tensorboard", action="store_true",
+                       help="also write the per-epoch metrics as TensorBoard scalars to <workdir>/tensorboard")
     train.add_argument("--data-parallel", action="store_true",
                        help="split each batch over all devices (sets data_parallel=true)")
     _add_device_options(train)
@@ -115,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "train":
         config = _train_config(args)
         record = runner.train_and_evaluate(config, args.workdir, data_dir=args.data_dir, manual_dir=args.manual_dir,
-                                           progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+                                           progress=not args.no_progress, tensorboard=args.tensorboard,
+                                           log=lambda m: print(m, file=sys.stderr))
         print(json.dumps(record))
     elif args.command == "eval":
         _require_workdir(args.workdir)

@@ -12,10 +12,12 @@ import json
 import typing
 from typing import Any
 
-from vae_jax.data import DATASETS
 from vae_jax.errors import ConfigError
 
-ACTIVATIONS = ("elu", "relu", "gelu", "tanh", "softplus", "swish")
+# The datasets (TFDS names) and their split sizes, the same for both (see `vae_jax.data`).
+DATASETS = ("binarized_mnist", "mnist")
+SPLIT_SIZES = {"train": 50_000, "validation": 10_000, "test": 10_000}
+ACTIVATIONS = ("elu", "relu", "gelu", "tanh", "softplus", "swish", "gated")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 OBJECTIVES = ("elbo", "iwae")
@@ -33,7 +35,8 @@ class ModelConfig:
         latent_dim: size of z.
         encoder_hidden: widths of the encoder's hidden (dense) layers, input side first.
         decoder_hidden: widths of the decoder's hidden (dense) layers, latent side first.
-        activation: one of `ACTIVATIONS`.
+        activation: one of `ACTIVATIONS`; `gated` makes every dense layer a gated one, Dense(h) * sigmoid(Dense(h))
+            (Tomczak & Welling, 2018).
         logvar_bound: if positive, the encoder's log-variance is squashed smoothly into
             (-logvar_bound, logvar_bound) by `bound * tanh(logvar / bound)`; 0 leaves it free.
         compute_dtype: `float32`, or `bfloat16` for mixed precision: the layers compute in bfloat16 while
@@ -47,8 +50,12 @@ class ModelConfig:
             transposed convolutions after the decoder's (`models.ConvEncoder`, `models.ConvDecoder`).
         conv_channels: channels of the encoder's convolutions (`conv` only); 28 must be divisible by 2 ** their number.
         prior: `normal` (N(0, I), closed-form KL), `mixture` (a learned mixture of Gaussians, the CS236 GMVAE) or
-            `vamp` (the VampPrior); the last two use a Monte-Carlo KL (see `vae_jax.priors`).
+            `vamp` (the VampPrior); the last two use a Monte-Carlo KL (see `vae_jax.priors`). With two stochastic
+            layers it is the prior of the top one.
         prior_components: number K of mixture components or pseudo-inputs.
+        stochastic_layers: 1 (`models.VAE`) or 2 (`hierarchical.HierarchicalVAE`, the HVAE of Tomczak & Welling:
+            z1 and z2 of `latent_dim` each, q(z2|x) with `encoder_hidden`, p(z1|z2) with `decoder_hidden`, and
+            one-layer trunks of their last widths for q(z1|x, z2) and p(x|z1, z2); `mlp` only, Monte-Carlo KL).
     """
 
     latent_dim: int = 10
@@ -62,6 +69,7 @@ class ModelConfig:
     conv_channels: tuple[int, ...] = (32, 64)
     prior: str = "normal"
     prior_components: int = 500
+    stochastic_layers: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +84,7 @@ class OptimConfig:
         final_lr_fraction: end point of the cosine schedule, as a fraction of the peak.
         grad_clip_norm: clip the global gradient norm to this value; 0 disables clipping.
         weight_decay: decoupled weight decay (adamw only).
+        momentum: the momentum of `sgd` (heavy ball; sgd only).
     """
 
     name: str = "adam"
@@ -84,6 +93,7 @@ class OptimConfig:
     final_lr_fraction: float = 0.0
     grad_clip_norm: float = 0.0
     weight_decay: float = 0.0
+    momentum: float = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,15 +105,16 @@ class Config:
             binarized dynamically by a fresh Bernoulli draw each time an example is used).
         model: encoder/decoder sizes.
         optim: optimizer settings.
-        batch_size: examples per optimizer step; an epoch drops the last incomplete batch.
+        batch_size: examples per optimizer step, at most the 50,000 training examples; an epoch drops the last
+            incomplete batch.
         epochs: total number of epochs of the run.
         objective: `elbo` (the VAE) or `iwae` (the importance-weighted bound with `num_samples` samples,
-            Burda et al., 2016).
+            Burda et al., 2016, which has no KL term: `kl_weight`, `kl_warmup_epochs` and `free_bits` stay at 1, 0, 0).
         num_samples: samples of z per example in the training objective.
-        kl_weight: beta, the weight of the KL term in the training loss (1 is the ELBO).
-        kl_warmup_epochs: the KL weight rises linearly from 0 to `kl_weight` over this many epochs.
+        kl_weight: beta, the weight of the KL term in the training loss (1 is the ELBO; `elbo` only).
+        kl_warmup_epochs: the KL weight rises linearly from 0 to `kl_weight` over this many epochs (`elbo` only).
         free_bits: minimum KL per latent dimension in the training loss, in nats, applied to the batch mean
-            of each dimension's KL (Kingma et al., 2016); 0 disables it.
+            of each dimension's KL (Kingma et al., 2016); 0 disables it (`elbo` with a per-dimension KL only).
         seed: the run's seed; every random draw derives from `jax.random.key(seed)`.
         eval_batch_size: examples per chunk when evaluating a whole split.
         keep_checkpoints: number of latest checkpoints kept (the best one is kept as well).
@@ -141,13 +152,27 @@ def _default() -> Config:
     )
 
 
-def _vampprior() -> Config:
-    """The best configuration shipped: the `default` preset with the VampPrior (500 pseudo-inputs)."""
-    default = _default()
-    return dataclasses.replace(default, model=dataclasses.replace(default.model, prior="vamp", prior_components=500))
+def _tomczak_welling(stochastic_layers: int, prior: str) -> Config:
+    """The models of Tomczak & Welling (2018) on static MNIST: z (each layer) of 40, gated dense layers of 300, every
+    log-variance bounded (by 6), 500 pseudo-inputs, Adam, batch 100, the KL weight warmed up over 100 epochs. Their
+    learning rate (5e-4, early stopping over up to 2000 epochs) is replaced here by a cosine decay from 1e-3 to
+    1e-5 over 200 epochs, a budget that fits a CPU."""
+    return Config(
+        model=ModelConfig(latent_dim=40, encoder_hidden=(300, 300), decoder_hidden=(300, 300), activation="gated",
+                          logvar_bound=6.0, prior=prior, prior_components=500, stochastic_layers=stochastic_layers),
+        optim=OptimConfig(learning_rate=1e-3, schedule="cosine", final_lr_fraction=0.01),
+        epochs=200,
+        kl_warmup_epochs=100,
+    )
 
 
-PRESETS = {"cs236": _cs236, "default": _default, "vampprior": _vampprior}
+PRESETS = {
+    "cs236": _cs236,
+    "default": _default,
+    "vampprior": lambda: _tomczak_welling(1, "vamp"),
+    "hvae": lambda: _tomczak_welling(2, "normal"),
+    "hvae_vampprior": lambda: _tomczak_welling(2, "vamp"),
+}
 
 
 def get_config(name: str) -> Config:
@@ -227,20 +252,39 @@ def validate(config: Config) -> Config:
              f"got {model.conv_channels}")
     _require(model.prior in PRIORS, f"unknown prior {model.prior!r}; choose one of {PRIORS}")
     _require(model.prior_components > 0, f"model.prior_components must be positive, got {model.prior_components}")
-    _require(config.free_bits == 0 or model.prior == "normal",
-             "free_bits needs the per-dimension KL of model.prior=normal; set free_bits=0 for a learned prior")
+    _require(model.stochastic_layers in (1, 2),
+             f"model.stochastic_layers must be 1 or 2, got {model.stochastic_layers}")
+    _require(model.stochastic_layers == 1 or model.architecture == "mlp",
+             "two stochastic layers (model.stochastic_layers=2) need model.architecture=mlp")
     _require(config.objective in OBJECTIVES, f"unknown objective {config.objective!r}; choose one of {OBJECTIVES}")
     for name in ("kl_weight", "kl_warmup_epochs", "free_bits"):
         _require(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
+    ignored = [f"{name}={getattr(config, name)}" for name, default in (("kl_weight", 1.0), ("kl_warmup_epochs", 0),
+                                                                      ("free_bits", 0.0))
+               if getattr(config, name) != default]
+    _require(config.objective == "elbo" or not ignored,
+             f"objective=iwae has no KL term, so it would ignore {', '.join(ignored)}; drop them or use "
+             "objective=elbo")
+    _require(config.free_bits == 0 or (model.prior == "normal" and model.stochastic_layers == 1),
+             "free_bits needs a KL that splits by dimension (model.prior=normal, one stochastic layer); "
+             "set free_bits=0")
     _require(optim.name in OPTIMIZERS, f"unknown optimizer {optim.name!r}; choose one of {OPTIMIZERS}")
     _require(optim.schedule in SCHEDULES, f"unknown schedule {optim.schedule!r}; choose one of {SCHEDULES}")
     _require(optim.learning_rate > 0, f"optim.learning_rate must be positive, got {optim.learning_rate}")
     _require(0 <= optim.final_lr_fraction <= 1, "optim.final_lr_fraction must lie in [0, 1]")
     _require(optim.grad_clip_norm >= 0, f"optim.grad_clip_norm must be >= 0, got {optim.grad_clip_norm}")
     _require(optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
+    _require(optim.weight_decay == 0 or optim.name == "adamw",
+             f"optim.name={optim.name} would ignore optim.weight_decay={optim.weight_decay}; use optim.name=adamw")
+    _require(0 <= optim.momentum < 1, f"optim.momentum must lie in [0, 1), got {optim.momentum}")
+    _require(optim.momentum == OptimConfig.momentum or optim.name == "sgd",
+             f"optim.name={optim.name} would ignore optim.momentum={optim.momentum}; it is the momentum of sgd")
     for name in ("batch_size", "epochs", "num_samples", "eval_batch_size", "keep_checkpoints"):
         value = getattr(config, name)
         _require(value > 0, f"{name} must be positive, got {value}")
+    train_size = SPLIT_SIZES["train"]
+    _require(config.batch_size <= train_size, f"batch_size={config.batch_size} exceeds the {train_size} training "
+                                              f"examples, so an epoch would take no step; use at most {train_size}")
     return config
 
 

@@ -1,4 +1,4 @@
-"""Datasets as whole-split uint8 arrays, and in-graph binarization. The only module that touches TFDS.
+"""Datasets as whole-split uint8 arrays. The only module that touches TFDS.
 
 `binarized_mnist` holds the static binarization of Larochelle & Murray (2011): pixels already in {0, 1},
 splits train 50,000 / validation 10,000 / test 10,000. `mnist` holds grey levels 0..255; it is binarized
@@ -16,41 +16,22 @@ import os
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from vae_jax.configs import DATASETS, SPLIT_SIZES
 from vae_jax.errors import DataError, first_line
 
 NUM_PIXELS = 784
-SPLIT_SIZES = {"train": 50_000, "validation": 10_000, "test": 10_000}  # the same for both datasets
 SPLITS = tuple(SPLIT_SIZES)
 DYNAMIC_DATASETS = ("mnist",)
 _TFDS_SPLITS = {
     "binarized_mnist": {"train": "train", "validation": "validation", "test": "test"},
     "mnist": {"train": "train[:50000]", "validation": "train[50000:]", "test": "test"},
 }
-DATASETS = tuple(_TFDS_SPLITS)
+assert tuple(_TFDS_SPLITS) == DATASETS
 LABELED_DATASET = "mnist"
 # TFDS's own default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
 DEFAULT_DATA_DIR = Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
-
-
-def binarize(key: jax.Array, pixels: jax.Array, dynamic: bool) -> jax.Array:
-    """Float pixels in {0, 1} from uint8 pixels.
-
-    Args:
-        key: key of this example's binarization (used only when `dynamic`).
-        pixels: `[D]` uint8, 0/1 when `dynamic` is False, grey levels 0..255 when True.
-        dynamic: draw each pixel from Bernoulli(grey / 255).
-
-    Returns:
-        `[D]` float array of zeros and ones.
-    """
-    dtype = jnp.result_type(float)
-    if dynamic:
-        return jax.random.bernoulli(key, pixels.astype(dtype) / 255).astype(dtype)
-    return pixels.astype(dtype)
 
 
 def is_dynamic(dataset: str) -> bool:

@@ -1,22 +1,29 @@
-"""Flax (linen) encoder and decoder networks, MLP and convolutional, and the choice of prior. They hold no
-randomness: keys are the objective's business.
+"""The one-stochastic-layer VAE (`VAE`) and its networks: Flax (linen) encoders and decoders, MLP (with any
+activation, or gated as in Tomczak & Welling, 2018) and convolutional.
 
-Any pair of modules with these call signatures works with the rest of the library:
+`VAE` bundles an encoder, a decoder, a prior and a likelihood into a model of the contract of `vae_jax.contract`.
+Any modules with these call signatures work in it:
 
 - encoder: `x [..., D] float -> (mean [..., J], logvar [..., J])`, the Gaussian q(z|x);
-- decoder: `z [..., J] -> logits [..., D]`, the Bernoulli p(x|z).
+- decoder: `z [..., J] -> out [..., D]`, the parameters of p(x|z) (Bernoulli logits for `Bernoulli`);
+- prior: None for N(0, I), or a module of the kind described in `vae_jax.priors`;
+- likelihood: an object with `log_prob(x [..., D], out [..., D]) -> [...]` and `mean(out) -> [..., D]`.
+
+The networks hold no randomness: keys are the model's `joint_samples` business.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax.configs import ModelConfig
-from vae_jax.priors import MixturePrior, VampPrior
+from vae_jax import distributions
+from vae_jax.contract import JointSamples, Params
 
 IMAGE_SHAPE = (28, 28)
 NUM_PIXELS = 28 * 28
@@ -29,15 +36,22 @@ _ACTIVATIONS = {
     "softplus": nn.softplus,
     "swish": nn.swish,
 }
+GATED = "gated"  # the gated dense layer of Tomczak & Welling (2018): Dense(h) * sigmoid(Dense(h))
 
 
-def _float32_if_reduced(x: jax.Array) -> jax.Array:
+def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation called `name`; convolutional layers are not gated, so `gated` stands for ELU there."""
+    return _ACTIVATIONS["elu" if name == GATED else name]
+
+
+def float32_if_reduced(x: jax.Array) -> jax.Array:
     """Outputs of a bfloat16 network go on in float32 (the loss needs the precision); wider types stay."""
     return x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
 
 
 class MLP(nn.Module):
-    """Dense layers of the given widths, each followed by the activation.
+    """Dense layers of the given widths, each followed by the activation; with `activation="gated"`, gated dense
+    layers `Dense(h) * sigmoid(Dense(h))` (the GatedDense of Tomczak & Welling, 2018, two Dense layers each).
 
     Attributes:
         widths: output width of each hidden layer.
@@ -56,7 +70,12 @@ class MLP(nn.Module):
     def __call__(self, h: jax.Array) -> jax.Array:
         """`[..., in] -> [..., widths[-1]]` (identity when `widths` is empty)."""
         for width in self.widths:
-            h = _ACTIVATIONS[self.activation](nn.Dense(width, dtype=self.dtype, precision=self.precision)(h))
+            dense = nn.Dense(width, dtype=self.dtype, precision=self.precision)
+            if self.activation == GATED:
+                gate = nn.Dense(width, dtype=self.dtype, precision=self.precision)
+                h = dense(h) * nn.sigmoid(gate(h))
+            else:
+                h = _ACTIVATIONS[self.activation](dense(h))
         return h
 
 
@@ -86,18 +105,21 @@ class Encoder(nn.Module):
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """`x [..., D] -> (mean [..., J], logvar [..., J])`."""
         h = MLP(self.hidden, self.activation, self.dtype, self.precision)(x)
-        return _gaussian_head(h, self.latent_dim, self.logvar_bound, self.dtype, self.precision)
+        return gaussian_head(h, self.latent_dim, self.logvar_bound, self.dtype, self.precision)
 
 
-def _gaussian_head(
+def gaussian_head(
     h: jax.Array, latent_dim: int, logvar_bound: float, dtype: str | None, precision: str | None
 ) -> tuple[jax.Array, jax.Array]:
     """One Dense layer `h [..., H] -> (mean, logvar) [..., J]` (call inside a compact module)."""
-    out = _float32_if_reduced(nn.Dense(2 * latent_dim, dtype=dtype, precision=precision)(h))
+    out = float32_if_reduced(nn.Dense(2 * latent_dim, dtype=dtype, precision=precision)(h))
     mean, logvar = jnp.split(out, 2, axis=-1)
-    if logvar_bound > 0:
-        logvar = logvar_bound * jnp.tanh(logvar / logvar_bound)
-    return mean, logvar
+    return mean, bound_logvar(logvar, logvar_bound)
+
+
+def bound_logvar(logvar: jax.Array, bound: float) -> jax.Array:
+    """`bound * tanh(logvar / bound)`, in (-bound, bound), if `bound` is positive; else `logvar` unchanged."""
+    return bound * jnp.tanh(logvar / bound) if bound > 0 else logvar
 
 
 class Decoder(nn.Module):
@@ -123,7 +145,7 @@ class Decoder(nn.Module):
     def __call__(self, z: jax.Array) -> jax.Array:
         """`z [..., J] -> logits [..., D]`."""
         h = MLP(self.hidden, self.activation, self.dtype, self.precision)(z)
-        return _float32_if_reduced(nn.Dense(self.output_dim, dtype=self.dtype, precision=self.precision)(h))
+        return float32_if_reduced(nn.Dense(self.output_dim, dtype=self.dtype, precision=self.precision)(h))
 
 
 class ConvEncoder(nn.Module):
@@ -154,9 +176,9 @@ class ConvEncoder(nn.Module):
         h = x.reshape(*x.shape[:-1], *IMAGE_SHAPE, 1)
         for channels in self.channels:
             conv = nn.Conv(channels, (3, 3), strides=2, dtype=self.dtype, precision=self.precision)
-            h = _ACTIVATIONS[self.activation](conv(h))
+            h = _activation(self.activation)(conv(h))
         h = MLP(self.hidden, self.activation, self.dtype, self.precision)(h.reshape(*h.shape[:-3], -1))
-        return _gaussian_head(h, self.latent_dim, self.logvar_bound, self.dtype, self.precision)
+        return gaussian_head(h, self.latent_dim, self.logvar_bound, self.dtype, self.precision)
 
 
 class ConvDecoder(nn.Module):
@@ -180,7 +202,7 @@ class ConvDecoder(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         """`z [..., J] -> logits [..., 784]`."""
-        act = _ACTIVATIONS[self.activation]
+        act = _activation(self.activation)
         side = IMAGE_SHAPE[0] // 2 ** len(self.channels)
         h = MLP(self.hidden, self.activation, self.dtype, self.precision)(z)
         h = act(nn.Dense(side * side * self.channels[-1], dtype=self.dtype, precision=self.precision)(h))
@@ -188,28 +210,120 @@ class ConvDecoder(nn.Module):
         for channels in (*self.channels[-2::-1], 1):
             h = nn.ConvTranspose(channels, (3, 3), strides=(2, 2), dtype=self.dtype, precision=self.precision)(h)
             h = act(h) if channels != 1 else h
-        return _float32_if_reduced(h.reshape(*h.shape[:-3], NUM_PIXELS))
+        return float32_if_reduced(h.reshape(*h.shape[:-3], NUM_PIXELS))
 
 
-def build_models(config: ModelConfig) -> tuple[nn.Module, nn.Module]:
-    """The encoder and decoder that `config` describes (`config.architecture` `mlp` or `conv`)."""
-    dtype = None if config.compute_dtype == "float32" else config.compute_dtype
-    encoder_hidden, decoder_hidden = tuple(config.encoder_hidden), tuple(config.decoder_hidden)
-    precision = config.matmul_precision if dtype is None else None  # bfloat16 compute: products are bfloat16 anyway
-    if config.architecture == "conv":
-        channels = tuple(config.conv_channels)
-        return (ConvEncoder(config.latent_dim, channels, encoder_hidden, config.activation, config.logvar_bound, dtype,
-                            precision),
-                ConvDecoder(channels, decoder_hidden, config.activation, dtype, precision))
-    encoder = Encoder(config.latent_dim, encoder_hidden, config.activation, config.logvar_bound, dtype, precision)
-    decoder = Decoder(NUM_PIXELS, decoder_hidden, config.activation, dtype, precision)
-    return encoder, decoder
+@dataclasses.dataclass(frozen=True)
+class Bernoulli:
+    """p(x|z) = prod_d Bernoulli(x_d; sigmoid(l_d)), the decoder's output `l` being the logits."""
+
+    def log_prob(self, x: jax.Array, logits: jax.Array) -> jax.Array:
+        """`[..., D], [..., D] -> [...]` (`distributions.bernoulli_log_prob`)."""
+        return distributions.bernoulli_log_prob(x, logits)
+
+    def mean(self, logits: jax.Array) -> jax.Array:
+        """The pixel probabilities sigmoid(logits), `[..., D]`."""
+        return jax.nn.sigmoid(logits)
 
 
-def build_prior(config: ModelConfig) -> nn.Module | None:
-    """The prior that `config.prior` names: None for `normal` (N(0, I)), else a module of `vae_jax.priors`."""
-    if config.prior == "mixture":
-        return MixturePrior(config.prior_components, config.latent_dim)
-    if config.prior == "vamp":
-        return VampPrior(config.prior_components, NUM_PIXELS)
-    return None
+@dataclasses.dataclass(frozen=True)
+class VAE:
+    """The VAE with one stochastic layer (Kingma & Welling, 2013), as a model of `vae_jax.contract`:
+    q(z|x) = N(mean(x), diag exp(logvar(x))) from `encoder`, p(x|z) from `decoder` and `likelihood`, p(z) = N(0, I)
+    (closed-form KL) or a learned `prior` (Monte-Carlo KL).
+
+    Its variables are `{"encoder": ..., "decoder": ...}` (and `"prior"`).
+
+    Attributes:
+        encoder: module `x [..., D] -> (mean, logvar) [..., J]`.
+        decoder: module `z [..., J] -> out [..., D]`.
+        prior: None for N(0, I), or a prior module (`vae_jax.priors`).
+        likelihood: how `decoder`'s output parameterizes p(x|z); Bernoulli logits by default.
+        num_pixels: D, the size of an example.
+    """
+
+    encoder: nn.Module
+    decoder: nn.Module
+    prior: nn.Module | None = None
+    likelihood: Any = Bernoulli()
+    num_pixels: int = NUM_PIXELS
+
+    def init(self, key: jax.Array, x: jax.Array) -> Params:
+        """Initial variables from `key` and a `[D]` example: the encoder and decoder from the two halves of
+        `split(key)`, a prior from `fold_in(key, 2)`."""
+        encoder_key, decoder_key = jax.random.split(key)
+        encoder_params = self.encoder.init(encoder_key, x)
+        mean, _ = self.encoder.apply(encoder_params, x)
+        params = {"encoder": encoder_params, "decoder": self.decoder.init(decoder_key, mean)}
+        if self.prior is not None:
+            params["prior"] = self.prior.init(jax.random.fold_in(key, 2), mean, self._encode(encoder_params))
+        return params
+
+    def _encode(self, encoder_params: Params) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
+        return lambda x: self.encoder.apply(encoder_params, x)
+
+    def posterior(self, params: Params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`(mean, logvar)` of q(z|x): `[..., D] -> [..., J]` each."""
+        return self.encoder.apply(params["encoder"], x)
+
+    def joint_samples(self, params: Params, x: jax.Array, key: jax.Array, num_samples: int) -> JointSamples:
+        """`num_samples` samples for the `[D]` example `x`, with the noise `normal(key, [S, J])`."""
+        mean, _ = jax.eval_shape(self.posterior, params, x)
+        eps = jax.random.normal(key, (num_samples, *mean.shape), mean.dtype)
+        return self.joint_samples_from_noise(params, x, eps)
+
+    def joint_samples_from_noise(self, params: Params, x: jax.Array, eps: jax.Array) -> JointSamples:
+        """The samples z_s = mean(x) + sigma(x) * eps_s for given noise `eps [S, J]`
+        (`joint_samples_given_posterior` at the encoder's posterior)."""
+        mean, logvar = self.posterior(params, x)
+        return self.joint_samples_given_posterior(params, x, mean, logvar, eps)
+
+    def joint_samples_given_posterior(self, params: Params, x: jax.Array, mean: jax.Array, logvar: jax.Array,
+                                      eps: jax.Array) -> JointSamples:
+        """The samples z_s = mean + sigma * eps_s of a Gaussian posterior given by its `[J]` parameters (the
+        encoder's, or per-example ones: `vae_jax.inference`), for noise `eps [S, J]`.
+
+        log q(z_s|x) comes from the noise (`distributions.gaussian_log_prob_of_noise`), exact for any logvar.
+        With the N(0, I) prior the KL is in closed form, whole and per dimension.
+        """
+        z = distributions.reparameterize(mean, logvar, eps)
+        log_likelihood = self.likelihood.log_prob(x, self.decoder.apply(params["decoder"], z))
+        log_posterior = distributions.gaussian_log_prob_of_noise(eps, logvar)
+        if self.prior is None:
+            kl_per_dim = distributions.gaussian_kl_per_dim(mean, logvar)
+            return JointSamples(log_likelihood, distributions.standard_normal_log_prob(z), log_posterior,
+                                jnp.sum(kl_per_dim, axis=-1), kl_per_dim, mean)
+        log_prior = self.prior.apply(params["prior"], z, self._encode(params["encoder"]))
+        return JointSamples(log_likelihood, log_prior, log_posterior, posterior_mean=mean)
+
+    def log_joint(self, params: Params, x: jax.Array, z: jax.Array) -> jax.Array:
+        """log p(x, z) = log p(x|z) + log p(z) of the `[D]` example at a `[J]` latent; `[]`."""
+        return self.likelihood.log_prob(x, self.decoder.apply(params["decoder"], z)) + self.log_prior(params, z)
+
+    def log_prior(self, params: Params, z: jax.Array) -> jax.Array:
+        """log p(z) for `z [..., J]`; `[...]`."""
+        if self.prior is None:
+            return distributions.standard_normal_log_prob(z)
+        return self.prior.apply(params["prior"], z, self._encode(params["encoder"]))
+
+    def generate(self, params: Params, key: jax.Array, num_images: int) -> jax.Array:
+        """Data means at `num_images` draws z ~ p(z); `[N, D]`."""
+        if self.prior is None:
+            mean, _ = jax.eval_shape(self.posterior, params, jax.ShapeDtypeStruct((self.num_pixels,), jnp.float32))
+            z = jax.random.normal(key, (num_images, *mean.shape))
+        else:
+            z = self.prior.apply(params["prior"], key, num_images, self._encode(params["encoder"]),
+                                 method="sample")
+        return self.decode(params, z)
+
+    def encode(self, params: Params, x: jax.Array) -> jax.Array:
+        """The posterior mean, `[..., D] -> [..., J]`."""
+        return self.posterior(params, x)[0]
+
+    def decode(self, params: Params, z: jax.Array) -> jax.Array:
+        """Data means at `z`, `[..., J] -> [..., D]`."""
+        return self.likelihood.mean(self.decoder.apply(params["decoder"], z))
+
+    def reconstruct(self, params: Params, x: jax.Array) -> jax.Array:
+        """Data means at the posterior mean, `[..., D] -> [..., D]`."""
+        return self.decode(params, self.encode(params, x))

@@ -1,12 +1,12 @@
-"""The ELBO and the importance-weighted bound of one example, and their vmap over a batch.
+"""Bounds and training objectives, all derived from a model's joint samples (`vae_jax.contract`).
 
     ELBO(x)   = E_{q(z|x)}[log p(x|z)] - KL(q(z|x) || p(z))                      (Kingma & Welling, 2013, eq. 3)
     IWAE_K(x) = E[log (1/K) sum_k p(x, z_k) / q(z_k|x)],  z_k ~ q(z|x)          (Burda et al., 2016, eq. 8)
 
-We report the negative ELBO split in two: `rec` = -E_q[log p(x|z)] (a Monte-Carlo estimate over reparameterized
-draws of z, Kingma & Welling eq. 10) and `kl`, so that `nelbo = rec + kl` is the loss minimized. With the
-standard normal prior (`prior=None`) the KL is in closed form; with a learned mixture prior (`vae_jax.priors`)
-it is estimated by Monte Carlo, KL ~ mean_s [log q(z_s|x) - log p(z_s)], with the same draws z_s as `rec`.
+We report the negative ELBO split in two: `rec` = -E_q[log p(x|z)] (a Monte-Carlo estimate over the S joint
+samples, Kingma & Welling eq. 10) and `kl`, so that `nelbo = rec + kl` is the loss minimized. The KL is the model's
+closed form where it has one (N(0, I) prior), else the Monte-Carlo estimate mean_s [log q(z_s|x) - log p(z_s)]
+at the same samples as `rec`.
 
 Randomness: each example's key is `fold_in(base_key, index)`, where `index` is the example's position in its
 split, and importance sample k uses `fold_in(noise_key, k)`. The numbers therefore do not depend on the batch
@@ -15,19 +15,15 @@ size, the order of a batch, the chunking of the K samples, or the device.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions
-from vae_jax.data import binarize
-
-Params = Any  # {"encoder": encoder variables, "decoder": decoder variables[, "prior": prior variables]}
-MixtureComponents = tuple[jax.Array, jax.Array] | None  # (means [K, J], logvars [K, J]); None is N(0, I)
+from vae_jax.contract import JointSamples, Model, Params
+from vae_jax.distributions import binarize
 
 
 class ElboTerms(NamedTuple):
@@ -37,9 +33,9 @@ class ElboTerms(NamedTuple):
         nelbo: `[]` -ELBO = rec + kl.
         rec: `[]` reconstruction loss -E_q[log p(x|z)].
         kl: `[]` KL(q(z|x) || p(z)).
-        kl_per_dim: `[J]` the KL of each latent dimension (they sum to `kl`); `[0]` for a mixture prior, whose KL
-            does not split by dimension.
-        posterior_mean: `[J]` the mean of q(z|x), for counting active units.
+        kl_per_dim: `[J]` the KL of each latent dimension (they sum to `kl`); `[0]` where the KL does not split by
+            dimension (a learned prior, a hierarchy).
+        posterior_mean: `[J]` the mean of q(z|x), for counting active units; `[0]` where the model gives none.
     """
 
     nelbo: jax.Array
@@ -49,141 +45,64 @@ class ElboTerms(NamedTuple):
     posterior_mean: jax.Array
 
 
-def prior_components(params: Params, *, encoder: nn.Module, prior: nn.Module | None) -> MixtureComponents:
-    """The mixture `(means [K, J], logvars [K, J])` of a learned prior, or None for N(0, I)."""
-    if prior is None:
-        return None
-    return prior.apply(params["prior"], functools.partial(encoder.apply, params["encoder"]))
-
-
-def prior_log_prob(z: jax.Array, components: MixtureComponents) -> jax.Array:
-    """log p(z) for `z [..., J]`: N(0, I) when `components` is None, else the uniform mixture; `[...]`."""
-    if components is None:
-        return distributions.gaussian_log_prob(z, jnp.zeros_like(z), jnp.zeros_like(z))
-    return distributions.mixture_log_prob(z, *components)
-
-
-def _terms_given_posterior(
-    decoder_params: Any, x: jax.Array, mean: jax.Array, logvar: jax.Array, eps: jax.Array, decoder: nn.Module,
-    components: MixtureComponents,
-) -> ElboTerms:
-    z = distributions.reparameterize(mean, logvar, eps)
-    logits = decoder.apply(decoder_params, z)
-    rec = -jnp.mean(distributions.bernoulli_log_prob(x, logits))
-    if components is None:
-        kl_per_dim = distributions.gaussian_kl_per_dim(mean, logvar)
-        kl = jnp.sum(kl_per_dim, axis=-1)
+def elbo_terms_from_samples(samples: JointSamples) -> ElboTerms:
+    """The negative-ELBO terms of one example from its `[S]` joint samples (see the module's docstring)."""
+    rec = -jnp.mean(samples.log_likelihood)
+    if samples.kl is None:
+        kl = jnp.mean(samples.log_posterior - samples.log_prior)
     else:
-        kl_per_dim = jnp.zeros((0,), mean.dtype)
-        kl = jnp.mean(distributions.gaussian_log_prob(z, mean, logvar) - prior_log_prob(z, components))
-    return ElboTerms(nelbo=rec + kl, rec=rec, kl=kl, kl_per_dim=kl_per_dim, posterior_mean=mean)
+        kl = samples.kl
+    empty = jnp.zeros((0,), rec.dtype)
+    return ElboTerms(nelbo=rec + kl, rec=rec, kl=kl,
+                     kl_per_dim=empty if samples.kl_per_dim is None else samples.kl_per_dim,
+                     posterior_mean=empty if samples.posterior_mean is None else samples.posterior_mean)
 
 
-def elbo_terms_from_noise(
-    params: Params, x: jax.Array, eps: jax.Array, *, encoder: nn.Module, decoder: nn.Module,
-    prior: nn.Module | None = None,
-) -> ElboTerms:
-    """Negative-ELBO terms of one example for given standard-normal noise.
+def log_weights(samples: JointSamples) -> jax.Array:
+    """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x), `[S]`."""
+    return samples.log_likelihood + samples.log_prior - samples.log_posterior
 
-    Args:
-        params: `{"encoder": ..., "decoder": ...}` variables (and `"prior"` with a learned prior).
-        x: `[D]` pixels in {0, 1}.
-        eps: `[S, J]` noise; z_s = mean + sigma * eps_s, and `rec` (and a Monte-Carlo KL) average over the S samples.
-        encoder: module `x [D] -> (mean [J], logvar [J])`.
-        decoder: module `z [S, J] -> logits [S, D]`.
-        prior: None for N(0, I) (closed-form KL), or a module of `vae_jax.priors`.
 
-    Returns:
-        `ElboTerms` of one example.
+def elbo_terms(model: Model, params: Params, x: jax.Array, key: jax.Array, num_samples: int = 1) -> ElboTerms:
+    """Negative-ELBO terms of the `[D]` example `x` from `num_samples` joint samples drawn with `key`."""
+    return elbo_terms_from_samples(model.joint_samples(params, x, key, num_samples))
+
+
+def importance_samples(model: Model, params: Params, x: jax.Array, key: jax.Array,
+                       sample_ids: jax.Array) -> JointSamples:
+    """The joint samples numbered `sample_ids [K]` of the `[D]` example `x`, sample k drawn with `fold_in(key, k)`:
+    the log-densities `[K]`, the other fields as `model.joint_samples` gives them. The encoder runs once for all K
+    (vmap leaves unbatched what does not depend on k)."""
+
+    def one(sample_id: jax.Array) -> JointSamples:
+        samples = model.joint_samples(params, x, jax.random.fold_in(key, sample_id), 1)
+        return samples._replace(log_likelihood=samples.log_likelihood[0], log_prior=samples.log_prior[0],
+                                log_posterior=samples.log_posterior[0])
+
+    # The closed-form KL and the posterior mean do not depend on the noise: one copy, not K.
+    return jax.vmap(one, out_axes=JointSamples(0, 0, 0, None, None, None))(sample_ids)
+
+
+def iwae_bound(model: Model, params: Params, x: jax.Array, key: jax.Array, num_samples: int,
+               chunk_size: int = 500) -> jax.Array:
+    """The importance-weighted bound log (1/K) sum_k w_k of the `[D]` example `x`, K = `num_samples`; `[]`.
+
+    The K samples (`importance_samples`) are drawn `chunk_size` at a time and combined by a running log-sum-exp, so
+    memory is bounded whatever K is; the result does not depend on `chunk_size`. K = 1 gives a single-sample ELBO
+    estimate (with a Monte-Carlo KL). A lower bound on log p(x), tight as K grows.
     """
-    mean, logvar = encoder.apply(params["encoder"], x)
-    components = prior_components(params, encoder=encoder, prior=prior)
-    return _terms_given_posterior(params["decoder"], x, mean, logvar, eps, decoder, components)
-
-
-def elbo_terms(
-    params: Params, x: jax.Array, key: jax.Array, *, encoder: nn.Module, decoder: nn.Module,
-    prior: nn.Module | None = None, num_samples: int = 1,
-) -> ElboTerms:
-    """Negative-ELBO terms of one example, with `[num_samples, J]` standard-normal noise drawn from `key`.
-
-    Args:
-        params: `{"encoder": ..., "decoder": ...}` variables (and `"prior"` with a learned prior).
-        x: `[D]` pixels in {0, 1}.
-        key: the example's noise key.
-        encoder, decoder, prior: see `elbo_terms_from_noise`.
-        num_samples: Monte-Carlo samples S of z.
-
-    Returns:
-        `ElboTerms` of one example.
-    """
-    mean, _ = jax.eval_shape(encoder.apply, params["encoder"], x)
-    eps = jax.random.normal(key, (num_samples, *mean.shape), dtype=mean.dtype)
-    return elbo_terms_from_noise(params, x, eps, encoder=encoder, decoder=decoder, prior=prior)
-
-
-def _log_weights(
-    decoder_params: Any, x: jax.Array, mean: jax.Array, logvar: jax.Array, eps: jax.Array, decoder: nn.Module,
-    components: MixtureComponents,
-) -> jax.Array:
-    """`[K]` log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k = mean + sigma * eps_k, eps `[K, J]`."""
-    z = distributions.reparameterize(mean, logvar, eps)
-    log_px = distributions.bernoulli_log_prob(x, decoder.apply(decoder_params, z))
-    return log_px + prior_log_prob(z, components) - distributions.gaussian_log_prob(z, mean, logvar)
-
-
-def log_importance_weights_from_noise(
-    params: Params, x: jax.Array, eps: jax.Array, *, encoder: nn.Module, decoder: nn.Module,
-    prior: nn.Module | None = None,
-) -> jax.Array:
-    """log w_k = log p(x, z_k) - log q(z_k|x) of one example for given noise `eps [K, J]`; returns `[K]`."""
-    mean, logvar = encoder.apply(params["encoder"], x)
-    components = prior_components(params, encoder=encoder, prior=prior)
-    return _log_weights(params["decoder"], x, mean, logvar, eps, decoder, components)
-
-
-def iwae_bound(
-    params: Params,
-    x: jax.Array,
-    key: jax.Array,
-    *,
-    encoder: nn.Module,
-    decoder: nn.Module,
-    num_samples: int,
-    prior: nn.Module | None = None,
-    chunk_size: int = 500,
-) -> jax.Array:
-    """The importance-weighted bound log (1/K) sum_k w_k of one example, K = `num_samples`.
-
-    The K samples are drawn `chunk_size` at a time and combined by a running log-sum-exp, so memory is bounded
-    whatever K is; sample k uses the noise `normal(fold_in(key, k))`, so the result does not depend on
-    `chunk_size`. K = 1 gives a single-sample ELBO estimate (with a Monte-Carlo KL).
-
-    Args:
-        params: `{"encoder": ..., "decoder": ...}` variables (and `"prior"` with a learned prior).
-        x: `[D]` pixels in {0, 1}.
-        key: the example's noise key.
-        encoder, decoder, prior: see `elbo_terms_from_noise`.
-        num_samples: K.
-        chunk_size: samples evaluated at once.
-
-    Returns:
-        `[]` the bound in nats (a lower bound on log p(x), tight as K grows).
-    """
-    mean, logvar = encoder.apply(params["encoder"], x)
-    components = prior_components(params, encoder=encoder, prior=prior)
     chunk_size = min(chunk_size, num_samples)
     num_chunks = -(-num_samples // chunk_size)
 
     def add_chunk(total: jax.Array, chunk: jax.Array) -> tuple[jax.Array, None]:
         sample_ids = chunk * chunk_size + jnp.arange(chunk_size)
-        eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(key, k), mean.shape, mean.dtype))(sample_ids)
-        log_w = _log_weights(params["decoder"], x, mean, logvar, eps, decoder, components)
+        log_w = log_weights(importance_samples(model, params, x, key, sample_ids))
         log_w = jnp.where(sample_ids < num_samples, log_w, -jnp.inf)
         return jnp.logaddexp(total, jax.nn.logsumexp(log_w)), None
 
-    total, _ = jax.lax.scan(add_chunk, jnp.array(-jnp.inf, mean.dtype), jnp.arange(num_chunks))
-    return total - jnp.log(jnp.asarray(num_samples, mean.dtype))
+    dtype = jax.eval_shape(lambda: model.joint_samples(params, x, key, 1)).log_likelihood.dtype
+    total, _ = jax.lax.scan(add_chunk, jnp.array(-jnp.inf, dtype), jnp.arange(num_chunks))
+    return total - jnp.log(jnp.asarray(num_samples, dtype))
 
 
 def example_keys(base_key: jax.Array, indices: jax.Array) -> jax.Array:
@@ -220,21 +139,77 @@ def map_examples(
     return jax.vmap(one_example)(pixels, example_keys(base_key, indices))
 
 
-def batch_elbo_terms(
-    params: Params,
-    pixels: jax.Array,
-    indices: jax.Array,
-    base_key: jax.Array,
-    *,
-    encoder: nn.Module,
-    decoder: nn.Module,
-    prior: nn.Module | None = None,
-    num_samples: int = 1,
-    dynamic_binarization: bool = False,
-) -> ElboTerms:
+def batch_elbo_terms(model: Model, params: Params, pixels: jax.Array, indices: jax.Array, base_key: jax.Array,
+                     num_samples: int = 1, dynamic_binarization: bool = False) -> ElboTerms:
     """Per-example negative-ELBO terms of a batch: `elbo_terms` mapped by `map_examples`; each field `[B, ...]`."""
+    return map_examples(lambda x, key: elbo_terms(model, params, x, key, num_samples), pixels, indices, base_key,
+                        dynamic_binarization)
 
-    def one(x: jax.Array, key: jax.Array) -> ElboTerms:
-        return elbo_terms(params, x, key, encoder=encoder, decoder=decoder, prior=prior, num_samples=num_samples)
 
-    return map_examples(one, pixels, indices, base_key, dynamic_binarization)
+def training_loss(terms: ElboTerms, kl_weight: jax.Array | float = 1.0, free_bits: float = 0.0) -> jax.Array:
+    """The batch loss mean(rec) + kl_weight * sum_j max(free_bits, mean(KL_j)) from `[B]`-batched terms.
+
+    With `kl_weight` 1 and `free_bits` 0 this is the mean negative ELBO. Free bits (Kingma et al., 2016) need a KL
+    that splits by dimension (a model whose samples carry `kl_per_dim`, such as `models.VAE` with the N(0, I) prior).
+    """
+    if free_bits > 0:
+        if terms.kl_per_dim.shape[-1] == 0:
+            raise ValueError("free bits need a model whose KL splits by dimension (the N(0, I) prior); set "
+                             "free_bits=0")
+        kl = jnp.sum(jnp.maximum(free_bits, jnp.mean(terms.kl_per_dim, axis=0)))
+    else:
+        kl = jnp.mean(terms.kl)
+    return jnp.mean(terms.rec) + kl_weight * kl
+
+
+class Objective(Protocol):
+    """A training objective: per-example terms, then one batch loss (hashable: a static argument)."""
+
+    def per_example(self, model: Model, params: Params, x: jax.Array, key: jax.Array) -> tuple[ElboTerms, jax.Array]:
+        """The example's negative-ELBO terms (for the metrics) and its own `[]` quantity for `batch_loss`."""
+        ...
+
+    def batch_loss(self, terms: ElboTerms, values: jax.Array, kl_weight: jax.Array | float) -> jax.Array:
+        """The `[]` loss of a batch from `[B]`-batched `per_example` outputs."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Elbo:
+    """The negative ELBO with `num_samples` samples, the KL weighted by `kl_weight` (beta, and its warm-up) and
+    floored per dimension by `free_bits` (`training_loss`).
+
+    Attributes:
+        num_samples: S.
+        free_bits: nats per latent dimension; 0 disables it.
+    """
+
+    num_samples: int = 1
+    free_bits: float = 0.0
+
+    def per_example(self, model: Model, params: Params, x: jax.Array, key: jax.Array) -> tuple[ElboTerms, jax.Array]:
+        terms = elbo_terms(model, params, x, key, self.num_samples)
+        return terms, terms.nelbo
+
+    def batch_loss(self, terms: ElboTerms, values: jax.Array, kl_weight: jax.Array | float) -> jax.Array:
+        return training_loss(terms, kl_weight, self.free_bits)
+
+
+@dataclasses.dataclass(frozen=True)
+class Iwae:
+    """The negative importance-weighted bound with K = `num_samples` (Burda et al., 2016). It has no KL term to
+    weight or floor; its metrics are the ELBO terms of the same K samples.
+
+    Attributes:
+        num_samples: K.
+    """
+
+    num_samples: int = 5
+
+    def per_example(self, model: Model, params: Params, x: jax.Array, key: jax.Array) -> tuple[ElboTerms, jax.Array]:
+        samples = importance_samples(model, params, x, key, jnp.arange(self.num_samples))
+        bound = jax.nn.logsumexp(log_weights(samples)) - jnp.log(float(self.num_samples))
+        return elbo_terms_from_samples(samples), -bound
+
+    def batch_loss(self, terms: ElboTerms, values: jax.Array, kl_weight: jax.Array | float) -> jax.Array:
+        return jnp.mean(values)

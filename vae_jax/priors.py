@@ -4,10 +4,12 @@
 - `VampPrior`: the encoder's own posteriors at K learned pseudo-inputs, p(z) = 1/K sum_k q(z | u_k)
   (Tomczak & Welling, 2018).
 
-A prior module maps `encode`, the encoder bound to its parameters (`x [..., D] -> (mean, logvar) [..., J]`), to the
-mixture's `(means [K, J], logvars [K, J])`; `distributions.mixture_log_prob` then gives log p(z). KL(q(z|x) || p(z))
-has no closed form for a mixture, so the objective estimates it by Monte Carlo with the same draws of z as the
-reconstruction term. The standard normal prior is represented by `None` and keeps its closed-form KL.
+A prior module is called as `prior(z, encode)` for log p(z) (`z [..., J] -> [...]`) and has
+`sample(key, num_samples, encode) -> [N, J]`; `encode` is the encoder bound to its parameters
+(`x [..., D] -> (mean, logvar) [..., J]`), which only the VampPrior uses. Write your own prior with these two
+methods (a Student-t, a flow) and pass it to `vae_jax.models.VAE(prior=...)`. KL(q(z|x) || p(z)) has no closed
+form for such priors, so the objective estimates it by Monte Carlo with the same draws of z as the reconstruction
+term. The standard normal prior is represented by `None` and keeps its closed-form KL.
 """
 
 from __future__ import annotations
@@ -18,10 +20,28 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vae_jax import distributions
+
 Encode = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
-class MixturePrior(nn.Module):
+class GaussianMixturePrior(nn.Module):
+    """A uniform mixture of diagonal Gaussians whose components a subclass's `components(encode)` gives."""
+
+    def components(self, encode: Encode) -> tuple[jax.Array, jax.Array]:
+        """`(means [K, J], logvars [K, J])` of the mixture."""
+        raise NotImplementedError
+
+    def __call__(self, z: jax.Array, encode: Encode) -> jax.Array:
+        """log p(z) for `z [..., J]`; returns `[...]` (`distributions.mixture_log_prob`)."""
+        return distributions.mixture_log_prob(z, *self.components(encode))
+
+    def sample(self, key: jax.Array, num_samples: int, encode: Encode) -> jax.Array:
+        """`[num_samples, J]` draws from the mixture (`distributions.sample_mixture`)."""
+        return distributions.sample_mixture(key, *self.components(encode), num_samples)
+
+
+class MixturePrior(GaussianMixturePrior):
     """p(z) = 1/K sum_k N(z; m_k, diag exp(l_k)) with learned m_k, l_k (the GMVAE prior of Stanford CS236).
 
     The means start as draws from N(0, I) and the log-variances at 0, so the initial prior resembles N(0, I).
@@ -35,14 +55,14 @@ class MixturePrior(nn.Module):
     latent_dim: int
 
     @nn.compact
-    def __call__(self, encode: Encode) -> tuple[jax.Array, jax.Array]:
+    def components(self, encode: Encode) -> tuple[jax.Array, jax.Array]:
         """`(means [K, J], logvars [K, J])`; `encode` is not used."""
         shape = (self.num_components, self.latent_dim)
         means = self.param("means", nn.initializers.normal(1.0), shape)
         return means, self.param("logvars", nn.initializers.zeros, shape)
 
 
-class VampPrior(nn.Module):
+class VampPrior(GaussianMixturePrior):
     """p(z) = 1/K sum_k q(z | u_k): the variational mixture of posteriors at learned pseudo-inputs u_k.
 
     A pseudo-input is `sigmoid(logits)`, an image with pixels in (0, 1); the logits start near -3 (dark images,
@@ -57,7 +77,7 @@ class VampPrior(nn.Module):
     num_pixels: int = 784
 
     @nn.compact
-    def __call__(self, encode: Encode) -> tuple[jax.Array, jax.Array]:
+    def components(self, encode: Encode) -> tuple[jax.Array, jax.Array]:
         """`(means [K, J], logvars [K, J])`, the encoder's posteriors at the K pseudo-inputs."""
         logits = self.param("pseudo_input_logits", _shifted_normal(-3.0, 0.01), (self.num_components, self.num_pixels))
         return encode(jax.nn.sigmoid(logits))

@@ -1,7 +1,12 @@
-"""A training run in a work directory: resume, epochs, validation, checkpoints, metrics; and its evaluation.
+"""A training run in a work directory, for a preset or for any model: resume, epochs, validation, checkpoints,
+metrics; and its evaluation and figures.
 
-A work directory holds `checkpoints/` (Orbax), `metrics.jsonl` (one line per epoch) and `eval.jsonl`
-(one line per `evaluate_checkpoint` call).
+A work directory holds `checkpoints/` (Orbax), `metrics.jsonl` (one line per epoch), `eval.jsonl` (one line per
+`evaluate_checkpoint` call) and, with `tensorboard=True`, `tensorboard/` (the metrics as TensorBoard scalars).
+
+Every run stores its metadata with each checkpoint: the config, whose `model` section is the preset's model config or,
+for a model passed as an object, the model's own description (`contract.describe`). The description is what resume
+compares, and what the protocol card of each evaluation carries and hashes.
 """
 
 from __future__ import annotations
@@ -17,57 +22,58 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from tqdm import tqdm
 
-from vae_jax import configs, data, evaluate, models, parallel, protocol, train
+from vae_jax import builders, configs, contract, data, evaluate, parallel, protocol, train
 from vae_jax.checkpoint import Checkpointer, Restored
 from vae_jax.errors import CheckpointError, ConfigError, DivergenceError
 from vae_jax.objective import map_examples
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 DIVERGENCE_HINT = ("resume with a lower optim.learning_rate, with optim.grad_clip_norm=100, or with the encoder's "
                    "log-variance bounded by model.logvar_bound=10")
+# Fields a resumed run may change: they leave the shapes of the train state alone.
+RESUMABLE_FIELDS = ("epochs", "eval_batch_size", "keep_checkpoints", "optim.learning_rate", "optim.schedule",
+                    "optim.final_lr_fraction", "optim.grad_clip_norm", "model.logvar_bound", "model.matmul_precision",
+                    "free_bits", "data_parallel")
 
 
-def template_state(config: configs.Config) -> train.TrainState:
-    """A freshly initialized train state for `config` (also the structure that checkpoints restore into)."""
-    encoder, decoder = models.build_models(config.model)
-    steps_per_epoch = data.SPLIT_SIZES["train"] // config.batch_size
-    tx = train.make_optimizer(config.optim, total_steps=steps_per_epoch * config.epochs)
-    keys = train.run_keys(jax.random.key(config.seed))
-    return train.create_train_state(keys.init, encoder, decoder, tx, prior=models.build_prior(config.model))
+def run_metadata(config: configs.Config, model: Any = None) -> dict[str, Any]:
+    """The JSON metadata of a run: `configs.to_dict(config)`, its `model` section replaced by the model's own
+    description (`contract.describe`) when the run trains a model object."""
+    metadata = configs.to_dict(config)
+    if model is not None:
+        metadata["model"] = contract.describe(contract.as_model(model))
+    return metadata
 
 
-def _append_json(path: Path, record: dict[str, Any]) -> None:
-    """Appends one JSON line (on the first process only, in a multi-host run)."""
-    if jax.process_index() != 0:
-        return
-    with open(path, "a") as file:
-        file.write(json.dumps(record) + "\n")
+def _is_preset_model(metadata: dict[str, Any]) -> bool:
+    return "class" not in metadata.get("model", {})
 
 
-def _truncate_metrics(path: Path, last_epoch: int) -> None:
-    """Drops metric lines of epochs after `last_epoch` (work after the last checkpoint that a resume redoes)."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= last_epoch]
-        path.write_text("".join(line + "\n" for line in lines))
+def run_config(metadata: dict[str, Any]) -> configs.Config:
+    """The `Config` of a run from its metadata; for a model object, everything but the model section (which then
+    holds the defaults)."""
+    return configs.from_dict(metadata if _is_preset_model(metadata) else {**metadata, "model": {}})
+
+
+def _custom_model_error(metadata: dict[str, Any], workdir: Path) -> ConfigError:
+    return ConfigError(f"{workdir} holds a run of a model that vae_jax does not define ({metadata['model']['class']}); "
+                       "continue or evaluate it from Python, passing model= to train_and_evaluate or "
+                       "evaluate_checkpoint")
 
 
 def stored_config(workdir: str | os.PathLike) -> configs.Config | None:
-    """The config of the run in `workdir`, or None if it holds no checkpoint."""
+    """The config of the preset run in `workdir`, or None if it holds no checkpoint."""
     if not (Path(workdir) / "checkpoints").is_dir():
         return None
     checkpointer = Checkpointer(workdir)
     metadata = checkpointer.latest_metadata()
     checkpointer.close()
+    if metadata is not None and not _is_preset_model(metadata):
+        raise _custom_model_error(metadata, Path(workdir))
     return None if metadata is None else configs.from_dict(metadata)
-
-
-# Fields a resumed run may change: they leave the shapes of the train state alone.
-RESUMABLE_FIELDS = ("epochs", "eval_batch_size", "keep_checkpoints", "optim.learning_rate", "optim.schedule",
-                    "optim.final_lr_fraction", "optim.grad_clip_norm", "model.logvar_bound", "model.matmul_precision",
-                    "free_bits", "data_parallel")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -80,20 +86,28 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _resume_or_start(checkpointer: Checkpointer, config: configs.Config) -> Restored | None:
+def _normalized(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Flattened metadata, with this version's defaults for fields that an older preset run's metadata lacks."""
+    if _is_preset_model(metadata):
+        return _flatten(configs.to_dict(configs.from_dict(metadata)))
+    return _flatten({**configs.to_dict(run_config(metadata)), "model": metadata["model"]})
+
+
+def _resume_or_start(checkpointer: Checkpointer, metadata: dict[str, Any],
+                     template: train.TrainState) -> Restored | None:
     """The latest good checkpoint, or None for a new run; a resumed run may change only `RESUMABLE_FIELDS`."""
-    metadata = checkpointer.latest_metadata()
-    if metadata is None and checkpointer.epochs():
+    stored = checkpointer.latest_metadata()
+    if stored is None and checkpointer.epochs():
         raise CheckpointError(f"no checkpoint in {checkpointer.workdir} is readable; start in a fresh --workdir")
-    if metadata is None:
+    if stored is None:
         return None
-    stored = _flatten(configs.to_dict(configs.from_dict(metadata)))
-    given = _flatten(configs.to_dict(config))
-    differing = [name for name in given if name not in RESUMABLE_FIELDS and given[name] != stored[name]]
+    stored, given = _normalized(stored), _normalized(metadata)
+    differing = sorted(name for name in set(given) | set(stored)
+                       if name not in RESUMABLE_FIELDS and given.get(name) != stored.get(name))
     if differing:
-        raise ConfigError(f"{checkpointer.workdir} holds a run whose {', '.join(differing)} differ from this config; "
+        raise ConfigError(f"{checkpointer.workdir} holds a run whose {', '.join(differing)} differ from this one; "
                           f"a resumed run may change only {', '.join(RESUMABLE_FIELDS)}; use a fresh --workdir")
-    return checkpointer.restore(template_state(config), jax.random.key(0))
+    return checkpointer.restore(template, jax.random.key(0))
 
 
 def _mesh(config: configs.Config, **batch_sizes: int) -> Mesh | None:
@@ -112,40 +126,116 @@ def kl_weight(config: configs.Config, epoch: int) -> float:
     return config.kl_weight * min(1.0, epoch / config.kl_warmup_epochs)
 
 
+class MetricsLog:
+    """Per-epoch metrics of a run: one JSON line each in `metrics.jsonl` (on the first process only, in a multi-host
+    run), and, if asked, TensorBoard scalars under `tensorboard/` (tensorboardX's `SummaryWriter`)."""
+
+    def __init__(self, workdir: Path, tensorboard: bool = False):
+        self.path = workdir / METRICS_FILE
+        self._writer = None
+        if tensorboard and jax.process_index() == 0:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                raise ConfigError("--tensorboard needs tensorboardX (pip install -r requirements.txt); run without "
+                                  "it, metrics.jsonl holds the same numbers") from None
+            self._writer = SummaryWriter(str(workdir / TENSORBOARD_DIR))
+
+    def truncate(self, last_epoch: int) -> None:
+        """Drops the lines of epochs after `last_epoch` (work after the last checkpoint, which a resume redoes)."""
+        if self.path.exists():
+            lines = [line for line in self.path.read_text().splitlines() if json.loads(line)["epoch"] <= last_epoch]
+            self.path.write_text("".join(line + "\n" for line in lines))
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Appends `record`, and writes its numbers to TensorBoard at its `step`."""
+        _append_json(self.path, record)
+        if self._writer is not None and "step" in record:
+            for name, value in record.items():
+                if isinstance(value, (int, float)) and name not in ("epoch", "step"):
+                    self._writer.add_scalar(name, value, record["step"])
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _append_json(path: Path, record: dict[str, Any]) -> None:
+    """Appends one JSON line (on the first process only, in a multi-host run)."""
+    if jax.process_index() != 0:
+        return
+    with open(path, "a") as file:
+        file.write(json.dumps(record) + "\n")
+
+
 def train_and_evaluate(
     config: configs.Config,
     workdir: str | os.PathLike,
     *,
+    model: Any = None,
     data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
     manual_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    tensorboard: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Trains `config` in `workdir` up to `config.epochs` epochs, resuming from its latest good checkpoint.
+    """Trains in `workdir` up to `config.epochs` epochs, resuming from its latest good checkpoint.
 
     Each epoch is one compiled call; after it the validation split is evaluated, a line is appended to
-    `metrics.jsonl` and a checkpoint is saved. A run whose loss or gradient turns non-finite stops with
-    `DivergenceError`, keeping every good checkpoint and writing the failing epoch and step to the metrics.
+    `metrics.jsonl` and a checkpoint is saved (in the background). A run whose loss or gradient turns non-finite
+    stops with `DivergenceError`, keeping every good checkpoint and writing the failing epoch and step to the metrics.
+
+    Args:
+        config: the run's config (validated here); its `model` section is not used when `model` is given.
+        workdir: the run's work directory.
+        model: a model object (`vae_jax.contract`: a Flax module or a bundle such as `models.VAE`) to train instead
+            of the one `config.model` describes. It describes itself for the checkpoints' metadata, the resume check
+            and the protocol cards; pass the same model to resume or evaluate the run.
+        data_dir, manual_dir: where TFDS keeps prepared datasets (and vae_jax its cache), and the original files.
+        progress: show a progress bar.
+        tensorboard: also write the metrics as TensorBoard scalars under `workdir/tensorboard`.
+        log: where one-line notices go (resuming, skipped checkpoints).
 
     Returns:
         The last epoch's metrics line (or `{"epoch": E}` when nothing was left to train).
     """
+    configs.validate(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    metadata = run_metadata(config, model)
+    template = builders.template_state(config, model)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, clean_unfinished=True)
-    restored = _resume_or_start(checkpointer, config)
+    try:
+        restored = _resume_or_start(checkpointer, metadata, template)
+    except BaseException:
+        checkpointer.close()
+        raise
     for epoch, reason in restored.skipped if restored else []:
         log(f"warning: checkpoint of epoch {epoch} is unreadable ({reason}); moved aside, resuming before it")
-    state, root_key, done = (
-        (restored.state, restored.key, restored.epoch) if restored
-        else (template_state(config), jax.random.key(config.seed), 0)
-    )
-    metrics_path = workdir / METRICS_FILE
-    _truncate_metrics(metrics_path, done)
+    state, root_key, done = ((restored.state, restored.key, restored.epoch) if restored
+                             else (template, jax.random.key(config.seed), 0))
+    metrics = MetricsLog(workdir, tensorboard)
+    metrics.truncate(done)
     if done >= config.epochs:
         log(f"{workdir} already holds {done} epochs (>= --epochs {config.epochs}); nothing to train")
         checkpointer.close()
+        metrics.close()
         return {"epoch": done}
+    try:
+        return _train_epochs(config, workdir, state, root_key, done, checkpointer, metrics, metadata, data_dir,
+                             manual_dir, progress, log)
+    finally:
+        checkpointer.close()
+        metrics.close()
+
+
+def _train_epochs(config: configs.Config, workdir: Path, state: train.TrainState, root_key: jax.Array, done: int,
+                  checkpointer: Checkpointer, metrics: MetricsLog, metadata: dict[str, Any],
+                  data_dir: str | os.PathLike, manual_dir: str | os.PathLike | None, progress: bool,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """The epochs `done + 1 .. config.epochs` of `train_and_evaluate`."""
+    from tqdm import tqdm
 
     dynamic = data.is_dynamic(config.dataset)
     mesh = _mesh(config, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
@@ -153,6 +243,7 @@ def train_and_evaluate(
         (*(data.load_split(config.dataset, split, data_dir=data_dir, manual_dir=manual_dir)
            for split in ("train", "validation")), state), mesh)
     keys = train.run_keys(root_key)
+    objective = builders.build_objective(config)
     if done:
         log(f"resuming {workdir} from epoch {done}")
 
@@ -172,21 +263,19 @@ def train_and_evaluate(
         weight = kl_weight(config, epoch)
         state, result = train.train_epoch_jit(
             state, train_pixels, jax.random.fold_in(keys.train, epoch), batch_size=config.batch_size,
-            objective=config.objective, num_samples=config.num_samples, kl_weight=jnp.float32(weight),
-            free_bits=config.free_bits, dynamic_binarization=dynamic, mesh=mesh,
+            objective=objective, kl_weight=jnp.float32(weight), dynamic_binarization=dynamic, mesh=mesh,
             progress=report if not bar.disable else None)  # off the CPU the bar moves once per epoch
         failed_step = int(result.failed_step)
         if failed_step >= 0:
-            _append_json(metrics_path, {"epoch": epoch, "status": "diverged", "failed_step_in_epoch": failed_step,
-                                        "failed_global_step": int(state.step)})
+            metrics.write({"epoch": epoch, "status": "diverged", "failed_step_in_epoch": failed_step,
+                           "failed_global_step": int(state.step)})
             bar.close()
-            checkpointer.close()
             raise DivergenceError(
                 f"loss or gradient became non-finite (NaN, Inf or past float32) at epoch {epoch}, step {failed_step} "
-                f"of the epoch (global step {int(state.step)}); checkpoints up to epoch {done} are kept; "
+                f"of the epoch (global step {int(state.step)}); checkpoints up to epoch {epoch - 1} are kept; "
                 f"{DIVERGENCE_HINT}")
         val = evaluate.summarize(evaluate.evaluate_elbo(
-            state.params, val_pixels, keys.eval, **state.models, batch_size=config.eval_batch_size,
+            state.model, state.params, val_pixels, keys.eval, batch_size=config.eval_batch_size,
             dynamic_binarization=dynamic, mesh=mesh))
         record = {
             "epoch": epoch, "step": int(state.step), "kl_weight": weight,
@@ -197,35 +286,41 @@ def train_and_evaluate(
             "val_kl_per_dim": val["kl_per_dim"], "val_active_units": val["active_units"],
             "seconds": round(time.perf_counter() - start, 3),
         }
-        _append_json(metrics_path, record)
-        checkpointer.save(epoch, state, root_key, val_nelbo=val["nelbo"], metadata=configs.to_dict(config))
-        done = epoch
+        metrics.write(record)
+        checkpointer.save(epoch, state, root_key, val_nelbo=val["nelbo"], metadata=metadata)
         bar.update(epoch * steps_per_epoch - bar.n)
         bar.set_postfix(epoch=epoch, train_nelbo=f"{record['train_nelbo']:.2f}", val_nelbo=f"{val['nelbo']:.2f}")
     bar.close()
-    checkpointer.close()
     return record
 
 
-def _load_checkpoint(workdir: Path, epoch: int | None) -> Restored:
-    """The best checkpoint of `workdir` (by validation NELBO), or that of `epoch`."""
+def load_checkpoint(workdir: str | os.PathLike, epoch: int | None = None, model: Any = None) -> Restored:
+    """The best checkpoint of `workdir` (by validation NELBO), or that of `epoch`, restored into the run's model
+    (the preset's, or `model`, which a run of a model object needs)."""
+    workdir = Path(workdir)
     if not (workdir / "checkpoints").is_dir():
         raise CheckpointError(f"work directory {workdir} has no checkpoints; run `train --workdir {workdir}` first")
     checkpointer = Checkpointer(workdir)
-    epochs = checkpointer.epochs()
-    if not epochs:
-        raise CheckpointError(f"work directory {workdir} has no checkpoints; run `train --workdir {workdir}` first")
-    chosen = checkpointer.best_epoch() if epoch is None else epoch
-    config = configs.from_dict(checkpointer.read_metadata(chosen if chosen in epochs else epochs[-1]))
-    restored = checkpointer.restore(template_state(config), jax.random.key(0), epoch=chosen)
-    checkpointer.close()
-    return restored
+    try:
+        epochs = checkpointer.epochs()
+        if not epochs:
+            raise CheckpointError(f"work directory {workdir} has no checkpoints; run `train --workdir {workdir}` "
+                                  "first")
+        chosen = checkpointer.best_epoch() if epoch is None else epoch
+        metadata = checkpointer.read_metadata(chosen if chosen in epochs else epochs[-1])
+        if model is None and not _is_preset_model(metadata):
+            raise _custom_model_error(metadata, workdir)
+        return checkpointer.restore(builders.template_state(run_config(metadata), model), jax.random.key(0),
+                                    epoch=chosen)
+    finally:
+        checkpointer.close()
 
 
 def evaluate_checkpoint(
     workdir: str | os.PathLike,
     split: str = "test",
     *,
+    model: Any = None,
     epoch: int | None = None,
     batch_size: int | None = None,
     iwae_samples: int = 0,
@@ -240,6 +335,7 @@ def evaluate_checkpoint(
     Args:
         workdir: the run's work directory.
         split: `train`, `validation` or `test`.
+        model: the model object of a run that trained one (see `train_and_evaluate`); None for a preset run.
         epoch: the checkpoint; None takes the best by validation NELBO.
         batch_size: examples evaluated at once (memory only; default `eval_batch_size`, or 100 with K > 0).
         iwae_samples: K importance samples per example; 0 skips the importance-weighted estimate.
@@ -253,26 +349,26 @@ def evaluate_checkpoint(
     workdir = Path(workdir)
     if iwae_samples < 0 or iwae_chunk <= 0 or (batch_size is not None and batch_size <= 0):
         raise ConfigError("--iwae-samples must be >= 0, and --iwae-chunk and --batch-size positive")
-    restored = _load_checkpoint(workdir, epoch)
-    config, state = configs.from_dict(restored.metadata), restored.state
+    restored = load_checkpoint(workdir, epoch, model)
+    config, state = run_config(restored.metadata), restored.state
     elbo_batch, iwae_batch = batch_size or config.eval_batch_size, batch_size or 100
     mesh = _mesh(config, batch_size=elbo_batch, **({"iwae_batch_size": iwae_batch} if iwae_samples else {}))
     pixels, params = parallel.replicate(
         (data.load_split(config.dataset, split, data_dir=data_dir, manual_dir=manual_dir), state.params), mesh)
     key = jax.random.key(eval_seed)
     dynamic = data.is_dynamic(config.dataset)
-    terms = evaluate.evaluate_elbo(params, pixels, key, **state.models, batch_size=elbo_batch,
+    terms = evaluate.evaluate_elbo(state.model, params, pixels, key, batch_size=elbo_batch,
                                    dynamic_binarization=dynamic, mesh=mesh)
     bounds = None
     if iwae_samples:
-        bounds = evaluate.evaluate_iwae(params, pixels, key, **state.models, num_samples=iwae_samples,
+        bounds = evaluate.evaluate_iwae(state.model, params, pixels, key, num_samples=iwae_samples,
                                         batch_size=iwae_batch, chunk_size=iwae_chunk, dynamic_binarization=dynamic,
                                         mesh=mesh)
     summary = evaluate.summarize(terms, bounds)
     result = {
         **summary, "run": workdir.name, "epoch": restored.epoch, "step": int(state.step),
         **protocol.protocol_card(config.dataset, split, summary["num_examples"], iwae_samples or None, eval_seed,
-                                 configs.to_dict(config)),
+                                 restored.metadata),
     }
     _append_json(workdir / EVAL_FILE, result)
     return result
@@ -282,20 +378,21 @@ def write_sample_figures(
     workdir: str | os.PathLike,
     out: str | os.PathLike,
     *,
+    model: Any = None,
     num_images: int = 100,
     seed: int = 0,
     data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
     manual_dir: str | os.PathLike | None = None,
     mnist_dir: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
-    """PNG grids from the best checkpoint: prior samples in `out`, and beside it (`<out stem>_<name>.png`) test
-    digits next to their reconstructions, latent interpolations between pairs of test digits (10 steps each),
-    and, for a 2-D latent space, the decoded manifold and a scatter of the posterior means of the 10,000 `mnist`
-    test digits (binarized with the evaluation's per-example keys) coloured by their labels.
+    """The figures of `figures.sample_figures` from the best checkpoint: prior samples in `out`, and beside it
+    reconstructions, interpolations, and for a 2-D code the manifold and the scatter of the posterior means of the
+    10,000 `mnist` test digits (binarized with the evaluation's per-example keys) coloured by their labels.
 
     Args:
         workdir: the run's work directory.
         out: path of the prior-samples PNG.
+        model: the model object of a run that trained one; None for a preset run.
         num_images: images per grid.
         seed: seed of the prior samples and of the test digits' binarization.
         data_dir, manual_dir: where the run's dataset is prepared, and its original files.
@@ -304,37 +401,20 @@ def write_sample_figures(
     Returns:
         The path of each figure: `samples`, `reconstructions`, `interpolations` (and `manifold`, `scatter`).
     """
-    restored = _load_checkpoint(Path(workdir), None)
-    state, config = restored.state, configs.from_dict(restored.metadata)
+    from vae_jax import figures
+
+    restored = load_checkpoint(workdir, None, model)
+    state, config = restored.state, run_config(restored.metadata)
     sample_key, binarize_key = jax.random.split(jax.random.key(seed))
-    columns = int(np.ceil(np.sqrt(num_images)))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figures = {"samples": out, **{name: out.with_name(f"{out.stem}_{name}.png")
-                                  for name in ("reconstructions", "interpolations", "manifold", "scatter")}}
-    samples = evaluate.sample_prior(state.params, sample_key, **state.models, num_images=num_images,
-                                    latent_dim=config.model.latent_dim)
-    evaluate.save_png(figures["samples"], evaluate.image_grid(np.asarray(samples), columns))
+
+    def binarized(pixels: np.ndarray, dynamic: bool) -> jax.Array:
+        return map_examples(lambda x, _: x, pixels, np.arange(len(pixels)), binarize_key, dynamic)
 
     test = data.load_split(config.dataset, "test", data_dir=data_dir, manual_dir=manual_dir)[:2 * num_images]
-    inputs = map_examples(lambda x, _: x, test, np.arange(len(test)), binarize_key, data.is_dynamic(config.dataset))
-    networks = {"encoder": state.encoder, "decoder": state.decoder}
-    recons = evaluate.reconstruct(state.params, inputs[:num_images], **networks)
-    pairs = np.stack([np.asarray(inputs[:num_images]), np.asarray(recons)], axis=1).reshape(-1, inputs.shape[-1])
-    evaluate.save_png(figures["reconstructions"], evaluate.image_grid(pairs, 2 * columns))
-
-    rows = min(columns, len(inputs) // 2)
-    lines = evaluate.interpolate(state.params, inputs[:rows], inputs[rows:2 * rows], **networks, num_steps=10)
-    evaluate.save_png(figures["interpolations"], evaluate.image_grid(np.asarray(lines).reshape(rows * 10, -1), 10))
-    if config.model.latent_dim != 2:
-        del figures["manifold"], figures["scatter"]
-        return figures
-    manifold = evaluate.latent_manifold(state.params, decoder=state.decoder, grid_size=20)
-    evaluate.save_png(figures["manifold"], evaluate.image_grid(np.asarray(manifold), 20))
-    mnist_dir = manual_dir if mnist_dir is None and config.dataset == data.LABELED_DATASET else mnist_dir
-    digits = data.load_split(data.LABELED_DATASET, "test", data_dir=data_dir, manual_dir=mnist_dir)
-    labels = data.load_labels("test", data_dir=data_dir, manual_dir=mnist_dir)
-    terms = evaluate.evaluate_elbo(state.params, digits, binarize_key, **state.models, batch_size=1000,
-                                   dynamic_binarization=True)
-    evaluate.save_latent_scatter(figures["scatter"], np.asarray(terms.posterior_mean), labels)
-    return figures
+    test_inputs = binarized(test, data.is_dynamic(config.dataset))
+    labelled = None
+    if figures.code_size(state.model, state.params, test_inputs) == 2:
+        mnist_dir = manual_dir if mnist_dir is None and config.dataset == data.LABELED_DATASET else mnist_dir
+        digits = data.load_split(data.LABELED_DATASET, "test", data_dir=data_dir, manual_dir=mnist_dir)
+        labelled = (binarized(digits, True), data.load_labels("test", data_dir=data_dir, manual_dir=mnist_dir))
+    return figures.sample_figures(state.model, state.params, out, test_inputs, sample_key, num_images, labelled)

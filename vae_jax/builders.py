@@ -1,0 +1,90 @@
+"""From a config to objects: the model, the Optax optimizer, the objective and the initial train state.
+
+The one place that reads `vae_jax.configs`' model and optimizer sections; models, objectives and training take the
+objects, so a model or optimizer written by hand goes through the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from vae_jax import configs, models, priors
+from vae_jax.contract import FlaxModel, Model, as_model
+from vae_jax.hierarchical import HierarchicalVAE
+from vae_jax.objective import Elbo, Iwae, Objective
+from vae_jax.train import TrainState, create_train_state, run_keys
+
+
+def build_prior(config: configs.ModelConfig) -> Any:
+    """The prior that `config.prior` names: None for `normal` (N(0, I)), else a module of `vae_jax.priors`."""
+    if config.prior == "mixture":
+        return priors.MixturePrior(config.prior_components, config.latent_dim)
+    if config.prior == "vamp":
+        return priors.VampPrior(config.prior_components, models.NUM_PIXELS)
+    return None
+
+
+def build_model(config: configs.ModelConfig) -> Model:
+    """The model that `config` describes: `models.VAE` with MLP or convolutional networks, or, with two stochastic
+    layers, `hierarchical.HierarchicalVAE`."""
+    dtype = None if config.compute_dtype == "float32" else config.compute_dtype
+    precision = config.matmul_precision if dtype is None else None  # bfloat16 compute: products are bfloat16 anyway
+    encoder_hidden, decoder_hidden = tuple(config.encoder_hidden), tuple(config.decoder_hidden)
+    prior = build_prior(config)
+    if config.stochastic_layers == 2:
+        return FlaxModel(HierarchicalVAE(config.latent_dim, encoder_hidden, decoder_hidden, config.activation,
+                                         config.logvar_bound, prior, models.NUM_PIXELS, dtype, precision))
+    if config.architecture == "conv":
+        channels = tuple(config.conv_channels)
+        encoder = models.ConvEncoder(config.latent_dim, channels, encoder_hidden, config.activation,
+                                     config.logvar_bound, dtype, precision)
+        decoder = models.ConvDecoder(channels, decoder_hidden, config.activation, dtype, precision)
+    else:
+        encoder = models.Encoder(config.latent_dim, encoder_hidden, config.activation, config.logvar_bound, dtype,
+                                 precision)
+        decoder = models.Decoder(models.NUM_PIXELS, decoder_hidden, config.activation, dtype, precision)
+    return models.VAE(encoder, decoder, prior)
+
+
+def build_optimizer(config: configs.OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """The Optax optimizer that `config` describes; `total_steps` sets the length of a cosine schedule.
+
+    The state's structure depends only on `config.name`: clipping and schedule are always present (as
+    `identity` and a constant schedule when off), so a run can resume with another learning rate, schedule
+    or clipping norm.
+    """
+    if config.schedule == "cosine":
+        learning_rate = optax.cosine_decay_schedule(config.learning_rate, total_steps, config.final_lr_fraction)
+    else:
+        learning_rate = optax.constant_schedule(config.learning_rate)
+    if config.name == "adamw":
+        optimizer = optax.adamw(learning_rate, weight_decay=config.weight_decay)
+    elif config.name == "sgd":
+        optimizer = optax.sgd(learning_rate, momentum=config.momentum)
+    else:
+        optimizer = optax.adam(learning_rate)
+    clip = optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm > 0 else optax.identity()
+    return optax.chain(clip, optimizer)
+
+
+def build_objective(config: configs.Config) -> Objective:
+    """`objective.Elbo(num_samples, free_bits)` or `objective.Iwae(num_samples)`, as `config.objective` says."""
+    if config.objective == "iwae":
+        return Iwae(config.num_samples)
+    return Elbo(config.num_samples, config.free_bits)
+
+
+def steps_per_epoch(config: configs.Config) -> int:
+    """Optimizer steps in one epoch of the training split."""
+    return configs.SPLIT_SIZES["train"] // config.batch_size
+
+
+def template_state(config: configs.Config, model: Any = None) -> TrainState:
+    """The freshly initialized train state of a run (also the structure that its checkpoints restore into): the
+    model `config.model` describes, or `model` where given, initialized with the run's `init` key."""
+    model = build_model(config.model) if model is None else as_model(model)
+    tx = build_optimizer(config.optim, total_steps=steps_per_epoch(config) * config.epochs)
+    return create_train_state(run_keys(jax.random.key(config.seed)).init, model, tx)
