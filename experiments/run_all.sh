@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every result that the README quotes, from scratch (about 5 hours on a 2-core CPU; each step resumes).
+# Every result that the README and docs/ quote, from scratch (many hours on a 2-core CPU; each step resumes).
 # Usage: bash experiments/run_all.sh     (MANUAL_DIR, DATA_DIR as in train_and_eval.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,7 +7,8 @@ MANUAL_DIR=${MANUAL_DIR:-../shared/data/binarized_mnist}
 bash experiments/train_and_eval.sh cs236 cs236 --epochs 40
 bash experiments/train_and_eval.sh default default
 bash experiments/train_and_eval.sh cs236_bfloat16 cs236 --epochs 40 model.compute_dtype=bfloat16
-bash experiments/train_and_eval.sh default_vampprior vampprior
+bash experiments/train_and_eval.sh default_vampprior default model.prior=vamp model.prior_components=500
+bash experiments/tomczak_welling.sh
 python experiments/custom_model.py --manual-dir "$MANUAL_DIR"
 python experiments/benchmark.py --manual-dir "$MANUAL_DIR"
 python experiments/profile_cpu.py --manual-dir "$MANUAL_DIR"
@@ -17,5 +18,7 @@ bash experiments/objectives_priors.sh
 bash experiments/binarization.sh
 bash experiments/architecture.sh
 bash experiments/nll_k5000.sh binarization/dynamic objectives_priors/iwae_k50
+python experiments/amortization.py --runs cs236 default hvae_vampprior
+python experiments/time_to_result.py --manual-dir "$MANUAL_DIR"
 python experiments/target_curve.py
 python -m vae_jax compare experiments/results > experiments/results/tables.md

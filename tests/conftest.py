@@ -7,6 +7,7 @@ to supply them; with VAE_JAX_REQUIRE_DATA=1 (as `.ci/run` sets) they fail instea
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -19,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_ENV = "VAE_JAX_DATA"
 SHARED_DATA = Path(os.environ.get(DATA_ENV, REPO.parent / "shared" / "data"))
 sys.path.insert(0, str(REPO / "experiments"))  # the experiment scripts' helpers are tested as modules
+# The tests' compiled programs go to a cache of their own (shared by the test processes), not the user's.
+os.environ.setdefault("VAE_JAX_COMPILATION_CACHE", str(Path(tempfile.gettempdir()) / "vae_jax_test_cache"))
 
 
 @pytest.fixture(autouse=True)

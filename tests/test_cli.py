@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
@@ -135,3 +136,27 @@ def test_a_checkpoint_of_another_model_is_one_line_and_renames_nothing(tmp_path,
     assert err.count("\n") == 1 and "holds another model than this one (params/decoder/params/" in err
     assert "where the model has (32,) float32" in err
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_gaps_writes_two_eval_lines_that_compare_keeps_apart(tiny_run, data_dir, tmp_path, capsys):
+    capsys.readouterr()
+    csv = tmp_path / "gaps.csv"
+    assert cli.main(["gaps", "--workdir", str(tiny_run), "--split", "validation", "--num-examples", "40",
+                     "--steps", "30", "--samples", "2", "--eval-samples", "20", "--iwae-samples", "50",
+                     "--batch-size", "16", "--csv", str(csv), "--data-dir", str(data_dir)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["num_examples"] == 40 and summary["split"] == "validation"
+    assert summary["inference"].startswith("per-example: Adam (learning rate 0.05)")
+    # log p(x) >= L[q*] >= L[q] on average, and the gaps add up to the inference gap.
+    assert summary["log_px"] > summary["elbo_refined"] > summary["elbo_amortized"]
+    np.testing.assert_allclose(summary["approximation_gap"] + summary["amortization_gap"], summary["inference_gap"],
+                               rtol=1e-9)
+    rows = csv.read_text().splitlines()
+    assert rows[0] == "index,log_px,elbo_refined,elbo_amortized,approximation_gap,amortization_gap" and len(rows) == 41
+    lines = [json.loads(line) for line in (tiny_run / "eval.jsonl").read_text().splitlines()][-2:]
+    assert [line["inference"] for line in lines] == ["amortized", summary["inference"]]
+    assert lines[0]["iwae_k"] == 50 and lines[1]["estimator"] == "elbo" and lines[0]["elbo_samples"] == 20
+    assert abs(lines[1]["nelbo"] + summary["elbo_refined"]) < 1e-9
+    assert cli.main(["compare", str(tiny_run / "eval.jsonl")]) == 0
+    tables = capsys.readouterr().out
+    assert "differ in" in tables and "inference" in tables.split("differ in")[1].splitlines()[0]

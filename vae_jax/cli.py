@@ -1,4 +1,4 @@
-"""Command line: `python -m vae_jax train|eval|sample|compare`. The only place that prints errors and exits.
+"""Command line: `python -m vae_jax train|eval|gaps|sample|compare`. The only place that prints errors and exits.
 
 Exit codes: 0 success, 2 bad input (one line on stderr), 3 training diverged (non-finite loss or gradient),
 130 interrupted.
@@ -19,6 +19,14 @@ from vae_jax.errors import DivergenceError, VaeError
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distributed", action="store_true",
                         help="multi-host run: call jax.distributed.initialize() first (see vae_jax/parallel.py)")
+    _add_cache_option(parser)
+
+
+def _add_cache_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compilation-cache", default=None, metavar="DIR|off",
+                        help="folder of JAX's persistent compilation cache, or off (default: "
+                             "$VAE_JAX_COMPILATION_CACHE, else ~/.cache/vae_jax/jax/<machine>; see "
+                             "vae_jax/compilation_cache.py)")
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder with the original MNIST files (e.g. ../shared/data/mnist): the labels of the "
                              "latent scatter of a 2-D model, offline, when mnist is not prepared in --data-dir yet")
     _add_data_options(sample)
+    _add_cache_option(sample)
+
+    gaps = commands.add_parser("gaps", help="inference gaps: log p(x), the ELBO of per-example posteriors and of the "
+                                            "encoder's, per example (Cremer et al., 2018)")
+    gaps.add_argument("--workdir", required=True)
+    gaps.add_argument("--split", default="test", help=f"one of {list(data.SPLITS)}")
+    gaps.add_argument("--num-examples", type=int, default=None, help="the split's first N examples (default: all)")
+    gaps.add_argument("--steps", type=int, default=500, help="Adam steps on each example's posterior")
+    gaps.add_argument("--samples", type=int, default=4, help="samples of the ELBO estimate at each step")
+    gaps.add_argument("--learning-rate", type=float, default=5e-2,
+                      help="Adam's first learning rate, decaying to 1%% of it (cosine)")
+    gaps.add_argument("--eval-samples", type=int, default=100, help="samples per example of the final ELBOs")
+    gaps.add_argument("--iwae-samples", type=int, default=5000, help="K of the log p(x) estimate")
+    gaps.add_argument("--batch-size", type=int, default=100, help="examples at once (memory only)")
+    gaps.add_argument("--seed", type=int, default=0, help="evaluation seed")
+    gaps.add_argument("--csv", default=None, help="also write the per-example numbers to this CSV file")
+    _add_data_options(gaps)
+    _add_cache_option(gaps)
 
     compare = commands.add_parser("compare", help="Markdown tables of eval results, one table per protocol")
     compare.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="eval.jsonl files or folders holding them")
@@ -110,8 +136,12 @@ def _require_workdir(workdir: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vae_jax import parallel, runner
+    from vae_jax import compilation_cache, parallel, runner
 
+    if args.command != "compare":
+        if args.compilation_cache is not None:
+            os.environ[compilation_cache.ENVIRONMENT_VARIABLE] = args.compilation_cache
+        compilation_cache.enable()
     if getattr(args, "distributed", False):
         parallel.initialize_distributed()
     if args.command == "train":
@@ -125,6 +155,15 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(runner.evaluate_checkpoint(
             args.workdir, args.split, epoch=args.epoch, batch_size=args.batch_size, iwae_samples=args.iwae_samples,
             iwae_chunk=args.iwae_chunk, eval_seed=args.seed, data_dir=args.data_dir, manual_dir=args.manual_dir)))
+    elif args.command == "gaps":
+        _require_workdir(args.workdir)
+        summary, gaps = runner.evaluate_gaps(
+            args.workdir, args.split, num_examples=args.num_examples, steps=args.steps, num_samples=args.samples,
+            learning_rate=args.learning_rate, eval_samples=args.eval_samples, iwae_samples=args.iwae_samples,
+            batch_size=args.batch_size, eval_seed=args.seed, data_dir=args.data_dir, manual_dir=args.manual_dir)
+        if args.csv:
+            runner.write_gaps_csv(args.csv, gaps)
+        print(json.dumps(summary))
     elif args.command == "compare":
         from vae_jax import protocol
 

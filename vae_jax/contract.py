@@ -23,8 +23,11 @@ Optional methods, used where present:
 - `reconstruct(params, x [N, D]) -> [N, D]` data means at the posterior mean (reconstruction figures);
 - `encode(params, x [N, D]) -> [N, J]` and `decode(params, z [N, J]) -> [N, D]`: a point code and its decoding
   (latent interpolations; the manifold and scatter of a 2-D code);
-- `log_joint(params, x [D], z) -> []`: log p(x, z) at a latent `z` of the model's own structure, with
-  `latent_shapes() -> {name: shape}`; per-example (non-amortized) inference (`vae_jax.inference`) needs them;
+- `posterior(params, x [D]) -> (mean, logvar)` and `joint_samples_given_posterior(params, x, mean, logvar, eps)`:
+  the amortized Gaussian posterior's parameters (for a hierarchy, a factorized Gaussian guess at it), and the joint
+  samples of a factorized Gaussian posterior with given parameters for noise `eps` (pytrees of the latent's
+  structure, each leaf with a leading `[S]` axis in `eps`); per-example (non-amortized) inference
+  (`vae_jax.inference`) needs them;
 - `describe() -> dict`: a JSON-ready description for the protocol card and the config hash. Without it, the
   class name and the dataclass fields describe the model.
 """
@@ -76,15 +79,16 @@ class Model(Protocol):
         ...
 
 
-_OPTIONAL_METHODS = ("generate", "reconstruct", "encode", "decode", "log_joint", "latent_shapes")
+_OPTIONAL_METHODS = ("generate", "reconstruct", "encode", "decode", "posterior", "joint_samples_given_posterior")
 
 
 @dataclasses.dataclass(frozen=True)
 class FlaxModel:
     """A Flax module that keeps the contract in its `__call__(x, key, num_samples) -> JointSamples`, as a `Model`.
 
-    Its optional methods (`generate(key, num_images)`, `reconstruct(x)`, `encode(x)`, `decode(z)`,
-    `log_joint(x, z)`, `latent_shapes()`, `describe()`) are called through `module.apply(..., method=...)`.
+    Its optional methods (`generate(key, num_images)`, `reconstruct(x)`, `encode(x)`, `decode(z)`, `posterior(x)`,
+    `joint_samples_given_posterior(x, mean, logvar, eps)`) are called through `module.apply(..., method=...)`; a
+    module's own `describe()` describes it.
 
     Attributes:
         module: the Flax module.
@@ -103,8 +107,6 @@ class FlaxModel:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name not in _OPTIONAL_METHODS or not hasattr(self.module, name):
             raise AttributeError(f"{type(self.module).__name__} has no method {name!r}")
-        if name == "latent_shapes":
-            return getattr(self.module, name)
         return lambda params, *args: self.module.apply(params, *args, method=getattr(type(self.module), name))
 
 

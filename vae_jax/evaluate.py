@@ -19,7 +19,7 @@ from vae_jax.parallel import shard_batch
 ACTIVE_UNIT_THRESHOLD = 0.01  # a latent dimension is active when Var_x[E_q(z|x)[z_j]] exceeds this (Burda et al.)
 
 
-def _map_over_split(fn: Callable[[jax.Array, jax.Array], Any], pixels: jax.Array, batch_size: int,
+def map_over_split(fn: Callable[[jax.Array, jax.Array], Any], pixels: jax.Array, batch_size: int,
                     mesh: Mesh | None) -> Any:
     """Applies `fn(pixels [B, D], indices [B])` to a whole `[N, D]` split, `batch_size` examples at a time.
 
@@ -67,7 +67,7 @@ def evaluate_elbo(
     def chunk_terms(chunk_pixels: jax.Array, chunk_indices: jax.Array) -> ElboTerms:
         return batch_elbo_terms(model, params, chunk_pixels, chunk_indices, key, num_samples, dynamic_binarization)
 
-    return _map_over_split(chunk_terms, pixels, batch_size, mesh)
+    return map_over_split(chunk_terms, pixels, batch_size, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -97,10 +97,11 @@ def evaluate_iwae(
 
         return map_examples(bound, chunk_pixels, chunk_indices, key, dynamic_binarization)
 
-    return _map_over_split(chunk_bounds, pixels, batch_size, mesh)
+    return map_over_split(chunk_bounds, pixels, batch_size, mesh)
 
 
-def _mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
+def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
+    """The mean of `[N]` values and its standard error (0 for a single value)."""
     stderr = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
     return float(values.mean()), float(stderr)
 
@@ -121,7 +122,7 @@ def summarize(terms: ElboTerms, iwae_bounds: jax.Array | None = None) -> dict[st
         `nelbo`, `nelbo_stderr`, `rec`, `kl`, `kl_per_dim`, `active_units` (None for a model that gives no posterior
         mean), `num_examples` (and `nll`, `nll_stderr`).
     """
-    nelbo, nelbo_stderr = _mean_and_stderr(np.asarray(terms.nelbo, dtype=np.float64))
+    nelbo, nelbo_stderr = mean_and_stderr(np.asarray(terms.nelbo, dtype=np.float64))
     means = np.asarray(terms.posterior_mean, dtype=np.float64)
     summary = {
         "nelbo": nelbo,
@@ -133,5 +134,5 @@ def summarize(terms: ElboTerms, iwae_bounds: jax.Array | None = None) -> dict[st
         "num_examples": len(means),
     }
     if iwae_bounds is not None:
-        summary["nll"], summary["nll_stderr"] = _mean_and_stderr(-np.asarray(iwae_bounds, dtype=np.float64))
+        summary["nll"], summary["nll_stderr"] = mean_and_stderr(-np.asarray(iwae_bounds, dtype=np.float64))
     return summary

@@ -115,25 +115,35 @@ class HierarchicalVAE(nn.Module):
         z2 = distributions.reparameterize(mean2, logvar2, eps2)
         mean1, logvar1 = self.q_z1(x, z2)
         z1 = distributions.reparameterize(mean1, logvar1, eps1)
-        prior_mean1, prior_logvar1 = self.p_z1(z2)
-        log_prior = self.log_prior_z2(z2) + distributions.gaussian_log_prob(z1, prior_mean1, prior_logvar1)
         log_posterior = (distributions.gaussian_log_prob_of_noise(eps2, logvar2)
                          + distributions.gaussian_log_prob_of_noise(eps1, logvar1))
-        log_likelihood = distributions.bernoulli_log_prob(x, self.logits(z1, z2))
-        return JointSamples(log_likelihood, log_prior, log_posterior, posterior_mean=mean2)
+        return self._joint(x, z1, z2, log_posterior, mean2)
 
-    def log_joint(self, x: jax.Array, z: dict[str, jax.Array]) -> jax.Array:
-        """log p(x, z1, z2) of the `[D]` example at `z = {"z1": [J], "z2": [J]}`; `[]`."""
-        z1, z2 = z["z1"], z["z2"]
+    def _joint(self, x: jax.Array, z1: jax.Array, z2: jax.Array, log_posterior: jax.Array,
+               posterior_mean: jax.Array) -> JointSamples:
+        """`JointSamples` at given `z1, z2 [S, J]`: log p(x | z1, z2), log p(z2) + log p(z1 | z2), and the given
+        log q."""
         prior_mean1, prior_logvar1 = self.p_z1(z2)
-        return (distributions.bernoulli_log_prob(x, self.logits(z1, z2)) + self.log_prior_z2(z2)
-                + distributions.gaussian_log_prob(z1, prior_mean1, prior_logvar1))
+        log_prior = self.log_prior_z2(z2) + distributions.gaussian_log_prob(z1, prior_mean1, prior_logvar1)
+        log_likelihood = distributions.bernoulli_log_prob(x, self.logits(z1, z2))
+        return JointSamples(log_likelihood, log_prior, log_posterior, posterior_mean=posterior_mean)
 
-    def gaussian_posterior(self, x: jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
-        """A factorized Gaussian guess at q(z1, z2 | x): q(z2 | x), and q(z1 | x, z2) at z2's mean;
-        `{"z1": (mean, logvar), "z2": (mean, logvar)}`, each `[J]`."""
+    def posterior(self, x: jax.Array) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """A factorized Gaussian guess at q(z1, z2 | x), the start of per-example inference: q(z2 | x), and
+        q(z1 | x, z2) at z2's mean; `(mean, logvar)`, each `{"z1": [J], "z2": [J]}`."""
         mean2, logvar2 = self.q_z2(x)
-        return {"z1": self.q_z1(x, mean2), "z2": (mean2, logvar2)}
+        mean1, logvar1 = self.q_z1(x, mean2)
+        return {"z1": mean1, "z2": mean2}, {"z1": logvar1, "z2": logvar2}
+
+    def joint_samples_given_posterior(self, x: jax.Array, mean: dict[str, jax.Array], logvar: dict[str, jax.Array],
+                                      eps: dict[str, jax.Array]) -> JointSamples:
+        """The samples of a factorized Gaussian posterior N(mean, diag exp(logvar)) over `{"z1", "z2"}` (per-example
+        parameters, `vae_jax.inference`), for noise `eps = {"z1": [S, J], "z2": [S, J]}`."""
+        z1 = distributions.reparameterize(mean["z1"], logvar["z1"], eps["z1"])
+        z2 = distributions.reparameterize(mean["z2"], logvar["z2"], eps["z2"])
+        log_posterior = (distributions.gaussian_log_prob_of_noise(eps["z1"], logvar["z1"])
+                         + distributions.gaussian_log_prob_of_noise(eps["z2"], logvar["z2"]))
+        return self._joint(x, z1, z2, log_posterior, mean["z2"])
 
     def generate(self, key: jax.Array, num_images: int) -> jax.Array:
         """Bernoulli means at draws z2 ~ p(z2), z1 ~ p(z1 | z2); `[N, D]`."""

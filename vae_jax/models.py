@@ -263,7 +263,7 @@ class VAE:
         return lambda x: self.encoder.apply(encoder_params, x)
 
     def posterior(self, params: Params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """`(mean, logvar)` of q(z|x): `[..., D] -> [..., J]` each."""
+        """`(mean, logvar)` of q(z|x), the encoder's output: `[..., D] -> [..., J]` each."""
         return self.encoder.apply(params["encoder"], x)
 
     def joint_samples(self, params: Params, x: jax.Array, key: jax.Array, num_samples: int) -> JointSamples:
@@ -295,16 +295,6 @@ class VAE:
                                 jnp.sum(kl_per_dim, axis=-1), kl_per_dim, mean)
         log_prior = self.prior.apply(params["prior"], z, self._encode(params["encoder"]))
         return JointSamples(log_likelihood, log_prior, log_posterior, posterior_mean=mean)
-
-    def log_joint(self, params: Params, x: jax.Array, z: jax.Array) -> jax.Array:
-        """log p(x, z) = log p(x|z) + log p(z) of the `[D]` example at a `[J]` latent; `[]`."""
-        return self.likelihood.log_prob(x, self.decoder.apply(params["decoder"], z)) + self.log_prior(params, z)
-
-    def log_prior(self, params: Params, z: jax.Array) -> jax.Array:
-        """log p(z) for `z [..., J]`; `[...]`."""
-        if self.prior is None:
-            return distributions.standard_normal_log_prob(z)
-        return self.prior.apply(params["prior"], z, self._encode(params["encoder"]))
 
     def generate(self, params: Params, key: jax.Array, num_images: int) -> jax.Array:
         """Data means at `num_images` draws z ~ p(z); `[N, D]`."""

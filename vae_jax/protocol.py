@@ -1,9 +1,10 @@
 """Protocol cards on evaluation results, and `compare`: tables that never mix protocols.
 
 A number such as "test NELBO 95.3" means little without its protocol: static or dynamic binarization, which
-split and how many of its examples, ELBO or importance-weighted estimate (and K), the training set. Every
-result line of `vae_jax eval` carries all of it; `compare` groups lines by `PROTOCOL_FIELDS` and prints one
-Markdown table per protocol, naming the fields in which the protocols differ.
+split and how many of its examples, ELBO or importance-weighted estimate (and K), the training set, and which
+inference gave the posterior (the amortized encoder, or per-example optimization: `vae_jax.inference`). Every
+result line of `vae_jax eval` and `vae_jax gaps` carries all of it; `compare` groups lines by `PROTOCOL_FIELDS` and
+prints one Markdown table per protocol, naming the fields in which the protocols differ.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from vae_jax import configs, data
 from vae_jax.errors import ConfigError, VaeError
 
 PROTOCOL_FIELDS = ("dataset", "binarization", "split", "split_size", "num_examples", "estimator", "iwae_k",
-                   "units", "train_set")
+                   "units", "train_set", "inference")
+AMORTIZED = "amortized"  # the inference of every result line written before the field existed
 
 
 def _git_commit() -> str | None:
@@ -36,7 +38,7 @@ def _git_commit() -> str | None:
 
 
 def protocol_card(dataset: str, split: str, num_examples: int, iwae_k: int | None, eval_seed: int,
-                  config: dict[str, Any]) -> dict[str, Any]:
+                  config: dict[str, Any], inference: str = AMORTIZED, elbo_samples: int = 1) -> dict[str, Any]:
     """Every field that decides whether two evaluation results can be compared, plus provenance.
 
     Args:
@@ -45,7 +47,9 @@ def protocol_card(dataset: str, split: str, num_examples: int, iwae_k: int | Non
         num_examples: how many of its examples were evaluated.
         iwae_k: importance samples of the NLL estimate, or None for the ELBO alone.
         eval_seed: seed of the evaluation's randomness.
-        config: the model's config as a JSON-ready dict (`configs.to_dict`, or your own for custom models).
+        config: the model's config as a JSON-ready dict (`configs.to_dict`, or the model's own description).
+        inference: `amortized` (the model's encoder), or a description of per-example inference.
+        elbo_samples: samples of z per example in the ELBO estimate (its variance, not its expectation).
     """
     from vae_jax import __version__
 
@@ -60,6 +64,8 @@ def protocol_card(dataset: str, split: str, num_examples: int, iwae_k: int | Non
         "eval_seed": eval_seed,
         "units": "nats",
         "train_set": f"{dataset}/train ({configs.SPLIT_SIZES['train']} examples)",
+        "inference": inference,
+        "elbo_samples": elbo_samples,
         "config_hash": configs.dict_hash(config),
         "config": config,
         "vae_jax_version": __version__,
@@ -103,8 +109,12 @@ def read_results(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
     return results
 
 
+def _protocol_value(result: dict[str, Any], field: str) -> Any:
+    return result.get(field, AMORTIZED if field == "inference" else None)
+
+
 def _protocol(result: dict[str, Any]) -> tuple:
-    return tuple(json.dumps(result.get(field), sort_keys=True) for field in PROTOCOL_FIELDS)
+    return tuple(json.dumps(_protocol_value(result, field), sort_keys=True) for field in PROTOCOL_FIELDS)
 
 
 def _format(value: float | None, stderr: float | None = None) -> str:
@@ -132,7 +142,7 @@ def compare_tables(results: list[dict[str, Any]]) -> str:
     for number, protocol in enumerate(protocols, start=1):
         rows = sorted(groups[protocol], key=lambda r: (r.get("nll") is None, r.get("nll") or r["nelbo"]))
         first = rows[0]
-        card = ", ".join(f"{field}={first.get(field)}" for field in PROTOCOL_FIELDS)
+        card = ", ".join(f"{field}={_protocol_value(first, field)}" for field in PROTOCOL_FIELDS)
         lines = [f"### Protocol {number} of {len(protocols)}", "", card]
         if len(protocols) > 1:
             others = [other for other in protocols if other != protocol]

@@ -4,13 +4,16 @@ metrics; and its evaluation and figures.
 A work directory holds `checkpoints/` (Orbax), `metrics.jsonl` (one line per epoch), `eval.jsonl` (one line per
 `evaluate_checkpoint` call) and, with `tensorboard=True`, `tensorboard/` (the metrics as TensorBoard scalars).
 
-Every run stores its metadata with each checkpoint: the config, whose `model` section is the preset's model config or,
-for a model passed as an object, the model's own description (`contract.describe`). The description is what resume
-compares, and what the protocol card of each evaluation carries and hashes.
+Each entry point turns JAX's persistent compilation cache on first (`vae_jax.compilation_cache`: set
+`VAE_JAX_COMPILATION_CACHE=off` to keep it off). Every run stores its metadata with each checkpoint: the config,
+whose `model` section is the preset's model config or, for a model passed as an object, the model's own description
+(`contract.describe`). The description is what resume compares, and what the protocol card of each evaluation
+carries and hashes.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -23,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from vae_jax import builders, configs, contract, data, evaluate, parallel, protocol, train
+from vae_jax import builders, compilation_cache, configs, contract, data, evaluate, inference, parallel, protocol, train
 from vae_jax.checkpoint import Checkpointer, Restored
 from vae_jax.errors import CheckpointError, ConfigError, DivergenceError
 from vae_jax.objective import map_examples
@@ -201,6 +204,7 @@ def train_and_evaluate(
         The last epoch's metrics line (or `{"epoch": E}` when nothing was left to train).
     """
     configs.validate(config)
+    compilation_cache.enable()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     metadata = run_metadata(config, model)
@@ -297,6 +301,7 @@ def _train_epochs(config: configs.Config, workdir: Path, state: train.TrainState
 def load_checkpoint(workdir: str | os.PathLike, epoch: int | None = None, model: Any = None) -> Restored:
     """The best checkpoint of `workdir` (by validation NELBO), or that of `epoch`, restored into the run's model
     (the preset's, or `model`, which a run of a model object needs)."""
+    compilation_cache.enable()
     workdir = Path(workdir)
     if not (workdir / "checkpoints").is_dir():
         raise CheckpointError(f"work directory {workdir} has no checkpoints; run `train --workdir {workdir}` first")
@@ -372,6 +377,101 @@ def evaluate_checkpoint(
     }
     _append_json(workdir / EVAL_FILE, result)
     return result
+
+
+def evaluate_gaps(
+    workdir: str | os.PathLike,
+    split: str = "test",
+    *,
+    model: Any = None,
+    num_examples: int | None = None,
+    steps: int = 500,
+    num_samples: int = 4,
+    learning_rate: float = 5e-2,
+    eval_samples: int = 100,
+    iwae_samples: int = 5000,
+    batch_size: int = 100,
+    eval_seed: int = 0,
+    data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
+    manual_dir: str | os.PathLike | None = None,
+) -> tuple[dict[str, Any], inference.Gaps]:
+    """The inference gaps of the best checkpoint on the first `num_examples` examples of a split (all by default):
+    log p(x), L[q*] and L[q] per example (`inference.amortization_gaps`), summarized with standard errors. Appends two
+    eval lines to `eval.jsonl`, whose protocol cards tell the inference apart: the amortized one (NELBO with
+    `eval_samples` samples, and the NLL with K = `iwae_samples`) and the per-example one (NELBO of q*).
+
+    Args:
+        workdir: the run's work directory.
+        split: `train`, `validation` or `test`.
+        model: the model object of a run that trained one; None for a preset run.
+        num_examples: evaluate the split's first this many examples; None for all.
+        steps, num_samples, learning_rate: the per-example optimization (Adam) from the encoder's output.
+        eval_samples: samples per example of both ELBO estimates.
+        iwae_samples: K of the log p(x) estimate.
+        batch_size: examples at once (memory only).
+        eval_seed: seed of the evaluation's randomness.
+
+    Returns:
+        The summary (means and standard errors of the three numbers, the two gaps and their sum, wall times per
+        example, the protocol card) and the per-example `inference.Gaps`.
+    """
+    workdir = Path(workdir)
+    for name, value in (("--steps", steps), ("--samples", num_samples), ("--eval-samples", eval_samples),
+                        ("--iwae-samples", iwae_samples), ("--batch-size", batch_size)):
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if learning_rate <= 0 or (num_examples is not None and num_examples <= 0):
+        raise ConfigError("--learning-rate and --num-examples must be positive")
+    restored = load_checkpoint(workdir, None, model)
+    config, state = run_config(restored.metadata), restored.state
+    for method in ("posterior", "joint_samples_given_posterior"):
+        if not callable(getattr(state.model, method, None)):
+            raise ConfigError(f"per-example inference needs the model's {method}() (vae_jax.contract); "
+                              f"{contract.describe(state.model)['class']} has none")
+    pixels = data.load_split(config.dataset, split, data_dir=data_dir, manual_dir=manual_dir)[:num_examples]
+    gaps = inference.amortization_gaps(
+        state.model, state.params, jax.device_put(pixels), jax.random.key(eval_seed), steps=steps,
+        num_samples=num_samples, learning_rate=learning_rate, eval_samples=eval_samples, iwae_samples=iwae_samples,
+        batch_size=batch_size, dynamic_binarization=data.is_dynamic(config.dataset))
+    refined = (f"per-example: Adam (learning rate {learning_rate}) on each example's Gaussian, {steps} steps of "
+               f"{num_samples} samples, from the encoder's output")
+    card = functools.partial(protocol.protocol_card, config.dataset, split, len(pixels), eval_seed=eval_seed,
+                             config=restored.metadata, elbo_samples=eval_samples)
+    provenance = {"run": workdir.name, "epoch": restored.epoch, "step": int(state.step)}
+    lines = [
+        {**_means(nelbo=-gaps.elbo_amortized, nll=-gaps.log_px), **provenance, **card(iwae_samples)},
+        {**_means(nelbo=-gaps.elbo_refined), **provenance, **card(None, inference=refined)},
+    ]
+    for line in lines:
+        _append_json(workdir / EVAL_FILE, line)
+    summary = {
+        **_means(log_px=gaps.log_px, elbo_refined=gaps.elbo_refined, elbo_amortized=gaps.elbo_amortized,
+                 approximation_gap=gaps.log_px - gaps.elbo_refined,
+                 amortization_gap=gaps.elbo_refined - gaps.elbo_amortized,
+                 inference_gap=gaps.log_px - gaps.elbo_amortized),
+        "encoder_seconds_per_example": gaps.encoder_seconds, "refine_seconds_per_example": gaps.refine_seconds,
+        **provenance, **card(iwae_samples, inference=refined),
+    }
+    return summary, gaps
+
+
+def write_gaps_csv(path: str | os.PathLike, gaps: inference.Gaps) -> None:
+    """One row per example: its index in the split, log p(x), L[q*], L[q] and the two gaps."""
+    columns = {"log_px": gaps.log_px, "elbo_refined": gaps.elbo_refined, "elbo_amortized": gaps.elbo_amortized,
+               "approximation_gap": gaps.log_px - gaps.elbo_refined,
+               "amortization_gap": gaps.elbo_refined - gaps.elbo_amortized}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    rows = ["index," + ",".join(columns)]
+    rows += [f"{i}," + ",".join(f"{values[i]:.4f}" for values in columns.values()) for i in range(len(gaps.log_px))]
+    Path(path).write_text("\n".join(rows) + "\n")
+
+
+def _means(**values: np.ndarray) -> dict[str, float]:
+    """`{name: mean, name_stderr: standard error of the mean}` of each `[N]` array."""
+    summary = {}
+    for name, array in values.items():
+        summary[name], summary[f"{name}_stderr"] = evaluate.mean_and_stderr(np.asarray(array, np.float64))
+    return summary
 
 
 def write_sample_figures(

@@ -1,0 +1,150 @@
+"""Study 5: what amortizing inference costs and buys (Cremer, Li & Duvenaud, 2018), for trained runs.
+
+    python experiments/amortization.py --runs cs236 default [--manual-dir ../shared/data/binarized_mnist]
+
+For each run (its work directory in `--runs-dir`, trained by `train_and_eval.sh`):
+
+1. `vae_jax gaps` on the whole test split and on the first 1,000 training examples: log p(x) (K = 5000), L[q*]
+   (each example's own Gaussian, Adam from the encoder's output) and L[q] (the encoder's), per example and as
+   means with standard errors; the eval lines go to the run's `eval.jsonl`, the per-example numbers to
+   `results/amortization/<run>_<split>.csv`;
+2. the refinement trace on the first 1,000 test examples, from the encoder's output and from the prior N(0, I): the
+   mean ELBO at each step, and the wall time per example per step, against which the figure plots it.
+
+Writes `results/amortization/summary.json`, `results.md` (the table) and `amortization.png`, and copies each run's
+`eval.jsonl` to `results/<run>/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from vae_jax import data, inference, runner
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "experiments" / "results" / "amortization"
+TRACE_EXAMPLES = 1000
+
+
+def gaps(run: str, workdir: Path, split: str, num_examples: int | None, args: argparse.Namespace) -> dict:
+    """`runner.evaluate_gaps` of one run and split; writes the per-example CSV; returns the summary."""
+    summary, per_example = runner.evaluate_gaps(
+        workdir, split, num_examples=num_examples, steps=args.steps, num_samples=args.samples,
+        learning_rate=args.learning_rate, eval_samples=args.eval_samples, iwae_samples=args.iwae_samples,
+        data_dir=args.data_dir, manual_dir=args.manual_dir)
+    runner.write_gaps_csv(OUT / f"{run}_{split}.csv", per_example)
+    return {"run_name": run, **summary}
+
+
+def trace(workdir: Path, args: argparse.Namespace) -> dict:
+    """Mean negative-ELBO trace of refinement from the encoder and from the prior, and seconds per example-step."""
+    restored = runner.load_checkpoint(workdir)
+    config = runner.run_config(restored.metadata)
+    pixels = jax.device_put(data.load_split(config.dataset, "test", data_dir=args.data_dir)[:TRACE_EXAMPLES])
+    traces = {}
+    for start in inference.STARTS:
+        options = {"steps": args.trace_steps, "num_samples": args.samples, "start": start,
+                   "dynamic_binarization": data.is_dynamic(config.dataset)}
+        compiled = inference.refine_posteriors.lower(restored.state.model, restored.state.params, pixels,
+                                                     jax.random.key(0), learning_rate=args.trace_learning_rate,
+                                                     **options).compile()
+        begin = time.perf_counter()
+        refined = jax.block_until_ready(compiled(restored.state.params, pixels, jax.random.key(0),
+                                                 learning_rate=args.trace_learning_rate))
+        seconds = time.perf_counter() - begin
+        traces[start] = {"mean_nelbo": np.asarray(refined.trace, np.float64).mean(axis=0).round(4).tolist(),
+                         "seconds_per_example_step": seconds / TRACE_EXAMPLES / args.trace_steps}
+    return traces
+
+
+def table(summaries: list[dict]) -> str:
+    lines = ["| run | split (examples) | log p(x) | L[q*] | L[q] | approximation gap | amortization gap | "
+             "inference gap | amortization share | s/example: encoder | s/example: optimization |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    def value(s: dict, name: str) -> str:
+        return f"{s[name]:.2f} ± {s[name + '_stderr']:.2f}"
+
+    for s in summaries:
+        share = s["amortization_gap"] / s["inference_gap"]
+        lines.append(f"| {s['run_name']} | {s['split']} ({s['num_examples']}) | {value(s, 'log_px')} | "
+                     f"{value(s, 'elbo_refined')} | {value(s, 'elbo_amortized')} | {value(s, 'approximation_gap')} | "
+                     f"{value(s, 'amortization_gap')} | {value(s, 'inference_gap')} | {share:.0%} | "
+                     f"{s['encoder_seconds_per_example']:.1e} | {s['refine_seconds_per_example']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(summaries: list[dict], traces: dict[str, dict], path: Path) -> None:
+    """ELBO against refinement steps and against wall time, from the encoder and from the prior, with the amortized
+    ELBO and log p(x) (the test split's) as references."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.2 * len(traces)), dpi=110)
+    for row, (run, run_traces) in enumerate(traces.items()):
+        [test] = [s for s in summaries if s["run_name"] == run and s["split"] == "test"]
+        for column, against in enumerate(("steps", "seconds")):
+            axes = figure.add_subplot(len(traces), 2, 2 * row + column + 1)
+            for start, style in (("encoder", "-"), ("prior", "--")):
+                elbo = -np.asarray(run_traces[start]["mean_nelbo"])
+                x = np.arange(1, len(elbo) + 1, dtype=np.float64)
+                if against == "seconds":
+                    x = x * run_traces[start]["seconds_per_example_step"]
+                axes.plot(x, elbo, style, label=f"per-example Adam from the {start}")
+            encoder_x = test["encoder_seconds_per_example"] if against == "seconds" else 1
+            axes.plot([encoder_x], [test["elbo_amortized"]], "o", color="black", label="L[q]: the encoder, one pass")
+            axes.axhline(test["log_px"], color="grey", linestyle=":", label="log p(x), K = 5000")
+            axes.set_xscale("log")
+            axes.set_ylim(test["elbo_amortized"] - 4 * (test["log_px"] - test["elbo_amortized"]),
+                          test["log_px"] + 0.5 * (test["log_px"] - test["elbo_amortized"]))
+            axes.set(xlabel="Adam steps" if against == "steps" else "seconds per example (this CPU)",
+                     ylabel="mean ELBO, nats", title=f"{run}: first {TRACE_EXAMPLES} test digits")
+            if row == 0 and column == 0:
+                axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", default=["cs236", "default"])
+    parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--manual-dir", default=None)
+    parser.add_argument("--data-dir", default=str(data.DEFAULT_DATA_DIR))
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--trace-steps", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=5e-2)
+    parser.add_argument("--trace-learning-rate", type=float, default=0.1,
+                        help="of the traces, which start from the prior too")
+    parser.add_argument("--eval-samples", type=int, default=100)
+    parser.add_argument("--iwae-samples", type=int, default=5000)
+    args = parser.parse_args()
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    summaries, traces = [], {}
+    for run in args.runs:
+        workdir = Path(args.runs_dir) / run
+        summaries.append(gaps(run, workdir, "test", None, args))
+        summaries.append(gaps(run, workdir, "train", 1000, args))
+        traces[run] = trace(workdir, args)
+        shutil.copy(workdir / runner.EVAL_FILE, REPO / "experiments" / "results" / run / runner.EVAL_FILE)
+        print(table(summaries), flush=True)
+    command = "python experiments/amortization.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in [
+        ("runs", " ".join(args.runs)), ("steps", args.steps), ("trace_steps", args.trace_steps),
+        ("samples", args.samples), ("learning_rate", args.learning_rate),
+        ("trace_learning_rate", args.trace_learning_rate), ("eval_samples", args.eval_samples),
+        ("iwae_samples", args.iwae_samples)])
+    (OUT / "summary.json").write_text(json.dumps({"command": command, "summaries": summaries, "traces": traces},
+                                                 indent=1) + "\n")
+    (OUT / "results.md").write_text(table(summaries))
+    figure(summaries, traces, OUT / "amortization.png")
+
+
+if __name__ == "__main__":
+    main()
