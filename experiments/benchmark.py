@@ -74,7 +74,8 @@ def compiled_jax_epoch(case: dict, pixels) -> tuple[Callable, Any, Any, float]:
     model = builders.build_model(ModelConfig(latent_dim, encoder_hidden, decoder_hidden,
                                              compute_dtype=case.get("dtype", "float32")))
     mesh = parallel.data_mesh() if case.get("data_parallel") else None
-    state = parallel.replicate(train.create_train_state(jax.random.key(0), model, optax.adam(1e-3)), mesh)
+    tx = optax.flatten(optax.adam(1e-3)) if case.get("flatten") else optax.adam(1e-3)
+    state = parallel.replicate(train.create_train_state(jax.random.key(0), model, tx), mesh)
     data = parallel.replicate(pixels, mesh)
     start = time.perf_counter()
     epoch_fn = train.train_epoch_jit.lower(state, data, jax.random.key(1), batch_size=case["batch"],
@@ -82,9 +83,103 @@ def compiled_jax_epoch(case: dict, pixels) -> tuple[Callable, Any, Any, float]:
     return epoch_fn, state, data, time.perf_counter() - start
 
 
+def minimal_jax_epoch(case: dict, pixels) -> tuple[Callable, Any, Any, float]:
+    """A minimal JAX epoch of the same model, for comparison: Flax Dense layers, one `lax.scan` over the epoch's
+    batches, `optax.adam`, true float32 products; no per-example keys (one noise draw per step), no finiteness
+    guard, no metrics but the loss. Returns what `compiled_jax_epoch` returns."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    latent_dim, encoder_hidden, decoder_hidden = ARCHITECTURES[case["model"]]
+
+    def mlp(widths: tuple, out: int) -> nn.Module:
+        layers = [layer for w in widths for layer in (nn.Dense(w, precision="highest"), nn.elu)]
+        return nn.Sequential([*layers, nn.Dense(out, precision="highest")])
+
+    encoder, decoder = mlp(encoder_hidden, 2 * latent_dim), mlp(decoder_hidden, 784)
+    keys = jax.random.split(jax.random.key(0), 2)
+    params = {"encoder": encoder.init(keys[0], jnp.zeros((1, 784))),
+              "decoder": decoder.init(keys[1], jnp.zeros((1, latent_dim)))}
+    tx = optax.adam(1e-3)
+
+    def loss(params: Any, x: jax.Array, eps: jax.Array) -> jax.Array:
+        mean, logvar = jnp.split(encoder.apply(params["encoder"], x), 2, axis=-1)
+        logits = decoder.apply(params["decoder"], mean + jnp.exp(0.5 * logvar) * eps)
+        rec = jnp.sum(jax.nn.softplus(logits) - x * logits, axis=-1)
+        kl = 0.5 * jnp.sum(mean**2 + jnp.exp(logvar) - logvar - 1, axis=-1)
+        return jnp.mean(rec + kl)
+
+    def epoch(state: Any, data: jax.Array, key: jax.Array) -> tuple[Any, jax.Array]:
+        steps = data.shape[0] // case["batch"]
+        order = jax.random.permutation(key, data.shape[0])[: steps * case["batch"]].reshape(steps, -1)
+
+        def step(carry: Any, indices: jax.Array) -> tuple[Any, jax.Array]:
+            params, opt_state, step_key = carry
+            step_key, noise_key = jax.random.split(step_key)
+            x = data[indices].astype(jnp.float32)
+            value, grads = jax.value_and_grad(loss)(params, x, jax.random.normal(noise_key, (len(x), latent_dim)))
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state, step_key), value
+
+        (params, opt_state, _), losses = jax.lax.scan(step, (*state, key), order)
+        return (params, opt_state), losses
+
+    data = jax.device_put(pixels)
+    state = (params, tx.init(params))
+    start = time.perf_counter()
+    epoch_fn = jax.jit(epoch).lower(state, data, jax.random.key(1)).compile()
+    return epoch_fn, state, data, time.perf_counter() - start
+
+
+def step_kernels(hlo_text: str) -> int:
+    """Instructions that launch work in the body of the epoch's loop (the `lax.scan` over steps) of a compiled
+    module: on a GPU each is a kernel or a library call; constants, parameters, tuples and bitcasts are not counted."""
+    computations = hlo_computations(hlo_text)
+    bodies = [re.search(r"body=%?([\w.\-]+)", text).group(1) for body in computations.values()
+              for text in body.values() if " while(" in text]
+    inert = (" parameter(", " get-tuple-element(", " tuple(", " constant(", " bitcast(")
+    return max((sum(not any(op in f" {text}" for op in inert) for text in computations[name].values())
+                for name in bodies), default=0)
+
+
+def exported_step_ops(case: dict, platform_name: str = "cuda") -> dict[str, int]:
+    """The StableHLO operations of the vae_jax epoch of `case` exported for `platform_name` (no device needed): what
+    the step asks of the compiler before fusion, by kind."""
+    import jax
+    import numpy as np
+    import optax
+    from jax import export
+
+    from vae_jax import builders, train
+    from vae_jax.configs import ModelConfig
+
+    model = builders.build_model(ModelConfig(*ARCHITECTURES[case["model"]]))
+    tx = optax.flatten(optax.adam(1e-3)) if case.get("flatten") else optax.adam(1e-3)
+    state = train.create_train_state(jax.random.key(0), model, tx)
+    pixels = np.zeros((10 * case["batch"], 784), np.uint8)
+    exported = export.export(jax.jit(lambda s, p, k: train.train_epoch(s, p, k, batch_size=case["batch"])),
+                             platforms=[platform_name])(state, pixels, jax.random.key(1))
+    counts = Counter(re.findall(r"= (stablehlo\.[a-z_]+)", exported.mlir_module()))
+    return {"total": sum(counts.values()), "dot_general": counts["stablehlo.dot_general"],
+            "reduce": counts["stablehlo.reduce"], "select": counts["stablehlo.select"]}
+
+
 def jax_case(case: dict, pixels) -> dict:
     import jax
 
+    if case.get("minimal"):
+        epoch_fn, state, data, compile_seconds = minimal_jax_epoch(case, pixels)
+
+        def run_epoch(epoch: int) -> None:
+            holder["state"], losses = epoch_fn(holder["state"], data, jax.random.fold_in(jax.random.key(1), epoch))
+            jax.block_until_ready(losses)
+
+        holder = {"state": state}
+        times = _timed_epochs(run_epoch, case["epochs"])
+        return {"epoch_times": times, "compile_seconds": compile_seconds, **_peak_memory(),
+                "device": str(jax.devices()[0]), "step_kernels": step_kernels(epoch_fn.as_text())}
     epoch_fn, state, data, compile_seconds = compiled_jax_epoch(case, pixels)
     holder = {"state": state}
 
@@ -98,7 +193,7 @@ def jax_case(case: dict, pixels) -> dict:
     if "peak_bytes_in_use" in stats:
         memory["peak_device_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
     return {"epoch_times": times, "compile_seconds": compile_seconds, **memory, "device": str(jax.devices()[0]),
-            "matmul_kernels": matmul_kernels(epoch_fn.as_text())}
+            "matmul_kernels": matmul_kernels(epoch_fn.as_text()), "step_kernels": step_kernels(epoch_fn.as_text())}
 
 
 def hlo_computations(hlo_text: str) -> dict[str, dict[str, str]]:
@@ -143,7 +238,7 @@ def torch_case(case: dict, pixels) -> dict:
     torch.manual_seed(0)
     latent_dim, encoder_hidden, decoder_hidden = ARCHITECTURES[case["model"]]
     model = TorchVAE(latent_dim, list(encoder_hidden), list(decoder_hidden)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=case.get("fused", False))
     data = torch.tensor(pixels, dtype=torch.float32, device=device)
 
     def loss_fn(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -199,16 +294,26 @@ def iwae_case(case: dict, pixels) -> dict:
 
 
 def matmul_peak(size: int = 2048, repeats: int = 20) -> dict:
-    """float32 GFLOP/s of a square matrix product, best of `repeats`, in JAX and in PyTorch."""
+    """True-float32 GFLOP/s of a square matrix product, best of `repeats`, in JAX and in PyTorch, each on the device
+    its training runs on (JAX's default device; CUDA for PyTorch where there is one) and at the precision it trains
+    with (`highest` in JAX; PyTorch's default, no TF32)."""
     import jax
     import torch
 
     a = jax.random.normal(jax.random.key(0), (size, size))
-    product = jax.jit(lambda x: x @ x)
+    product = jax.jit(lambda x: jax.numpy.matmul(x, x, precision="highest"))
     product(a).block_until_ready()
     best_jax = min(_time(lambda: product(a).block_until_ready()) for _ in range(repeats))
-    t = torch.randn(size, size)
-    best_torch = min(_time(lambda: t @ t) for _ in range(repeats))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t = torch.randn(size, size, device=device)
+
+    def torch_product() -> None:
+        t @ t
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    torch_product()
+    best_torch = min(_time(torch_product) for _ in range(repeats))
     flops = 2 * size**3
     return {"jax_gflops": flops / best_jax / 1e9, "torch_gflops": flops / best_torch / 1e9}
 
@@ -222,6 +327,10 @@ def _time(fn) -> float:
 def worker(case: dict) -> dict:
     if "cpus" in case:  # pin to these cores before a framework sizes its thread pools
         os.sched_setaffinity(0, case["cpus"])
+    if os.environ.get("VAE_JAX_COMPILATION_CACHE"):  # benchmark.py --compilation-cache: the cases share one
+        from vae_jax import compilation_cache
+
+        compilation_cache.enable()
     from vae_jax import data as vae_data
 
     if case["framework"] == "peak":
@@ -338,12 +447,25 @@ def _ratio_text(result: dict) -> str:
 IMPLEMENTATIONS = {"jax": "vae_jax", "torch": "PyTorch eager", "torch_compile": "torch.compile"}
 
 
+def implementation(result: dict) -> str:
+    """The table's name of a case: its framework, and what it changes."""
+    name = "minimal JAX step" if result.get("minimal") else IMPLEMENTATIONS[result["framework"]]
+    details = [result["dtype"]] if "dtype" in result else []
+    if result.get("flatten"):
+        details.append("Adam on one flattened vector")
+    if result.get("fused"):
+        details.append("fused Adam")
+    if result.get("xla_flags"):
+        details.append(f"XLA_FLAGS={result['xla_flags']}")
+    return name + (f" ({', '.join(details)})" if details else "")
+
+
 def markdown_report(report: dict) -> str:
-    """The README's performance table and the machine, peak and evaluation figures under it, from `report`."""
+    """The performance table and the machine, peak and evaluation figures under it, from `report`."""
     lines = ["| model | implementation | batch | s/epoch | examples/s | compile s | peak MB | % of matmul peak "
              "| time vs PyTorch eager |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["training"]:
-        name = IMPLEMENTATIONS[r["framework"]] + (f" {r['dtype']}" if "dtype" in r else "")
+        name = implementation(r)
         if "seconds_per_epoch" not in r:
             lines.append(f"| {r['model']} | {name} | {r['batch']} | error: {r.get('error')} | | | | | |")
             continue
@@ -359,7 +481,37 @@ def markdown_report(report: dict) -> str:
     if iwae and "seconds" in iwae:
         lines[-1] += (f" K = {iwae['k']} importance-weighted evaluation of the 10,000 test images "
                       f"({iwae['model']} model): {iwae['seconds']:.1f} s.")
+    kernels = [(implementation(r), r["step_kernels"]) for r in report["training"]
+               if "step_kernels" in r and r["model"] == "cs236" and r["batch"] == 100]
+    if kernels:
+        lines += ["", "Launches per step of the compiled cs236 epoch (instructions in the loop's body): "
+                  + "; ".join(f"{name} {count}" for name, count in kernels) + "."]
+    if report.get("exported_step_ops"):
+        ops = report["exported_step_ops"]
+        lines += ["", "The cs236 epoch exported for CUDA (StableHLO, before fusion): "
+                  + "; ".join(f"{name}: {counts['total']} operations ({counts['reduce']} reductions, "
+                              f"{counts['select']} selects)" for name, counts in ops.items()) + "."]
     return markdown(lines)
+
+
+def cases(kind: str, common: dict) -> list[dict]:
+    """The cases of a run: `cpu` (the committed CPU table), or `gpu`, which adds what a GPU's step is measured
+    against (a minimal JAX step, Adam on one flattened vector, PyTorch's fused Adam, XLA's autotuning off) and
+    drops the slow torch.compile of the large model."""
+    listed = [{"framework": f, "model": m, "batch": 100, **common}
+              for m in ARCHITECTURES for f in ("jax", "torch", "torch_compile")
+              if not (kind == "gpu" and m == "large" and f == "torch_compile")]
+    listed += [{"framework": "jax", "model": "cs236", "batch": 100, "dtype": "bfloat16", **common}]
+    listed += [{"framework": f, "model": "cs236", "batch": b, **common} for b in (1024, 4096) for f in ("jax", "torch")]
+    if kind == "gpu":
+        autotune_off = "--xla_gpu_autotune_level=0"
+        listed += [{"framework": "jax", "model": "cs236", "batch": 100, "minimal": True, **common},
+                   {"framework": "jax", "model": "cs236", "batch": 100, "minimal": True, "xla_flags": autotune_off,
+                    **common},
+                   {"framework": "jax", "model": "cs236", "batch": 100, "xla_flags": autotune_off, **common},
+                   {"framework": "jax", "model": "cs236", "batch": 100, "flatten": True, **common},
+                   {"framework": "torch", "model": "cs236", "batch": 100, "fused": True, **common}]
+    return listed
 
 
 def main() -> None:
@@ -370,23 +522,24 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per case, after one warm-up epoch")
     parser.add_argument("--rounds", type=int, default=3, help="times each case runs, all cases in turn each time")
     parser.add_argument("--iwae-k", type=int, default=5000, help="0 skips the importance-weighted evaluation")
+    parser.add_argument("--cases", choices=("cpu", "gpu"), default="cpu", help="which cases (see `cases`)")
+    parser.add_argument("--compilation-cache", default=None,
+                        help="a folder for one compilation cache of all cases (on a GPU, XLA's autotuning results of "
+                             "one case's matrix products then serve the next); default: none")
     parser.add_argument("--out", default="experiments/results/benchmark_cpu.json")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
 
-    common = {"epochs": args.epochs, "manual_dir": args.manual_dir}
-    cases = [{"framework": f, "model": m, "batch": 100, **common}
-             for m in ARCHITECTURES for f in ("jax", "torch", "torch_compile")]
-    cases += [{"framework": "jax", "model": "cs236", "batch": 100, "dtype": "bfloat16", **common}]
-    cases += [{"framework": f, "model": "cs236", "batch": b, **common}
-              for b in (1024, 4096) for f in ("jax", "torch")]
+    if args.compilation_cache:
+        os.environ["VAE_JAX_COMPILATION_CACHE"] = args.compilation_cache
+    listed = cases(args.cases, {"epochs": args.epochs, "manual_dir": args.manual_dir})
     peak = run_case({"framework": "peak"})
     peak_gflops = max(peak.get("jax_gflops", 0), peak.get("torch_gflops", 0))
     rounds = []
     for _ in range(args.rounds):
-        rounds.append([run_case(case) for case in cases])
+        rounds.append([run_case(case, case.get("xla_flags", "")) for case in listed])
         print(json.dumps([case_seconds(r) for r in rounds[-1]]), flush=True)
     results = [summarize(merge_rounds(list(runs)), peak_gflops) for runs in zip(*rounds)]
     add_time_ratios(results, rounds)
@@ -397,7 +550,11 @@ def main() -> None:
         iwae = run_case({"framework": "iwae", "model": "cs236", "k": args.iwae_k, "batch": 100, "chunk": 500,
                          "manual_dir": args.manual_dir})
         print(json.dumps(iwae), flush=True)
-    save_report({"matmul_peak": peak, "training": results, "iwae_eval": iwae}, args.out, markdown_report)
+    exported = {implementation(case): exported_step_ops(case)
+                for case in ({"framework": "jax", "model": "cs236", "batch": 100},
+                             {"framework": "jax", "model": "cs236", "batch": 100, "flatten": True})}
+    save_report({"matmul_peak": peak, "training": results, "iwae_eval": iwae, "exported_step_ops": exported},
+                args.out, markdown_report)
 
 
 if __name__ == "__main__":

@@ -87,8 +87,13 @@ def worker(argv: list[str], checkout: str) -> dict:
     code = cli.main(argv)
     total = time.perf_counter() - start
     phases["other"] = total - sum(phases.values())
-    return {"exit_code": code, "inside_seconds": total, "phases": dict(phases), "counts": dict(counts),
-            "checkout": checkout}
+    report = {"exit_code": code, "inside_seconds": total, "phases": dict(phases), "counts": dict(counts),
+              "checkout": checkout}
+    eval_file = Path(argv[argv.index("--workdir") + 1]) / "eval.jsonl"
+    if argv[0] == "eval" and eval_file.exists():
+        line = json.loads(eval_file.read_text().splitlines()[-1])
+        report["result"] = {name: line.get(name) for name in ("nelbo", "nelbo_stderr", "nll", "nll_stderr", "kl")}
+    return report
 
 
 def run_command(argv: list[str], checkout: Path, cache: str, manual_dir: str | None, data_dir: str) -> dict:
@@ -108,9 +113,9 @@ def run_command(argv: list[str], checkout: Path, cache: str, manual_dir: str | N
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "wall_seconds": wall}
 
 
-def commands(workdir: Path, iwae_samples: int) -> dict[str, list[str]]:
-    cases = {"train --epochs 1": ["train", "--workdir", str(workdir), "--config", "cs236", "--epochs", "1",
-                                  "--no-progress"],
+def commands(workdir: Path, iwae_samples: int, epochs: int) -> dict[str, list[str]]:
+    cases = {f"train --epochs {epochs}": ["train", "--workdir", str(workdir), "--config", "cs236", "--epochs",
+                                          str(epochs), "--no-progress"],
              "eval --split test": ["eval", "--workdir", str(workdir), "--split", "test"]}
     if iwae_samples:
         cases[f"eval --iwae-samples {iwae_samples}"] = [*cases["eval --split test"], "--iwae-samples",
@@ -122,13 +127,13 @@ def one_round(checkouts: dict[str, Path], scratch: Path, args: argparse.Namespac
     """Every command of every checkout and cache variant once, in turn."""
     results = []
     for code, checkout in checkouts.items():
-        for variant in VARIANTS if code == "this" else ("off",):
+        for variant in args.variants if code == "this" else ("off",):
             cache = "off" if variant == "off" else str(scratch / f"cache-{code}")
             if variant == "cold":
                 shutil.rmtree(cache, ignore_errors=True)
             workdir = scratch / f"run-{code}-{variant}"
             shutil.rmtree(workdir, ignore_errors=True)
-            for name, argv in commands(workdir, args.iwae_samples).items():
+            for name, argv in commands(workdir, args.iwae_samples, args.train_epochs).items():
                 result = run_command(argv, checkout, cache, args.manual_dir, args.data_dir)
                 results.append({"code": code, "variant": variant, "command": name, **result})
                 print(json.dumps({k: v for k, v in results[-1].items() if k != "phases"}), flush=True)
@@ -149,6 +154,8 @@ def summarize(runs: list[dict]) -> list[dict]:
             row["phases"] = {phase: statistics.median(run["phases"].get(phase, 0.0) for run in good)
                              for phase in PHASES}
             row["counts"] = good[-1]["counts"]
+            if "result" in good[-1]:
+                row["result"] = good[-1]["result"]
         else:
             row["error"] = group[-1].get("error")
         rows.append(row)
@@ -183,6 +190,9 @@ def main() -> None:
     parser.add_argument("--baseline-checkout", default=None, help="an older checkout of vae_jax to time beside")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iwae-samples", type=int, default=0, help="also time eval with this K (0: no)")
+    parser.add_argument("--train-epochs", type=int, default=1, help="epochs of the timed `train` (cs236)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="cache variants of this checkout (in this order: cold before warm)")
     parser.add_argument("--out", default="experiments/results/time_to_result_cpu.json")
     args = parser.parse_args()
     checkouts = {"this": REPO}

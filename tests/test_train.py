@@ -206,3 +206,18 @@ def test_a_batch_larger_than_the_split_is_refused(small_model, binary_pixels):
 
     with pytest.raises(ConfigError, match="batch_size=65 does not fit the 64 training examples"):
         train.train_epoch(_state(small_model), jnp.asarray(binary_pixels), jax.random.key(0), batch_size=65)
+
+
+def test_adam_on_one_flattened_vector_takes_the_same_steps(small_model, binary_pixels):
+    """`optim.flatten`: the optimizer's state is one vector per moment, and the epoch ends where the per-tensor
+    optimizer's does, up to float32 rounding."""
+    per_tensor = configs.OptimConfig(learning_rate=1e-2)
+    flattened = configs.OptimConfig(learning_rate=1e-2, flatten=True)
+    states = [train.create_train_state(jax.random.key(0), small_model, builders.build_optimizer(optim, 4))
+              for optim in (per_tensor, flattened)]
+    size = sum(leaf.size for leaf in jax.tree.leaves(states[0].params))
+    assert {leaf.shape for leaf in jax.tree.leaves(states[1].opt_state)} == {(), (size,)}
+    ends = [train.train_epoch_jit(state, jnp.asarray(binary_pixels), jax.random.key(3), batch_size=16)[0]
+            for state in states]
+    for a, b in zip(jax.tree.leaves(ends[0].params), jax.tree.leaves(ends[1].params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

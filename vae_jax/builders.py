@@ -52,9 +52,9 @@ def build_model(config: configs.ModelConfig) -> Model:
 def build_optimizer(config: configs.OptimConfig, total_steps: int) -> optax.GradientTransformation:
     """The Optax optimizer that `config` describes; `total_steps` sets the length of a cosine schedule.
 
-    The state's structure depends only on `config.name`: clipping and schedule are always present (as
-    `identity` and a constant schedule when off), so a run can resume with another learning rate, schedule
-    or clipping norm.
+    The state's structure depends only on `config.name` and `config.flatten`: clipping and schedule are always present
+    (as `identity` and a constant schedule when off), so a run can resume with another learning rate, schedule or
+    clipping norm.
     """
     if config.schedule == "cosine":
         learning_rate = optax.cosine_decay_schedule(config.learning_rate, total_steps, config.final_lr_fraction)
@@ -67,7 +67,8 @@ def build_optimizer(config: configs.OptimConfig, total_steps: int) -> optax.Grad
     else:
         optimizer = optax.adam(learning_rate)
     clip = optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm > 0 else optax.identity()
-    return optax.chain(clip, optimizer)
+    chain = optax.chain(clip, optimizer)
+    return optax.flatten(chain) if config.flatten else chain
 
 
 def build_objective(config: configs.Config) -> Objective:

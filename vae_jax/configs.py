@@ -85,6 +85,9 @@ class OptimConfig:
         grad_clip_norm: clip the global gradient norm to this value; 0 disables clipping.
         weight_decay: decoupled weight decay (adamw only).
         momentum: the momentum of `sgd` (heavy ball; sgd only).
+        flatten: run the optimizer on one vector of all parameters (`optax.flatten`): a few large element-wise
+            operations per step instead of a few per parameter tensor, for accelerators, where each is a kernel
+            launch. The same update up to float32 rounding; a checkpoint keeps the layout it was saved with.
     """
 
     name: str = "adam"
@@ -94,6 +97,7 @@ class OptimConfig:
     grad_clip_norm: float = 0.0
     weight_decay: float = 0.0
     momentum: float = 0.9
+    flatten: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
