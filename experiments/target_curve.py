@@ -16,13 +16,16 @@ from matplotlib.figure import Figure
 from study_report import RESULTS, json_lines
 
 RUNS = {"default": "standard VAE (default preset)",
-        "default_vampprior": "VampPrior (default preset + model.prior=vamp)"}
-TARGETS = {"standard VAE": 88.7, "best configuration": 85.5}
+        "default_vampprior": "VampPrior (default + model.prior=vamp)",
+        "vampprior": "VampPrior, one layer (vampprior preset)",
+        "hvae_vampprior": "HVAE + VampPrior (hvae_vampprior preset)"}
+TARGETS = {"one-layer VampPrior": 85.5, "best model shipped": 84.0}
 
 
 def summarize(run: str) -> dict:
     metrics = json_lines(RESULTS / run / "metrics.jsonl")
-    result = [line for line in json_lines(RESULTS / run / "eval.jsonl") if line.get("iwae_k") == 5000][-1]
+    result = [line for line in json_lines(RESULTS / run / "eval.jsonl")
+              if line.get("iwae_k") == 5000 and line["split"] == "test" and line.get("elbo_samples", 1) == 1][-1]
     val = [line["val_nelbo"] for line in metrics]
     return {
         "run": run, "epochs": len(metrics), "test_nll": result["nll"], "test_nll_stderr": result["nll_stderr"],
@@ -45,7 +48,7 @@ def main() -> None:
         axes.axhline(target, linestyle="--", color="gray", linewidth=1)
         axes.annotate(f"target, {name}: {target}", (1, target), textcoords="offset points", xytext=(2, 3),
                       fontsize=8)
-    axes.set(xlabel="epoch", ylabel="nats", ylim=(84, 100), title="learning curves and the NLL targets")
+    axes.set(xlabel="epoch", ylabel="nats", ylim=(82, 100), title="learning curves and the NLL targets")
     axes.legend(fontsize=8, loc="upper right")
     figure.savefig(RESULTS / "target_curve.png")
     summary = [{key: value for key, value in run.items() if key != "val_nelbo"} for run in runs]

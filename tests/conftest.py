@@ -10,11 +10,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import builders, configs
+from vae_jax import builders, configs, models
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ENV = "VAE_JAX_DATA"
@@ -60,3 +62,21 @@ def small_model():
 def binary_pixels() -> np.ndarray:
     """`[64, 784]` uint8 random 0/1 images."""
     return (np.random.default_rng(0).random((64, 784)) < 0.3).astype(np.uint8)
+
+
+class Linear1d(nn.Module):
+    """Decoder of a 1-D latent: logits = w z + b, so that every density of the model is a 1-D integral."""
+
+    @nn.compact
+    def __call__(self, z):
+        return nn.Dense(784)(z)
+
+
+@pytest.fixture
+def one_dimensional_model():
+    """A `models.VAE` with a 1-D latent and a linear decoder (its weights halved), and its parameters: log p(x),
+    every ELBO and the posterior are integrals that quadrature computes exactly."""
+    model = models.VAE(models.Encoder(latent_dim=1, hidden=(8,)), Linear1d())
+    params = model.init(jax.random.key(2), jnp.zeros(784))
+    params["decoder"] = jax.tree.map(lambda p: p * 0.5, params["decoder"])
+    return model, params

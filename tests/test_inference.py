@@ -1,31 +1,15 @@
 """Per-example inference: L[q] <= L[q*] <= log p(x) by quadrature on a 1-D latent space, the same q* alone or in a
 batch, and the same Adam steps as PyTorch on the same noise (float64)."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
 from tests.torch_reference import TorchVAE
-from vae_jax import builders, configs, inference, models, objective
+from vae_jax import builders, configs, inference, objective
 
 GRID = np.linspace(-12, 12, 48001)
-
-
-class _Linear1d(nn.Module):
-    """Decoder of a 1-D latent: logits = w z + b, so that every density of the model is a 1-D integral."""
-
-    @nn.compact
-    def __call__(self, z):
-        return nn.Dense(784)(z)
-
-
-def _one_dimensional_model():
-    model = models.VAE(models.Encoder(latent_dim=1, hidden=(8,)), _Linear1d())
-    params = model.init(jax.random.key(2), jnp.zeros(784))
-    params["decoder"] = jax.tree.map(lambda p: p * 0.5, params["decoder"])
-    return model, params
 
 
 def _log_joint_on_grid(model, params, x):
@@ -40,10 +24,10 @@ def _elbo_by_quadrature(log_joint, mean, logvar):
     return float(np.sum(np.exp(log_q) * (log_joint - log_q)) * (GRID[1] - GRID[0]))
 
 
-def test_refined_elbo_lies_between_the_amortized_elbo_and_log_p_by_quadrature():
+def test_refined_elbo_lies_between_the_amortized_elbo_and_log_p_by_quadrature(one_dimensional_model):
     from scipy.optimize import minimize
 
-    model, params = _one_dimensional_model()
+    model, params = one_dimensional_model
     pixels = (np.random.default_rng(3).random((6, 784)) < 0.3).astype(np.uint8)
     refined = inference.refine_posteriors(model, params, jnp.asarray(pixels), jax.random.key(0), steps=1500,
                                           num_samples=8, learning_rate=0.1, batch_size=4)

@@ -84,15 +84,19 @@ def test_the_hierarchical_vae_keeps_the_contract(prior, binary_pixels):
     samples = model.joint_samples(params, x, jax.random.key(1), 4)
     assert samples.log_likelihood.shape == samples.log_prior.shape == samples.log_posterior.shape == (4,)
     assert samples.kl is None and samples.posterior_mean.shape == (3,)
-    # log p(x, z) of the sampled z equals log p(x|z) + log p(z) of the samples.
+    # A factorized posterior centred on a sampled (z1, z2), with zero noise: that sample's log p(x|z) and log p(z).
     eps1, eps2 = jax.random.normal(jax.random.key(2), (2, 1, 3))
     one = model.module.apply(params, x, eps1, eps2, method="joint_samples_from_noise")
     mean2, logvar2 = model.module.apply(params, x, method=lambda m, x: m.q_z2(x))
     z2 = mean2 + jnp.exp(0.5 * logvar2) * eps2[0]
     mean1, logvar1 = model.module.apply(params, x, z2, method="q_z1")
     z1 = mean1 + jnp.exp(0.5 * logvar1) * eps1[0]
-    np.testing.assert_allclose(model.log_joint(params, x, {"z1": z1, "z2": z2}),
-                               one.log_likelihood[0] + one.log_prior[0], rtol=1e-5)
+    zero = {"z1": jnp.zeros((1, 3)), "z2": jnp.zeros((1, 3))}
+    given = model.joint_samples_given_posterior(params, x, {"z1": z1, "z2": z2}, {"z1": logvar1, "z2": logvar2}, zero)
+    np.testing.assert_allclose(given.log_likelihood, one.log_likelihood, rtol=1e-5)
+    np.testing.assert_allclose(given.log_prior, one.log_prior, rtol=1e-5)
+    mean, logvar = model.posterior(params, x)
+    assert set(mean) == set(logvar) == {"z1", "z2"} and mean["z2"].shape == (3,)
     assert model.generate(params, jax.random.key(3), 6).shape == (6, 784)
     assert model.reconstruct(params, jnp.asarray(binary_pixels[:2], jnp.float32)).shape == (2, 784)
     assert model.encode(params, jnp.asarray(binary_pixels[:2], jnp.float32)).shape == (2, 3)

@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import flax.linen as nn
@@ -128,11 +130,20 @@ def describe(model: Any) -> dict[str, Any]:
     own = getattr(model, "describe", None)
     if callable(own):
         return own()
-    description: dict[str, Any] = {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
+    description: dict[str, Any] = {"class": f"{_module_name(type(model))}.{type(model).__qualname__}"}
     for field in dataclasses.fields(model):
         if field.name not in ("parent", "name"):  # Flax's own bookkeeping
             description[field.name] = _describe_value(getattr(model, field.name))
     return description
+
+
+def _module_name(cls: type) -> str:
+    """The module of a class, named the same whether its file was imported or run as a script (`__main__`)."""
+    if cls.__module__ != "__main__":
+        return cls.__module__
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else Path(getattr(main, "__file__", "__main__")).stem
 
 
 def _describe_value(value: Any) -> Any:
