@@ -84,8 +84,14 @@ def steps_per_epoch(config: configs.Config) -> int:
 
 
 def template_state(config: configs.Config, model: Any = None) -> TrainState:
-    """The freshly initialized train state of a run (also the structure that its checkpoints restore into): the
-    model `config.model` describes, or `model` where given, initialized with the run's `init` key."""
+    """The freshly initialized train state of a run: the model `config.model` describes, or `model` where given,
+    initialized with the run's `init` key."""
     model = build_model(config.model) if model is None else as_model(model)
     tx = build_optimizer(config.optim, total_steps=steps_per_epoch(config) * config.epochs)
     return create_train_state(run_keys(jax.random.key(config.seed)).init, model, tx)
+
+
+def abstract_state(config: configs.Config, model: Any = None) -> TrainState:
+    """The shapes and dtypes of `template_state` (`jax.ShapeDtypeStruct` leaves), traced without initializing or
+    compiling anything: what a checkpoint restores into."""
+    return jax.eval_shape(lambda: template_state(config, model))

@@ -162,7 +162,8 @@ class Checkpointer:
         """Restores `epoch` (default: the latest readable one) into the structure of `template`.
 
         Args:
-            template: a train state of the run's shapes, e.g. a freshly created one.
+            template: a train state of the run's shapes: a freshly created one, or its shapes alone
+                (`builders.abstract_state`, which initializes nothing).
             key_template: a typed key of the run's key type, e.g. `jax.random.key(0)`.
             epoch: a given epoch, which must restore; None tries the latest, then older ones.
 
@@ -174,7 +175,7 @@ class Checkpointer:
         if not candidates or (epoch is not None and epoch not in self._manager.all_steps()):
             raise CheckpointError(f"no checkpoint{'' if epoch is None else f' for epoch {epoch}'} in {self.workdir}; "
                                   f"train first, or pick one of {self.epochs()}")
-        target = jax.tree.map(np.asarray, _state_tree(template, key_template))
+        target = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), _state_tree(template, key_template))
         skipped = []
         for candidate in candidates:
             self.check_layout(candidate, template)

@@ -208,17 +208,16 @@ def train_and_evaluate(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     metadata = run_metadata(config, model)
-    template = builders.template_state(config, model)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, clean_unfinished=True)
     try:
-        restored = _resume_or_start(checkpointer, metadata, template)
+        restored = _resume_or_start(checkpointer, metadata, builders.abstract_state(config, model))
     except BaseException:
         checkpointer.close()
         raise
     for epoch, reason in restored.skipped if restored else []:
         log(f"warning: checkpoint of epoch {epoch} is unreadable ({reason}); moved aside, resuming before it")
     state, root_key, done = ((restored.state, restored.key, restored.epoch) if restored
-                             else (template, jax.random.key(config.seed), 0))
+                             else (builders.template_state(config, model), jax.random.key(config.seed), 0))
     metrics = MetricsLog(workdir, tensorboard)
     metrics.truncate(done)
     if done >= config.epochs:
@@ -315,7 +314,7 @@ def load_checkpoint(workdir: str | os.PathLike, epoch: int | None = None, model:
         metadata = checkpointer.read_metadata(chosen if chosen in epochs else epochs[-1])
         if model is None and not _is_preset_model(metadata):
             raise _custom_model_error(metadata, workdir)
-        return checkpointer.restore(builders.template_state(run_config(metadata), model), jax.random.key(0),
+        return checkpointer.restore(builders.abstract_state(run_config(metadata), model), jax.random.key(0),
                                     epoch=chosen)
     finally:
         checkpointer.close()
