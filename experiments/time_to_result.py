@@ -8,9 +8,10 @@ run with the cache off, then with an empty cache folder (cold) and again with it
 in turn, and, with `--baseline-checkout`, the same commands of that (older) checkout of vae_jax in the same rounds.
 The worker times the phases from inside: the imports, data loading (`data.load_split`), tracing, lowering and
 compiling every jitted function (JAX's monitoring events; a compile that the cache answers counts as its
-retrieval), checkpoint saves and restores (until the call returns: a save in the background goes on beside), the
-training epoch and the evaluations run (less their compilation); the rest, "other", is the interpreter, the
-initialization of the model, the host work between these.
+retrieval; functions compiled side by side count in full), checkpoint saves and restores (until the call returns:
+a save in the background goes on beside), the epochs with their validation (`metrics.jsonl`'s `seconds`) and the
+evaluations of `eval` (less their compilation); the rest, "other", is the interpreter, the initialization of the
+model, the host work between these.
 Writes `--out` (JSON) with the machine's description and prints the tables.
 """
 
@@ -41,7 +42,7 @@ def worker(argv: list[str], checkout: str) -> dict:
     start = time.perf_counter()
     import jax
 
-    from vae_jax import cli, data, evaluate, train
+    from vae_jax import cli, data, evaluate
     from vae_jax.checkpoint import Checkpointer
 
     phases: dict[str, float] = defaultdict(float)
@@ -81,11 +82,13 @@ def worker(argv: list[str], checkout: str) -> dict:
     timed(data, "load_split", "data")
     timed(Checkpointer, "save", "checkpoint save")
     timed(Checkpointer, "restore", "checkpoint restore")
-    timed(train, "train_epoch_jit", "epochs")
-    for name in ("evaluate_elbo", "evaluate_iwae"):
+    for name in ("evaluate_elbo", "evaluate_iwae"):  # `eval` calls them; `train` compiles its own beforehand
         timed(evaluate, name, "evaluation")
     code = cli.main(argv)
     total = time.perf_counter() - start
+    metrics = Path(argv[argv.index("--workdir") + 1]) / "metrics.jsonl"
+    if argv[0] == "train" and metrics.exists():  # each epoch's `seconds`: the epoch and its validation
+        phases["epochs"] = sum(json.loads(line).get("seconds", 0.0) for line in metrics.read_text().splitlines())
     phases["other"] = total - sum(phases.values())
     report = {"exit_code": code, "inside_seconds": total, "phases": dict(phases), "counts": dict(counts),
               "checkout": checkout}

@@ -13,6 +13,7 @@ carries and hashes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import os
@@ -260,14 +261,21 @@ def _train_epochs(config: configs.Config, workdir: Path, state: train.TrainState
         bar.update(epoch_start["step"] + int(steps_done) - bar.n)
         bar.set_postfix(epoch=epoch_start["epoch"], loss=f"{float(running_loss):.2f}", refresh=False)
 
+    # The epoch and the validation compile side by side, before the first epoch.
+    run_epoch, validate = compile_in_parallel(
+        lambda: train.train_epoch_jit.lower(
+            state, train_pixels, keys.train, batch_size=config.batch_size, objective=objective,
+            kl_weight=jnp.float32(1.0), dynamic_binarization=dynamic, mesh=mesh,
+            progress=report if not bar.disable else None),  # off the CPU the bar moves once per epoch
+        lambda: evaluate.evaluate_elbo.lower(state.model, state.params, val_pixels, keys.eval,
+                                             batch_size=config.eval_batch_size, dynamic_binarization=dynamic,
+                                             mesh=mesh))
     for epoch in range(done + 1, config.epochs + 1):
         start = time.perf_counter()
         epoch_start.update(step=(epoch - 1) * steps_per_epoch, epoch=epoch)
         weight = kl_weight(config, epoch)
-        state, result = train.train_epoch_jit(
-            state, train_pixels, jax.random.fold_in(keys.train, epoch), batch_size=config.batch_size,
-            objective=objective, kl_weight=jnp.float32(weight), dynamic_binarization=dynamic, mesh=mesh,
-            progress=report if not bar.disable else None)  # off the CPU the bar moves once per epoch
+        state, result = run_epoch(state, train_pixels, jax.random.fold_in(keys.train, epoch),
+                                  kl_weight=jnp.float32(weight))
         failed_step = int(result.failed_step)
         if failed_step >= 0:
             metrics.write({"epoch": epoch, "status": "diverged", "failed_step_in_epoch": failed_step,
@@ -277,9 +285,7 @@ def _train_epochs(config: configs.Config, workdir: Path, state: train.TrainState
                 f"loss or gradient became non-finite (NaN, Inf or past float32) at epoch {epoch}, step {failed_step} "
                 f"of the epoch (global step {int(state.step)}); checkpoints up to epoch {epoch - 1} are kept; "
                 f"{DIVERGENCE_HINT}")
-        val = evaluate.summarize(evaluate.evaluate_elbo(
-            state.model, state.params, val_pixels, keys.eval, batch_size=config.eval_batch_size,
-            dynamic_binarization=dynamic, mesh=mesh))
+        val = evaluate.summarize(validate(state.params, val_pixels, keys.eval))
         record = {
             "epoch": epoch, "step": int(state.step), "kl_weight": weight,
             "train_loss": float(np.mean(result.loss)), "train_nelbo": float(np.mean(result.nelbo)),
@@ -295,6 +301,13 @@ def _train_epochs(config: configs.Config, workdir: Path, state: train.TrainState
         bar.set_postfix(epoch=epoch, train_nelbo=f"{record['train_nelbo']:.2f}", val_nelbo=f"{val['nelbo']:.2f}")
     bar.close()
     return record
+
+
+def compile_in_parallel(*lowerings: Callable[[], Any]) -> list[Any]:
+    """Traces and compiles each `lowering()` (a function returning a `jax.stages.Lowered`) in a thread of its own, so
+    that XLA compiles them side by side; returns the compiled functions in order."""
+    with concurrent.futures.ThreadPoolExecutor(len(lowerings)) as pool:
+        return list(pool.map(lambda lowering: lowering().compile(), lowerings))
 
 
 def load_checkpoint(workdir: str | os.PathLike, epoch: int | None = None, model: Any = None) -> Restored:
