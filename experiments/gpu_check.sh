@@ -9,7 +9,8 @@
 #    and torch.compile on the same GPU, launches per step, the K = 5000 evaluation, the matrix-multiply peaks;
 # 2. time_to_result.py: `train --config cs236 --epochs 40`, `eval --split test` and the K = 5000 eval, each in a fresh
 #    process with the compilation cache cold and warm, split by phase, with the GPU run's test NELBO and NLL;
-# 3. the numerical tests on the GPU (PyTorch cross-checks, closed forms, training steps, inference).
+# 3. the numerical tests on the GPU: the PyTorch cross-checks (terms, gradients, optimizer steps, the HVAE, the
+#    importance-weighted bound, per-example inference) and the closed forms.
 # Every step has a time limit and writes its log and JSON to $OUT as it goes. DRY_RUN=1 runs it all on the CPU with
 # tiny sizes (1 epoch, K = 20), to check the script itself.
 set -uo pipefail
@@ -32,10 +33,10 @@ else
   python -c "import jax; assert jax.default_backend() == 'gpu', f'JAX runs on {jax.default_backend()}, not a GPU'" \
     || exit 1
 fi
-run benchmark $((300 * scale)) python experiments/benchmark.py --cases gpu --rounds 1 --epochs "$epochs" \
+run benchmark $((280 * scale)) python experiments/benchmark.py --cases gpu --rounds 1 --epochs "$epochs" \
   --iwae-k "$iwae_k" --compilation-cache "$OUT/benchmark_cache" --out "$OUT/benchmark_gpu.json"
 run time_to_result $((150 * scale)) python experiments/time_to_result.py --rounds 1 --train-epochs "$train_epochs" \
   --iwae-samples "$iwae_k" --variants cold warm --out "$OUT/time_to_result_gpu.json"
-run tests $((60 * scale)) python -m pytest -q -x tests/test_distributions.py tests/test_objective.py tests/test_iwae.py \
-  tests/test_torch_reference.py tests/test_train.py tests/test_inference.py \
-  --deselect tests/test_train.py::test_progress_reports_the_running_loss_from_inside_the_epoch
+run tests $((90 * scale)) python -m pytest -q tests/test_torch_reference.py tests/test_distributions.py \
+  "tests/test_iwae.py::test_bound_matches_pytorch_with_chunks_and_padding" \
+  "tests/test_inference.py::test_refinement_takes_pytorch_s_adam_steps_on_the_same_noise_in_float64"
