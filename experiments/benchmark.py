@@ -495,9 +495,12 @@ def markdown_report(report: dict) -> str:
 
 
 def cases(kind: str, common: dict) -> list[dict]:
-    """The cases of a run: `cpu` (the committed CPU table), or `gpu`, which adds what a GPU's step is measured
+    """The cases of a run: `cpu` (the committed CPU table); `cs236`, its first three rows alone (the cs236 epoch
+    against eager PyTorch and torch.compile, for a slow CPU); or `gpu`, which adds what a GPU's step is measured
     against (a minimal JAX step, Adam on one flattened vector, PyTorch's fused Adam, XLA's autotuning off) and
     drops the slow torch.compile of the large model."""
+    if kind == "cs236":
+        return [{"framework": f, "model": "cs236", "batch": 100, **common} for f in ("jax", "torch", "torch_compile")]
     listed = [{"framework": f, "model": m, "batch": 100, **common}
               for m in ARCHITECTURES for f in ("jax", "torch", "torch_compile")
               if not (kind == "gpu" and m == "large" and f == "torch_compile")]
@@ -522,7 +525,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per case, after one warm-up epoch")
     parser.add_argument("--rounds", type=int, default=3, help="times each case runs, all cases in turn each time")
     parser.add_argument("--iwae-k", type=int, default=5000, help="0 skips the importance-weighted evaluation")
-    parser.add_argument("--cases", choices=("cpu", "gpu"), default="cpu", help="which cases (see `cases`)")
+    parser.add_argument("--cases", choices=("cpu", "cs236", "gpu"), default="cpu", help="which cases (see `cases`)")
     parser.add_argument("--compilation-cache", default=None,
                         help="a folder for one compilation cache of all cases (on a GPU, XLA's autotuning results of "
                              "one case's matrix products then serve the next); default: none")
