@@ -80,7 +80,7 @@ def table(summaries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(summaries: list[dict], traces: dict[str, dict], path: Path) -> None:
+def figure(summaries: list[dict], traces: dict[str, dict], iwae_samples: int, path: Path) -> None:
     """ELBO against refinement steps and against wall time, from the encoder and from the prior, with the amortized
     ELBO and log p(x) (the test split's) as references."""
     from matplotlib.figure import Figure
@@ -98,7 +98,7 @@ def figure(summaries: list[dict], traces: dict[str, dict], path: Path) -> None:
                 axes.plot(x, elbo, style, label=f"per-example Adam from the {start}")
             encoder_x = test["encoder_seconds_per_example"] if against == "seconds" else 1
             axes.plot([encoder_x], [test["elbo_amortized"]], "o", color="black", label="L[q]: the encoder, one pass")
-            axes.axhline(test["log_px"], color="grey", linestyle=":", label="log p(x), K = 5000")
+            axes.axhline(test["log_px"], color="grey", linestyle=":", label=f"log p(x), K = {iwae_samples}")
             axes.set_xscale("log")
             axes.set_ylim(test["elbo_amortized"] - 4 * (test["log_px"] - test["elbo_amortized"]),
                           test["log_px"] + 0.5 * (test["log_px"] - test["elbo_amortized"]))
@@ -143,7 +143,7 @@ def main() -> None:
     (OUT / "summary.json").write_text(json.dumps({"command": command, "summaries": summaries, "traces": traces},
                                                  indent=1) + "\n")
     (OUT / "results.md").write_text(table(summaries))
-    figure(summaries, traces, OUT / "amortization.png")
+    figure(summaries, traces, args.iwae_samples, OUT / "amortization.png")
 
 
 if __name__ == "__main__":
