@@ -110,3 +110,11 @@ def test_rounds_merge_and_ratios_are_taken_within_each_round():
     failed = [benchmark.merge_rounds([r[i] for r in rounds]) for i in range(2)]
     benchmark.add_time_ratios(failed, rounds)
     assert failed[1]["error"] == "out of memory" and "time_ratio_vs_torch_eager" not in failed[0]
+
+
+def test_the_cs236_cases_are_the_first_rows_of_the_cpu_table():
+    common = {"epochs": 1, "manual_dir": None}
+    quick = benchmark.cases("cs236", common)
+    assert quick == benchmark.cases("cpu", common)[:3]
+    assert {(c["model"], c["batch"]) for c in quick} == {("cs236", 100)}
+    assert [c["framework"] for c in quick] == ["jax", "torch", "torch_compile"]
