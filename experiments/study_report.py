@@ -29,6 +29,13 @@ def json_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def nll_line_on_test_split(run_dir: Path, iwae_k: int = 5000) -> dict:
+    """The last `eval --split test --iwae-samples K` line of a committed run: the whole test split, one-sample ELBO
+    (lines with more ELBO samples, e.g. of `gaps`, are left out)."""
+    return [line for line in json_lines(run_dir / "eval.jsonl")
+            if line.get("iwae_k") == iwae_k and line["split"] == "test" and line.get("elbo_samples", 1) == 1][-1]
+
+
 def _setting(study: str, config: dict) -> str:
     """The value of the studied variable, as a label."""
     if study == "latent_size":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from matplotlib.figure import Figure
-from study_report import RESULTS, json_lines
+from study_report import RESULTS, json_lines, nll_line_on_test_split
 
 RUNS = {"default": "standard VAE (default preset)",
         "default_vampprior": "VampPrior (default + model.prior=vamp)",
@@ -24,8 +24,7 @@ TARGETS = {"one-layer VampPrior": 85.5, "best model shipped": 84.0}
 
 def summarize(run: str) -> dict:
     metrics = json_lines(RESULTS / run / "metrics.jsonl")
-    result = [line for line in json_lines(RESULTS / run / "eval.jsonl")
-              if line.get("iwae_k") == 5000 and line["split"] == "test" and line.get("elbo_samples", 1) == 1][-1]
+    result = nll_line_on_test_split(RESULTS / run)
     val = [line["val_nelbo"] for line in metrics]
     return {
         "run": run, "epochs": len(metrics), "test_nll": result["nll"], "test_nll_stderr": result["nll_stderr"],
