@@ -11,13 +11,18 @@ For each run (its work directory in `--runs-dir`, trained by `train_and_eval.sh`
 2. the refinement trace on the first 1,000 test examples, from the encoder's output and from the prior N(0, I): the
    mean ELBO at each step, and the wall time per example per step, against which the figure plots it.
 
-Writes `results/amortization/summary.json`, `results.md` (the table) and `amortization.png`, and copies each run's
-`eval.jsonl` to `results/<run>/`.
+Writes `results/amortization/summary.json`, `results.md` (the table and the findings derived from it, the CSVs and
+the traces) and `amortization.png`, and copies each run's `eval.jsonl` to `results/<run>/`.
+
+    python experiments/amortization.py --report
+
+remakes `results.md` and `amortization.png` from the committed `summary.json` and CSVs, without the models.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import time
@@ -80,6 +85,69 @@ def table(summaries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def findings(summaries: list[dict], traces: dict[str, dict]) -> dict[str, dict]:
+    """Per run, what the docs read off the test split's CSV and the traces (first `TRACE_EXAMPLES` test digits):
+    the mean negative L[q*] of the table's optimization and where each trace ends, the steps (and seconds, and
+    encoder passes' worth of seconds) that Adam from the prior takes to reach the encoder's mean ELBO, the cost of
+    the table's optimization in encoder passes, and the share of examples whose approximation gap is negative."""
+    out = {}
+    for run, run_traces in traces.items():
+        [test] = [s for s in summaries if s["run_name"] == run and s["split"] == "test"]
+        with open(OUT / f"{run}_test.csv") as file:
+            rows = list(csv.DictReader(file))
+        column = lambda name, rows=rows: np.array([float(row[name]) for row in rows])  # noqa: E731
+        encoder_nelbo = -column("elbo_amortized")[:TRACE_EXAMPLES].mean()
+        from_prior = np.asarray(run_traces["prior"]["mean_nelbo"])
+        steps = int(np.argmax(from_prior <= encoder_nelbo))  # trace[i]: the loss after i steps
+        seconds = steps * run_traces["prior"]["seconds_per_example_step"]
+        out[run] = {
+            "refined_nelbo": -column("elbo_refined")[:TRACE_EXAMPLES].mean(),
+            "trace_end_from_encoder": run_traces["encoder"]["mean_nelbo"][-1],
+            "trace_end_from_prior": run_traces["prior"]["mean_nelbo"][-1],
+            "encoder_nelbo": encoder_nelbo,
+            "prior_steps_to_encoder": steps, "prior_seconds_to_encoder": seconds,
+            "prior_seconds_to_encoder_in_encoder_passes": seconds / test["encoder_seconds_per_example"],
+            "optimization_in_encoder_passes": test["refine_seconds_per_example"] / test["encoder_seconds_per_example"],
+            "negative_approximation_gaps": float((column("approximation_gap") < 0).mean()),
+        }
+    return out
+
+
+def findings_table(found: dict[str, dict]) -> str:
+    """`findings` as a Markdown table, one column per run."""
+    labels = {
+        "refined_nelbo": "-L[q*] of the table's optimization (500 steps)",
+        "trace_end_from_encoder": "-ELBO at the end of the trace from the encoder",
+        "trace_end_from_prior": "-ELBO at the end of the trace from the prior",
+        "encoder_nelbo": "-L[q], the encoder's",
+        "prior_steps_to_encoder": "Adam steps from the prior to reach L[q]",
+        "prior_seconds_to_encoder": "their seconds per example",
+        "prior_seconds_to_encoder_in_encoder_passes": "the same, in encoder passes",
+        "optimization_in_encoder_passes": "the table's optimization, in encoder passes (whole test split)",
+        "negative_approximation_gaps": "test examples with a negative approximation gap (whole split)",
+    }
+    runs = list(found)
+    lines = [f"| first {TRACE_EXAMPLES:,} test digits | " + " | ".join(runs) + " |", "| --- |" + " --- |" * len(runs)]
+    for key, label in labels.items():
+        values = [found[run][key] for run in runs]
+        if key == "negative_approximation_gaps":
+            cells = [f"{value:.1%}" for value in values]
+        elif key == "prior_seconds_to_encoder":
+            cells = [f"{value:.1e}" for value in values]
+        elif isinstance(values[0], int) or "passes" in key:
+            cells = [f"{value:,.0f}" for value in values]
+        else:
+            cells = [f"{value:.2f}" for value in values]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(summaries: list[dict], traces: dict[str, dict], iwae_samples: int) -> None:
+    """`results.md` (the table and the findings) and `amortization.png`."""
+    (OUT / "results.md").write_text(table(summaries) + "\n" + findings_table(findings(summaries, traces)))
+    figure(summaries, traces, iwae_samples, OUT / "amortization.png")
+
+
 def figure(summaries: list[dict], traces: dict[str, dict], iwae_samples: int, path: Path) -> None:
     """ELBO against refinement steps and against wall time, from the encoder and from the prior, with the amortized
     ELBO and log p(x) (the test split's) as references."""
@@ -91,7 +159,7 @@ def figure(summaries: list[dict], traces: dict[str, dict], iwae_samples: int, pa
         for column, against in enumerate(("steps", "seconds")):
             axes = figure.add_subplot(len(traces), 2, 2 * row + column + 1)
             for start, style in (("encoder", "-"), ("prior", "--")):
-                elbo = -np.asarray(run_traces[start]["mean_nelbo"])
+                elbo = -np.asarray(run_traces[start]["mean_nelbo"])[1:]  # after 1, 2, ... steps
                 x = np.arange(1, len(elbo) + 1, dtype=np.float64)
                 if against == "seconds":
                     x = x * run_traces[start]["seconds_per_example_step"]
@@ -124,8 +192,15 @@ def main() -> None:
                         help="of the traces, which start from the prior too")
     parser.add_argument("--eval-samples", type=int, default=100)
     parser.add_argument("--iwae-samples", type=int, default=5000)
+    parser.add_argument("--report", action="store_true",
+                        help="only remake results.md and the figure from the committed summary.json and CSVs")
     args = parser.parse_args()
 
+    if args.report:
+        summary = json.loads((OUT / "summary.json").read_text())
+        write_report(summary["summaries"], summary["traces"], summary["summaries"][0]["iwae_k"])
+        print((OUT / "results.md").read_text())
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     summaries, traces = [], {}
     for run in args.runs:
@@ -142,8 +217,7 @@ def main() -> None:
         ("iwae_samples", args.iwae_samples)])
     (OUT / "summary.json").write_text(json.dumps({"command": command, "summaries": summaries, "traces": traces},
                                                  indent=1) + "\n")
-    (OUT / "results.md").write_text(table(summaries))
-    figure(summaries, traces, args.iwae_samples, OUT / "amortization.png")
+    write_report(summaries, traces, args.iwae_samples)
 
 
 if __name__ == "__main__":

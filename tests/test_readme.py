@@ -78,6 +78,20 @@ def test_results_tables_are_what_compare_prints_over_the_committed_results(capsy
         assert line in page, f"docs/results.md lacks this line of `compare experiments/results`: {line}"
 
 
+def test_the_amortization_study_is_its_committed_report():
+    import amortization
+
+    summary = json.loads((RESULTS / "amortization" / "summary.json").read_text())
+    found = amortization.findings(summary["summaries"], summary["traces"])
+    report = amortization.table(summary["summaries"]) + "\n" + amortization.findings_table(found)
+    assert report == (RESULTS / "amortization" / "results.md").read_text()
+    page = (REPO / "docs" / "studies.md").read_text()
+    for line in report.splitlines():
+        assert line in page, f"docs/studies.md lacks this line of experiments/results/amortization/results.md: {line}"
+    steps = [found[run]["prior_steps_to_encoder"] for run in ("cs236", "default")]
+    assert f"needs {steps[0]} steps for cs236 and {steps[1]} for `default`" in page
+
+
 def test_performance_tables_are_what_the_committed_scripts_print():
     import benchmark
     import profile_cpu
