@@ -98,8 +98,9 @@ def _normalized(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resume_or_start(checkpointer: Checkpointer, metadata: dict[str, Any],
-                     template: train.TrainState) -> Restored | None:
-    """The latest good checkpoint, or None for a new run; a resumed run may change only `RESUMABLE_FIELDS`."""
+                     abstract_state: Callable[[], train.TrainState]) -> Restored | None:
+    """The latest good checkpoint, restored into `abstract_state()` (traced only when there is one), or None for a
+    new run; a resumed run may change only `RESUMABLE_FIELDS`."""
     stored = checkpointer.latest_metadata()
     if stored is None and checkpointer.epochs():
         raise CheckpointError(f"no checkpoint in {checkpointer.workdir} is readable; start in a fresh --workdir")
@@ -111,7 +112,7 @@ def _resume_or_start(checkpointer: Checkpointer, metadata: dict[str, Any],
     if differing:
         raise ConfigError(f"{checkpointer.workdir} holds a run whose {', '.join(differing)} differ from this one; "
                           f"a resumed run may change only {', '.join(RESUMABLE_FIELDS)}; use a fresh --workdir")
-    return checkpointer.restore(template, jax.random.key(0))
+    return checkpointer.restore(abstract_state(), jax.random.key(0))
 
 
 def _mesh(config: configs.Config, **batch_sizes: int) -> Mesh | None:
@@ -211,7 +212,7 @@ def train_and_evaluate(
     metadata = run_metadata(config, model)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, clean_unfinished=True)
     try:
-        restored = _resume_or_start(checkpointer, metadata, builders.abstract_state(config, model))
+        restored = _resume_or_start(checkpointer, metadata, lambda: builders.abstract_state(config, model))
     except BaseException:
         checkpointer.close()
         raise
