@@ -22,7 +22,6 @@ remakes `results.md` and `amortization.png` from the committed `summary.json` an
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import time
@@ -93,52 +92,41 @@ def findings(summaries: list[dict], traces: dict[str, dict]) -> dict[str, dict]:
     out = {}
     for run, run_traces in traces.items():
         [test] = [s for s in summaries if s["run_name"] == run and s["split"] == "test"]
-        with open(OUT / f"{run}_test.csv") as file:
-            rows = list(csv.DictReader(file))
-        column = lambda name, rows=rows: np.array([float(row[name]) for row in rows])  # noqa: E731
-        encoder_nelbo = -column("elbo_amortized")[:TRACE_EXAMPLES].mean()
+        columns = np.genfromtxt(OUT / f"{run}_test.csv", delimiter=",", names=True)
+        encoder_nelbo = -columns["elbo_amortized"][:TRACE_EXAMPLES].mean()
         from_prior = np.asarray(run_traces["prior"]["mean_nelbo"])
         steps = int(np.argmax(from_prior <= encoder_nelbo))  # trace[i]: the loss after i steps
         seconds = steps * run_traces["prior"]["seconds_per_example_step"]
         out[run] = {
-            "refined_nelbo": -column("elbo_refined")[:TRACE_EXAMPLES].mean(),
+            "refined_nelbo": -columns["elbo_refined"][:TRACE_EXAMPLES].mean(),
             "trace_end_from_encoder": run_traces["encoder"]["mean_nelbo"][-1],
             "trace_end_from_prior": run_traces["prior"]["mean_nelbo"][-1],
             "encoder_nelbo": encoder_nelbo,
             "prior_steps_to_encoder": steps, "prior_seconds_to_encoder": seconds,
             "prior_seconds_to_encoder_in_encoder_passes": seconds / test["encoder_seconds_per_example"],
             "optimization_in_encoder_passes": test["refine_seconds_per_example"] / test["encoder_seconds_per_example"],
-            "negative_approximation_gaps": float((column("approximation_gap") < 0).mean()),
+            "negative_approximation_gaps": float((columns["approximation_gap"] < 0).mean()),
         }
     return out
 
 
 def findings_table(found: dict[str, dict]) -> str:
     """`findings` as a Markdown table, one column per run."""
-    labels = {
-        "refined_nelbo": "-L[q*] of the table's optimization (500 steps)",
-        "trace_end_from_encoder": "-ELBO at the end of the trace from the encoder",
-        "trace_end_from_prior": "-ELBO at the end of the trace from the prior",
-        "encoder_nelbo": "-L[q], the encoder's",
-        "prior_steps_to_encoder": "Adam steps from the prior to reach L[q]",
-        "prior_seconds_to_encoder": "their seconds per example",
-        "prior_seconds_to_encoder_in_encoder_passes": "the same, in encoder passes",
-        "optimization_in_encoder_passes": "the table's optimization, in encoder passes (whole test split)",
-        "negative_approximation_gaps": "test examples with a negative approximation gap (whole split)",
+    rows = {  # key: (label, format)
+        "refined_nelbo": ("-L[q*] of the table's optimization (500 steps)", ".2f"),
+        "trace_end_from_encoder": ("-ELBO at the end of the trace from the encoder", ".2f"),
+        "trace_end_from_prior": ("-ELBO at the end of the trace from the prior", ".2f"),
+        "encoder_nelbo": ("-L[q], the encoder's", ".2f"),
+        "prior_steps_to_encoder": ("Adam steps from the prior to reach L[q]", ",.0f"),
+        "prior_seconds_to_encoder": ("their seconds per example", ".1e"),
+        "prior_seconds_to_encoder_in_encoder_passes": ("the same, in encoder passes", ",.0f"),
+        "optimization_in_encoder_passes": ("the table's optimization, in encoder passes (whole test split)", ",.0f"),
+        "negative_approximation_gaps": ("test examples with a negative approximation gap (whole split)", ".1%"),
     }
     runs = list(found)
     lines = [f"| first {TRACE_EXAMPLES:,} test digits | " + " | ".join(runs) + " |", "| --- |" + " --- |" * len(runs)]
-    for key, label in labels.items():
-        values = [found[run][key] for run in runs]
-        if key == "negative_approximation_gaps":
-            cells = [f"{value:.1%}" for value in values]
-        elif key == "prior_seconds_to_encoder":
-            cells = [f"{value:.1e}" for value in values]
-        elif isinstance(values[0], int) or "passes" in key:
-            cells = [f"{value:,.0f}" for value in values]
-        else:
-            cells = [f"{value:.2f}" for value in values]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for key, (label, spec) in rows.items():
+        lines.append(f"| {label} | " + " | ".join(format(found[run][key], spec) for run in runs) + " |")
     return "\n".join(lines) + "\n"
 
 
