@@ -113,7 +113,7 @@ def findings(summaries: list[dict], traces: dict[str, dict]) -> dict[str, dict]:
 def findings_table(found: dict[str, dict]) -> str:
     """`findings` as a Markdown table, one column per run."""
     rows = {  # key: (label, format)
-        "refined_nelbo": ("-L[q*] of the table's optimization (500 steps)", ".2f"),
+        "refined_nelbo": ("-L[q*] of the table's optimization (as its card's inference says)", ".2f"),
         "trace_end_from_encoder": ("-ELBO at the end of the trace from the encoder", ".2f"),
         "trace_end_from_prior": ("-ELBO at the end of the trace from the prior", ".2f"),
         "encoder_nelbo": ("-L[q], the encoder's", ".2f"),
