@@ -89,6 +89,7 @@ def test_train_without_config_resumes_the_stored_one(tiny_run, data_dir, capsys)
      "objective=iwae has no KL term, so it would ignore kl_warmup_epochs=10"),
     (["train", "--workdir", "{tmp}/w", "optim.momentum=0.5"], "optim.name=adam would ignore optim.momentum=0.5"),
     (["train", "--workdir", "{tmp}/w", "optim.weight_decay=0.1"], "use optim.name=adamw"),
+    (["train", "--workdir", "{tmp}/w", "optim.name=adam_normgrad", "optim.flatten=true"], "set optim.flatten=false"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2(argv, message, tmp_path, capsys):
     capsys.readouterr()

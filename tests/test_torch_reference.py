@@ -70,10 +70,19 @@ def _torch_clip_by_global_norm(parameters, max_norm):
     return norm
 
 
-def test_optimizer_steps_agree_with_pytorch_in_float64():
+def _torch_normalize_each_tensor(parameters):
+    """AdamNormGrad's first half, as Tomczak & Welling's code writes it: grad / (torch.norm(grad, 2) + 1e-7)."""
+    for p in parameters:
+        p.grad.div_(torch.norm(p.grad, 2) + 1e-7)
+
+
+@pytest.mark.parametrize("name", ["adam", "adam_normgrad"])
+def test_optimizer_steps_agree_with_pytorch_in_float64(name):
     """`builders.build_optimizer`'s whole chain, gradient clipping and the cosine schedule included, against
-    torch.optim.Adam with clipping written out and the cosine schedule as a LambdaLR."""
-    optim = configs.OptimConfig(learning_rate=1e-2, schedule="cosine", final_lr_fraction=0.1, grad_clip_norm=5.0)
+    torch.optim.Adam with clipping (and, for adam_normgrad, each tensor's normalization) written out and the cosine
+    schedule as a LambdaLR."""
+    optim = configs.OptimConfig(name=name, learning_rate=1e-2, schedule="cosine", final_lr_fraction=0.1,
+                                grad_clip_norm=5.0)
     total_steps = 6
     with jax.enable_x64(True):
         model, params, x, _ = _setup(jnp.float64)
@@ -99,6 +108,8 @@ def test_optimizer_steps_agree_with_pytorch_in_float64():
             torch_opt.zero_grad()
             reference.terms(torch.tensor(x), torch.tensor(eps))[0].mean().backward()
             norms.append(_torch_clip_by_global_norm(parameters, optim.grad_clip_norm))
+            if name == "adam_normgrad":
+                _torch_normalize_each_tensor(parameters)
             torch_opt.step()
             cosine.step()
         after = TorchVAE(LATENT, list(ENCODER_HIDDEN), list(DECODER_HIDDEN)).load_flax(params, torch.float64)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from vae_jax import configs, models, priors
@@ -64,11 +65,19 @@ def build_optimizer(config: configs.OptimConfig, total_steps: int) -> optax.Grad
         optimizer = optax.adamw(learning_rate, weight_decay=config.weight_decay)
     elif config.name == "sgd":
         optimizer = optax.sgd(learning_rate, momentum=config.momentum)
+    elif config.name == "adam_normgrad":
+        optimizer = optax.chain(normalize_each_tensor(), optax.adam(learning_rate))
     else:
         optimizer = optax.adam(learning_rate)
     clip = optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm > 0 else optax.identity()
     chain = optax.chain(clip, optimizer)
     return optax.flatten(chain) if config.flatten else chain
+
+
+def normalize_each_tensor(eps: float = 1e-7) -> optax.GradientTransformation:
+    """Divides each gradient tensor by its L2 norm (over all its elements) plus `eps`: the first half of the
+    AdamNormGrad optimizer of Tomczak & Welling's VampPrior code, which then takes an Adam step. Stateless."""
+    return optax.stateless_with_tree_map(lambda g, _: g / (jnp.sqrt(jnp.sum(jnp.square(g))) + eps))
 
 
 def build_objective(config: configs.Config) -> Objective:
