@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Trains one run, evaluates its best checkpoint on the whole test split (ELBO and the importance-weighted NLL,
-# K = 5000 unless IWAE_K says otherwise) and draws samples.
+# Trains one run, evaluates its best checkpoint (or that of epoch EVAL_EPOCH) on the whole test split (ELBO and the
+# importance-weighted NLL, K = 5000 unless IWAE_K says otherwise) and draws samples from the same checkpoint.
 # Outputs: experiments/results/NAME/{metrics.jsonl,eval.jsonl,samples*.png}.
 # Usage: bash experiments/train_and_eval.sh NAME PRESET [train options and key=value overrides ...]
-# Environment: MANUAL_DIR (default ../shared/data/binarized_mnist), DATA_DIR, RUNS_DIR (default runs), IWAE_K,
-# MNIST_DIR (default ../shared/data/mnist: the labels of the latent scatter of a 2-D model).
+# Environment: EVAL_EPOCH (default: the best validation NELBO), MANUAL_DIR (default ../shared/data/binarized_mnist),
+# DATA_DIR, RUNS_DIR (default runs), IWAE_K, MNIST_DIR (default ../shared/data/mnist: the labels of the latent scatter
+# of a 2-D model).
 # Re-running resumes the run from its checkpoints in $RUNS_DIR/NAME.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,9 @@ mkdir -p "$results"
 python -m vae_jax train --workdir "$workdir" --config "$preset" --no-progress \
   --manual-dir "$MANUAL_DIR" --data-dir "$DATA_DIR" "$@"
 rm -f "$workdir/eval.jsonl"
-python -m vae_jax eval --workdir "$workdir" --split test --iwae-samples "${IWAE_K:-5000}" --data-dir "$DATA_DIR"
-python -m vae_jax sample --workdir "$workdir" --out "$results/samples.png" --data-dir "$DATA_DIR" \
+epoch=(${EVAL_EPOCH:+--epoch "$EVAL_EPOCH"})
+python -m vae_jax eval --workdir "$workdir" "${epoch[@]}" --split test --iwae-samples "${IWAE_K:-5000}" \
+  --data-dir "$DATA_DIR"
+python -m vae_jax sample --workdir "$workdir" "${epoch[@]}" --out "$results/samples.png" --data-dir "$DATA_DIR" \
   --mnist-dir "${MNIST_DIR:-../shared/data/mnist}"
 cp "$workdir/metrics.jsonl" "$workdir/eval.jsonl" "$results/"

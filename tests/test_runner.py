@@ -73,6 +73,33 @@ def test_resume_refuses_a_different_model(cs236_run, run_args):
         runner.train_and_evaluate(config, cs236_run, **run_args)
 
 
+def test_a_new_run_starts_from_the_best_checkpoint_of_init_from(cs236_run, run_args, tmp_path):
+    best = Checkpointer(cs236_run).best_epoch()
+    lines = [json.loads(line) for line in (cs236_run / runner.METRICS_FILE).read_text().splitlines()]
+    # Another objective, and a learning rate too small to move a float32 parameter: the one epoch ends where it began.
+    config = configs.apply_overrides(configs.get_config("cs236"), [
+        f"init_from={cs236_run}", "epochs=1", "objective=iwae", "num_samples=2", "optim.learning_rate=1e-30"])
+    messages = []
+    record = runner.train_and_evaluate(config, tmp_path, **{**run_args, "log": messages.append})
+    assert messages == [f"starting from the parameters of {cs236_run}, epoch {best} (its best validation NELBO)"]
+    for started, parent in zip(jax.tree.leaves(_params(tmp_path)), jax.tree.leaves(_params(cs236_run, best))):
+        np.testing.assert_array_equal(started, parent)
+    assert record["val_nelbo"] == lines[best - 1]["val_nelbo"]
+    assert record["step"] == 500  # its own optimizer and schedule, from step 0
+
+
+def test_init_from_refuses_a_missing_run_and_another_model(cs236_run, run_args, tmp_path):
+    missing = tmp_path / "missing"
+    config = configs.apply_overrides(configs.get_config("cs236"), [f"init_from={missing}", "epochs=1"])
+    with pytest.raises(ConfigError, match=re.escape(f"init_from={missing}: work directory {missing} has no "
+                                                    "checkpoints")):
+        runner.train_and_evaluate(config, tmp_path / "run", **run_args)
+    config = configs.apply_overrides(config, [f"init_from={cs236_run}", "model.latent_dim=20"])
+    with pytest.raises(ConfigError, match=re.escape(f"init_from={cs236_run} holds a run of another model (")
+                       + ".*; start from a run of this model, or drop init_from"):
+        runner.train_and_evaluate(config, tmp_path / "run", **run_args)
+
+
 def test_divergence_exits_3_and_keeps_the_good_checkpoints(run_args, tmp_path, capsys):
     data_options = ["--data-dir", str(run_args["data_dir"]), "--manual-dir", str(run_args["manual_dir"])]
     train = ["train", "--workdir", str(tmp_path), "--config", "cs236", "--no-progress", *data_options]

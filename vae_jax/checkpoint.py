@@ -66,7 +66,7 @@ def _state_tree(state: TrainState, key: jax.Array) -> dict[str, Any]:
     return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "key": jax.random.key_data(key)}
 
 
-def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+def layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
     """`{"params/encoder/...": (shape, dtype)}` of every array leaf (or array metadata leaf) of `tree`."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {"/".join(map(_key_name, path)): (tuple(leaf.shape), str(leaf.dtype)) for path, leaf in leaves}
@@ -82,7 +82,7 @@ def _key_name(key: Any) -> str:
 
 
 def layout_differences(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
-    """What differs between two `_layout`s, one phrase per path, the parameters' before the optimizer state's."""
+    """What differs between two `layout`s, one phrase per path, the parameters' before the optimizer state's."""
     missing = [(path, f"no {path}") for path in expected if path not in found]
     extra = [(path, f"an extra {path}") for path in found if path not in expected]
     changed = [(path, f"{path} {found[path][0]} {found[path][1]} where the model has {expected[path][0]} "
@@ -152,7 +152,7 @@ class Checkpointer:
             return
         if saved is None:
             return
-        differences = layout_differences(_layout(_state_tree(template, jax.random.key(0))), _layout(saved.tree))
+        differences = layout_differences(layout(_state_tree(template, jax.random.key(0))), layout(saved.tree))
         if differences:
             shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
             raise CheckpointError(f"checkpoint of epoch {epoch} in {self.workdir} holds another model than this one "

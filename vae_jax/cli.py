@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--workdir", required=True)
     sample.add_argument("--out", required=True,
                         help="PNG of prior samples; the other figures go beside it as <stem>_<figure>.png")
+    sample.add_argument("--epoch", type=int, default=None, help="checkpoint epoch (default: best validation)")
     sample.add_argument("--num-images", type=int, default=100)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--mnist-dir", default=None,
@@ -172,8 +173,8 @@ def run(args: argparse.Namespace) -> int:
         _require_workdir(args.workdir)
         if args.num_images <= 0:
             raise VaeError(f"--num-images must be positive, got {args.num_images}")
-        figures = runner.write_sample_figures(args.workdir, args.out, num_images=args.num_images, seed=args.seed,
-                                              data_dir=args.data_dir, manual_dir=args.manual_dir,
+        figures = runner.write_sample_figures(args.workdir, args.out, epoch=args.epoch, num_images=args.num_images,
+                                              seed=args.seed, data_dir=args.data_dir, manual_dir=args.manual_dir,
                                               mnist_dir=args.mnist_dir)
         print(json.dumps({name: str(path) for name, path in figures.items()}))
     return 0

@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from vae_jax import builders, compilation_cache, configs, contract, data, evaluate, inference, parallel, protocol, train
-from vae_jax.checkpoint import Checkpointer, Restored
+from vae_jax.checkpoint import Checkpointer, Restored, layout, layout_differences
 from vae_jax.errors import CheckpointError, ConfigError, DivergenceError
 from vae_jax.objective import map_examples
 
@@ -219,7 +219,7 @@ def train_and_evaluate(
     for epoch, reason in restored.skipped if restored else []:
         log(f"warning: checkpoint of epoch {epoch} is unreadable ({reason}); moved aside, resuming before it")
     state, root_key, done = ((restored.state, restored.key, restored.epoch) if restored
-                             else (builders.template_state(config, model), jax.random.key(config.seed), 0))
+                             else (initial_state(config, model, log), jax.random.key(config.seed), 0))
     metrics = MetricsLog(workdir, tensorboard)
     metrics.truncate(done)
     if done >= config.epochs:
@@ -233,6 +233,24 @@ def train_and_evaluate(
     finally:
         checkpointer.close()
         metrics.close()
+
+
+def initial_state(config: configs.Config, model: Any = None, log: Callable[[str], None] = print) -> train.TrainState:
+    """The train state a new run starts from: `builders.template_state`, with the parameters of the best checkpoint
+    of the run in `config.init_from` where it names one (which must be a run of the same model)."""
+    state = builders.template_state(config, model)
+    if not config.init_from:
+        return state
+    try:
+        parent = load_checkpoint(config.init_from, model=model)
+    except CheckpointError as error:
+        raise ConfigError(f"init_from={config.init_from}: {error}") from None
+    differences = layout_differences(layout(state.params), layout(parent.state.params))
+    if differences:
+        raise ConfigError(f"init_from={config.init_from} holds a run of another model ({'; '.join(differences[:3])}); "
+                          "start from a run of this model, or drop init_from")
+    log(f"starting from the parameters of {config.init_from}, epoch {parent.epoch} (its best validation NELBO)")
+    return state.replace(params=parent.state.params)
 
 
 def _train_epochs(config: configs.Config, workdir: Path, state: train.TrainState, root_key: jax.Array, done: int,
@@ -492,20 +510,22 @@ def write_sample_figures(
     out: str | os.PathLike,
     *,
     model: Any = None,
+    epoch: int | None = None,
     num_images: int = 100,
     seed: int = 0,
     data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
     manual_dir: str | os.PathLike | None = None,
     mnist_dir: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
-    """The figures of `figures.sample_figures` from the best checkpoint: prior samples in `out`, and beside it
-    reconstructions, interpolations, and for a 2-D code the manifold and the scatter of the posterior means of the
-    10,000 `mnist` test digits (binarized with the evaluation's per-example keys) coloured by their labels.
+    """The figures of `figures.sample_figures` from the best (or a given) checkpoint: prior samples in `out`, and
+    beside it reconstructions, interpolations, and for a 2-D code the manifold and the scatter of the posterior means
+    of the 10,000 `mnist` test digits (binarized with the evaluation's per-example keys) coloured by their labels.
 
     Args:
         workdir: the run's work directory.
         out: path of the prior-samples PNG.
         model: the model object of a run that trained one; None for a preset run.
+        epoch: the checkpoint; None takes the best by validation NELBO.
         num_images: images per grid.
         seed: seed of the prior samples and of the test digits' binarization.
         data_dir, manual_dir: where the run's dataset is prepared, and its original files.
@@ -516,7 +536,7 @@ def write_sample_figures(
     """
     from vae_jax import figures
 
-    restored = load_checkpoint(workdir, None, model)
+    restored = load_checkpoint(workdir, epoch, model)
     state, config = restored.state, run_config(restored.metadata)
     sample_key, binarize_key = jax.random.split(jax.random.key(seed))
 
