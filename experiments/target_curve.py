@@ -3,7 +3,8 @@
 Reads `experiments/results/<run>/{metrics.jsonl,eval.jsonl}` of the runs named below, and writes
 `experiments/results/target_curve.json` (each run's test NLL with K = 5000, its distance to the targets, and the
 validation NELBO's fall over its last 10 epochs) and `target_curve.png` (validation NELBO per epoch, with the
-test NLL at the end and the targets as lines).
+test NLL at the epoch evaluated and the targets as lines). A run trained on from another's checkpoint (`init_from`)
+is drawn from the epoch it started at.
 
 Usage: python experiments/target_curve.py
 """
@@ -18,7 +19,10 @@ from study_report import RESULTS, json_lines, nll_line_on_test_split
 RUNS = {"default": "standard VAE (default preset)",
         "default_vampprior": "VampPrior (default + model.prior=vamp)",
         "vampprior": "VampPrior, one layer (vampprior preset)",
-        "hvae_vampprior": "HVAE + VampPrior (hvae_vampprior preset)"}
+        "hvae_vampprior": "HVAE + VampPrior (hvae_vampprior preset)",
+        "vampprior_iwae5_finetune": "VampPrior, one layer, trained on with IWAE (K = 5)"}
+# Runs that started from the evaluated checkpoint of another run (`init_from`).
+CONTINUES = {"vampprior_iwae5_finetune": "vampprior"}
 TARGETS = {"one-layer VampPrior": 85.5, "best model shipped": 84.0}
 
 
@@ -26,8 +30,11 @@ def summarize(run: str) -> dict:
     metrics = json_lines(RESULTS / run / "metrics.jsonl")
     result = nll_line_on_test_split(RESULTS / run)
     val = [line["val_nelbo"] for line in metrics]
+    parent = CONTINUES.get(run)
     return {
-        "run": run, "epochs": len(metrics), "test_nll": result["nll"], "test_nll_stderr": result["nll_stderr"],
+        "run": run, "epochs": len(metrics), "evaluated_epoch": result["epoch"],
+        "started_after_epoch": nll_line_on_test_split(RESULTS / parent)["epoch"] if parent else 0,
+        "test_nll": result["nll"], "test_nll_stderr": result["nll_stderr"],
         "test_nelbo": result["nelbo"], "nll_above_target": {name: result["nll"] - target
                                                             for name, target in TARGETS.items()},
         "val_nelbo_fall_over_last_10_epochs": val[-11] - val[-1], "val_nelbo": val,
@@ -39,10 +46,12 @@ def main() -> None:
     figure = Figure(figsize=(8, 5), dpi=110, layout="constrained")
     axes = figure.add_subplot()
     for run in runs:
-        epochs = range(1, run["epochs"] + 1)
+        start = run["started_after_epoch"]
+        epochs = range(start + 1, start + run["epochs"] + 1)
         (line,) = axes.plot(epochs, run["val_nelbo"], label=f"{RUNS[run['run']]}: validation NELBO")
-        axes.errorbar([run["epochs"]], [run["test_nll"]], yerr=[run["test_nll_stderr"]], fmt="o",
-                      color=line.get_color(), label=f"{RUNS[run['run']]}: test NLL (K = 5000) {run['test_nll']:.2f}")
+        axes.errorbar([start + run["evaluated_epoch"]], [run["test_nll"]], yerr=[run["test_nll_stderr"]],
+                      fmt="o", color=line.get_color(),
+                      label=f"{RUNS[run['run']]}: test NLL (K = 5000) {run['test_nll']:.2f}")
     for name, target in TARGETS.items():
         axes.axhline(target, linestyle="--", color="gray", linewidth=1)
         axes.annotate(f"target, {name}: {target}", (1, target), textcoords="offset points", xytext=(2, 3),

@@ -153,6 +153,11 @@ def test_sample_figures(cs236_run, run_args, tmp_path):
     assert picture("interpolations").shape == (4 * 29 + 1, 10 * 29 + 1)
     pixels = picture("samples")
     assert 10 < pixels.mean() < 120, "samples should be mostly dark digits with bright strokes"
+    # `epoch` picks another checkpoint than the best (epoch 3 of 3, whose validation NELBO is below epoch 1's).
+    first = runner.write_sample_figures(cs236_run, tmp_path / "first.png", epoch=1, num_images=16,
+                                        data_dir=run_args["data_dir"])
+    with Image.open(first["samples"]) as image:
+        assert not np.array_equal(np.asarray(image), pixels)
 
 
 def test_interpolation_ends_at_the_reconstructions_and_manifold_covers_the_prior():
