@@ -43,7 +43,7 @@ def summarize(run: str) -> dict:
 
 def main() -> None:
     runs = [summarize(run) for run in RUNS if (RESULTS / run / "eval.jsonl").exists()]
-    figure = Figure(figsize=(8, 5), dpi=110, layout="constrained")
+    figure = Figure(figsize=(9, 7), dpi=110, layout="constrained")
     axes = figure.add_subplot()
     for run in runs:
         start = run["started_after_epoch"]
@@ -57,7 +57,7 @@ def main() -> None:
         axes.annotate(f"target, {name}: {target}", (1, target), textcoords="offset points", xytext=(2, 3),
                       fontsize=8)
     axes.set(xlabel="epoch", ylabel="nats", ylim=(82, 100), title="learning curves and the NLL targets")
-    axes.legend(fontsize=8, loc="upper right")
+    figure.legend(fontsize=8, loc="outside lower center", ncols=2)
     figure.savefig(RESULTS / "target_curve.png")
     summary = [{key: value for key, value in run.items() if key != "val_nelbo"} for run in runs]
     (RESULTS / "target_curve.json").write_text(json.dumps(summary, indent=1) + "\n")
