@@ -12,6 +12,7 @@ Usage: python experiments/target_curve.py
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from matplotlib.figure import Figure
 from study_report import RESULTS, json_lines, nll_line_on_test_split
@@ -21,8 +22,6 @@ RUNS = {"default": "standard VAE (default preset)",
         "vampprior": "VampPrior, one layer (vampprior preset)",
         "hvae_vampprior": "HVAE + VampPrior (hvae_vampprior preset)",
         "vampprior_iwae5_finetune": "VampPrior, one layer, trained on with IWAE (K = 5)"}
-# Runs that started from the evaluated checkpoint of another run (`init_from`).
-CONTINUES = {"vampprior_iwae5_finetune": "vampprior"}
 TARGETS = {"one-layer VampPrior": 85.5, "best model shipped": 84.0}
 
 
@@ -30,7 +29,7 @@ def summarize(run: str) -> dict:
     metrics = json_lines(RESULTS / run / "metrics.jsonl")
     result = nll_line_on_test_split(RESULTS / run)
     val = [line["val_nelbo"] for line in metrics]
-    parent = CONTINUES.get(run)
+    parent = Path(result["config"].get("init_from", "")).name  # the run it started from, named by its work directory
     return {
         "run": run, "epochs": len(metrics), "evaluated_epoch": result["epoch"],
         "started_after_epoch": nll_line_on_test_split(RESULTS / parent)["epoch"] if parent else 0,

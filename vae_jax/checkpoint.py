@@ -91,6 +91,12 @@ def layout_differences(expected: dict[str, Any], found: dict[str, Any]) -> list[
     return [text for path, text in sorted(missing + extra + changed, key=lambda item: not item[0].startswith("params"))]
 
 
+def first_differences(differences: list[str], shown: int = 3) -> str:
+    """The first `shown` phrases of `layout_differences`, and how many more there are, as one clause."""
+    more = len(differences) - shown
+    return "; ".join(differences[:shown]) + (f"; and {more} more" if more > 0 else "")
+
+
 class Checkpointer:
     """Saves and restores the checkpoints of one work directory."""
 
@@ -154,9 +160,9 @@ class Checkpointer:
             return
         differences = layout_differences(layout(_state_tree(template, jax.random.key(0))), layout(saved.tree))
         if differences:
-            shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
             raise CheckpointError(f"checkpoint of epoch {epoch} in {self.workdir} holds another model than this one "
-                                  f"({shown}); restore it with the model it was trained with, or use a fresh --workdir")
+                                  f"({first_differences(differences)}); restore it with the model it was trained with, "
+                                  "or use a fresh --workdir")
 
     def restore(self, template: TrainState, key_template: jax.Array, epoch: int | None = None) -> Restored:
         """Restores `epoch` (default: the latest readable one) into the structure of `template`.

@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from vae_jax import builders, compilation_cache, configs, contract, data, evaluate, inference, parallel, protocol, train
-from vae_jax.checkpoint import Checkpointer, Restored, layout, layout_differences
+from vae_jax.checkpoint import Checkpointer, Restored, first_differences, layout, layout_differences
 from vae_jax.errors import CheckpointError, ConfigError, DivergenceError
 from vae_jax.objective import map_examples
 
@@ -247,8 +247,8 @@ def initial_state(config: configs.Config, model: Any = None, log: Callable[[str]
         raise ConfigError(f"init_from={config.init_from}: {error}") from None
     differences = layout_differences(layout(state.params), layout(parent.state.params))
     if differences:
-        raise ConfigError(f"init_from={config.init_from} holds a run of another model ({'; '.join(differences[:3])}); "
-                          "start from a run of this model, or drop init_from")
+        raise ConfigError(f"init_from={config.init_from} holds a run of another model "
+                          f"({first_differences(differences)}); start from a run of this model, or drop init_from")
     log(f"starting from the parameters of {config.init_from}, epoch {parent.epoch} (its best validation NELBO)")
     return state.replace(params=parent.state.params)
 
