@@ -3,7 +3,7 @@
 # importance-weighted NLL, K = 5000 unless IWAE_K says otherwise) and draws samples from the same checkpoint.
 # Outputs: experiments/results/NAME/{metrics.jsonl,eval.jsonl,samples*.png}.
 # Usage: bash experiments/train_and_eval.sh NAME PRESET [train options and key=value overrides ...]
-# Environment: EVAL_EPOCH (default: the best validation NELBO), MANUAL_DIR (default ../shared/data/binarized_mnist),
+# Environment: EVAL_EPOCH (default: the best validation loss), MANUAL_DIR (default ../shared/data/binarized_mnist),
 # DATA_DIR, RUNS_DIR (default runs), IWAE_K, MNIST_DIR (default ../shared/data/mnist: the labels of the latent scatter
 # of a 2-D model).
 # Re-running resumes the run from its checkpoints in $RUNS_DIR/NAME.

@@ -1,5 +1,6 @@
 """Orbax checkpoints: exact round trip, independent retention of latest and best, damaged checkpoints."""
 
+import json
 from pathlib import Path
 
 import jax
@@ -32,7 +33,7 @@ def test_round_trip_is_exact_and_keeps_the_typed_key(tmp_path, binary_pixels):
     state = _trained_state(binary_pixels)
     key = jax.random.key(42)
     checkpointer = Checkpointer(tmp_path, keep=2)
-    checkpointer.save(1, state, key, val_nelbo=100.0, metadata=configs.to_dict(CONFIG))
+    checkpointer.save(1, state, key, val_loss=100.0, metadata=configs.to_dict(CONFIG))
     restored = checkpointer.restore(builders.template_state(CONFIG), jax.random.key(0))
     assert restored.epoch == 1 and configs.from_dict(restored.metadata) == CONFIG and restored.skipped == []
     assert int(restored.state.step) == int(state.step) == 4
@@ -48,17 +49,32 @@ def test_latest_and_best_are_kept_independently(tmp_path, binary_pixels):
     checkpointer = Checkpointer(tmp_path, keep=2)
     # Validation NELBO is best at epoch 2, then only gets worse.
     for epoch, val in enumerate([5.0, 1.0, 3.0, 4.0, 6.0, 7.0], start=1):
-        checkpointer.save(epoch, state, jax.random.key(0), val_nelbo=val, metadata=configs.to_dict(CONFIG))
+        checkpointer.save(epoch, state, jax.random.key(0), val_loss=val, metadata=configs.to_dict(CONFIG))
     # The best survives four newer checkpoints; the latest survives although it is the worst.
     assert checkpointer.epochs() == [2, 5, 6]
     assert checkpointer.best_epoch() == 2
+    assert checkpointer.validation_loss(5) == 6.0
+
+
+def test_checkpoints_of_older_versions_are_ranked_by_their_validation_nelbo(tmp_path, binary_pixels):
+    state = _trained_state(binary_pixels)
+    checkpointer = Checkpointer(tmp_path)
+    for epoch, val in [(1, 2.0), (2, 1.0)]:
+        checkpointer.save(epoch, state, jax.random.key(0), val_loss=val, metadata=configs.to_dict(CONFIG))
+    checkpointer.close()
+    # Older vae_jax stored the validation NELBO under another name: {"val_nelbo": ...} (Orbax's JSON metrics file).
+    for epoch, val in [(1, 0.5), (2, 3.0)]:
+        (tmp_path / "checkpoints" / str(epoch) / "metrics" / "metrics").write_text(json.dumps({"val_nelbo": val}))
+    older = Checkpointer(tmp_path)
+    assert older.best_epoch() == 1
+    assert older.validation_loss(2) == 3.0
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, binary_pixels):
     state = _trained_state(binary_pixels)
     checkpointer = Checkpointer(tmp_path, keep=3)
     for epoch in (1, 2, 3):
-        checkpointer.save(epoch, state, jax.random.key(epoch), val_nelbo=10.0 - epoch, metadata=configs.to_dict(CONFIG))
+        checkpointer.save(epoch, state, jax.random.key(epoch), val_loss=10.0 - epoch, metadata=configs.to_dict(CONFIG))
     checkpointer.close()
     for file in (tmp_path / "checkpoints" / "3" / "state").rglob("*"):
         if file.is_file():
@@ -75,7 +91,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, bina
 def test_unfinished_save_is_ignored(tmp_path, binary_pixels):
     state = _trained_state(binary_pixels)
     checkpointer = Checkpointer(tmp_path)
-    checkpointer.save(1, state, jax.random.key(0), val_nelbo=1.0, metadata=configs.to_dict(CONFIG))
+    checkpointer.save(1, state, jax.random.key(0), val_loss=1.0, metadata=configs.to_dict(CONFIG))
     checkpointer.close()
     # What a run killed in the middle of saving epoch 2 leaves behind: Orbax's temporary folder.
     unfinished = Path(tmp_path) / "checkpoints" / "2.orbax-checkpoint-tmp-1234"
@@ -87,7 +103,7 @@ def test_unfinished_save_is_ignored(tmp_path, binary_pixels):
     # (in the background, finished before its next save).
     assert unfinished.is_dir()
     writer = Checkpointer(tmp_path, clean_unfinished=True)
-    writer.save(2, state, jax.random.key(0), val_nelbo=0.5, metadata=configs.to_dict(CONFIG))
+    writer.save(2, state, jax.random.key(0), val_loss=0.5, metadata=configs.to_dict(CONFIG))
     writer.wait_until_finished()
     assert not unfinished.exists() and writer.epochs() == [1, 2]
 
@@ -101,7 +117,7 @@ def test_damaged_metadata_is_skipped_or_reported_in_one_line(tmp_path, binary_pi
     state = _trained_state(binary_pixels)
     checkpointer = Checkpointer(tmp_path, keep=3)
     for epoch in (1, 2):
-        checkpointer.save(epoch, state, jax.random.key(0), val_nelbo=1.0, metadata={"epoch": epoch})
+        checkpointer.save(epoch, state, jax.random.key(0), val_loss=1.0, metadata={"epoch": epoch})
     checkpointer.wait_until_finished()
     for file in (tmp_path / "checkpoints" / "2" / "metadata").rglob("*"):
         if file.is_file():
@@ -115,7 +131,7 @@ def test_a_checkpoint_of_another_model_is_named_and_left_alone(tmp_path, binary_
     """Restoring a run into another model (a wider encoder, here) names what differs and renames nothing."""
     checkpointer = Checkpointer(tmp_path, keep=3)
     for epoch in (1, 2):
-        checkpointer.save(epoch, _trained_state(binary_pixels), jax.random.key(0), val_nelbo=1.0,
+        checkpointer.save(epoch, _trained_state(binary_pixels), jax.random.key(0), val_loss=1.0,
                           metadata=configs.to_dict(CONFIG))
     checkpointer.close()
     wider = configs.apply_overrides(CONFIG, ["model.encoder_hidden=9"])
@@ -133,7 +149,7 @@ def test_setting_aside_twice_keeps_both_damaged_copies(tmp_path, binary_pixels):
     for attempt in range(2):
         checkpointer = Checkpointer(tmp_path, keep=3, clean_unfinished=True)
         for epoch in (1, 2):
-            checkpointer.save(epoch, state, jax.random.key(0), val_nelbo=1.0, metadata=configs.to_dict(CONFIG))
+            checkpointer.save(epoch, state, jax.random.key(0), val_loss=1.0, metadata=configs.to_dict(CONFIG))
         checkpointer.close()
         for file in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):
             if file.is_file():

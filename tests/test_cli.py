@@ -127,7 +127,7 @@ def test_a_checkpoint_of_another_model_is_one_line_and_renames_nothing(tmp_path,
     small = configs.apply_overrides(configs.get_config("cs236"), TINY)
     other = configs.apply_overrides(small, ["model.decoder_hidden=24"])
     checkpointer = Checkpointer(tmp_path)
-    checkpointer.save(1, builders.template_state(other), jax.random.key(0), val_nelbo=1.0,
+    checkpointer.save(1, builders.template_state(other), jax.random.key(0), val_loss=1.0,
                       metadata=configs.to_dict(small))
     checkpointer.close()
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from vae_jax import builders, cli, configs, runner
+from vae_jax import builders, cli, configs, data, evaluate, runner, train
 from vae_jax.checkpoint import Checkpointer
 from vae_jax.errors import ConfigError
 
@@ -81,11 +81,20 @@ def test_a_new_run_starts_from_the_best_checkpoint_of_init_from(cs236_run, run_a
         f"init_from={cs236_run}", "epochs=1", "objective=iwae", "num_samples=2", "optim.learning_rate=1e-30"])
     messages = []
     record = runner.train_and_evaluate(config, tmp_path, **{**run_args, "log": messages.append})
-    assert messages == [f"starting from the parameters of {cs236_run}, epoch {best} (its best validation NELBO)"]
+    assert messages == [f"starting from the parameters of {cs236_run}, epoch {best} (its best validation loss)"]
     for started, parent in zip(jax.tree.leaves(_params(tmp_path)), jax.tree.leaves(_params(cs236_run, best))):
         np.testing.assert_array_equal(started, parent)
     assert record["val_nelbo"] == lines[best - 1]["val_nelbo"]
     assert record["step"] == 500  # its own optimizer and schedule, from step 0
+    # An IWAE run is validated on its own bound (K = 2), the loss its best checkpoint is chosen by.
+    restored = runner.load_checkpoint(tmp_path)
+    val_pixels = data.load_split("binarized_mnist", "validation", data_dir=run_args["data_dir"])
+    bounds = evaluate.evaluate_iwae(restored.state.model, restored.state.params, val_pixels,
+                                    train.run_keys(jax.random.key(config.seed)).eval, num_samples=2, batch_size=1000)
+    np.testing.assert_allclose(record["val_nll_bound"], -np.mean(np.asarray(bounds, np.float64)), rtol=1e-12)
+    assert Checkpointer(tmp_path).validation_loss(1) == record["val_nll_bound"]
+    assert record["val_nll_bound"] < record["val_nelbo"] - 0.5  # K = 2 is a tighter bound than the ELBO
+    assert "val_nll_bound" not in lines[best - 1]  # an ELBO run is validated and chosen by its NELBO
 
 
 def test_init_from_refuses_a_missing_run_and_another_model(cs236_run, run_args, tmp_path):

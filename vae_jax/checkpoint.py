@@ -1,7 +1,8 @@
-"""Orbax checkpoints of a run: train state, run key, epoch, JSON metadata (the config) and validation NELBO.
+"""Orbax checkpoints of a run: train state, run key, epoch, JSON metadata (the config) and validation loss.
 
-Checkpoints live in `<workdir>/checkpoints/<epoch>/`. The latest `keep` epochs and the best one by validation
-NELBO are kept independently. Saves run in the background (the next epoch does not wait for the disk); Orbax writes
+Checkpoints live in `<workdir>/checkpoints/<epoch>/`. The latest `keep` epochs and the best one, by the lowest
+validation loss (the negative of the bound the run trains: NELBO, or the IWAE bound's NLL estimate), are kept
+independently. Saves run in the background (the next epoch does not wait for the disk); Orbax writes
 each checkpoint to a temporary folder and renames it when complete, so a run killed mid-save leaves the previous
 checkpoints intact. Restoring compares the saved structure (parameter paths, shapes, dtypes) with the model's
 first: a checkpoint of another model or of a vae_jax version with other parameter names is refused with the
@@ -23,7 +24,10 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy
 from vae_jax.errors import CheckpointError, first_line
 from vae_jax.train import TrainState
 
-VALIDATION_METRIC = "val_nelbo"
+VALIDATION_METRIC = "val_loss"
+# What older checkpoints store instead (before the IWAE objective was validated on its own bound): the validation
+# NELBO, whatever the objective.
+OLD_VALIDATION_METRIC = "val_nelbo"
 # What Orbax raises for missing or damaged files (JSON and TensorStore errors are ValueErrors).
 UNREADABLE = (OSError, ValueError, KeyError, TypeError)
 
@@ -46,13 +50,17 @@ class Restored(NamedTuple):
     skipped: list[tuple[int, str]]
 
 
+def _validation_loss(metrics: dict[str, float]) -> float:
+    return metrics[VALIDATION_METRIC] if VALIDATION_METRIC in metrics else metrics[OLD_VALIDATION_METRIC]
+
+
 def _manager(workdir: str | os.PathLike, keep: int, clean_unfinished: bool) -> ocp.CheckpointManager:
     policy = preservation_policy.AnyPreservationPolicy([
         preservation_policy.LatestN(n=keep),
-        preservation_policy.BestN(get_metric_fn=lambda m: m[VALIDATION_METRIC], reverse=True, n=1),
+        preservation_policy.BestN(get_metric_fn=_validation_loss, reverse=True, n=1),
     ])
     options = ocp.CheckpointManagerOptions(
-        best_fn=lambda m: m[VALIDATION_METRIC],
+        best_fn=_validation_loss,
         best_mode="min",
         preservation_policy=policy,
         enable_async_checkpointing=True,
@@ -117,19 +125,24 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def best_epoch(self) -> int | None:
-        """The epoch of the lowest validation NELBO, or None without checkpoints."""
+        """The epoch of the lowest validation loss, or None without checkpoints."""
         return self._manager.best_step()
 
-    def save(self, epoch: int, state: TrainState, key: jax.Array, val_nelbo: float,
+    def validation_loss(self, epoch: int) -> float:
+        """The validation loss saved with the checkpoint of `epoch` (the NELBO in a checkpoint of an older vae_jax)."""
+        return _validation_loss(self._manager.metrics(epoch))
+
+    def save(self, epoch: int, state: TrainState, key: jax.Array, val_loss: float,
              metadata: dict[str, Any] | None = None) -> None:
-        """Saves the state after `epoch` completed epochs, with its validation NELBO and JSON-ready metadata.
+        """Saves the state after `epoch` completed epochs, with its validation loss (what `best_epoch` minimizes)
+        and JSON-ready metadata.
 
         Returns once the arrays are copied to the host; the files are written in the background (`close` waits)."""
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(_state_tree(state, key)),
             metadata=ocp.args.JsonSave(metadata or {}),
         )
-        self._manager.save(epoch, args=args, metrics={VALIDATION_METRIC: float(val_nelbo)})
+        self._manager.save(epoch, args=args, metrics={VALIDATION_METRIC: float(val_loss)})
 
     def read_metadata(self, epoch: int) -> dict[str, Any]:
         """The metadata stored with the checkpoint of `epoch`."""

@@ -125,7 +125,7 @@ class Config:
         keep_checkpoints: number of latest checkpoints kept (the best one is kept as well).
         data_parallel: split each batch over all devices (of all hosts) with `jax.sharding`; `batch_size` is
             then the global batch and must be a multiple of the device count.
-        init_from: a work directory whose best checkpoint's parameters (by validation NELBO) a new run starts from,
+        init_from: a work directory whose best checkpoint's parameters (by validation loss) a new run starts from,
             e.g. to go on training a VAE with the IWAE objective; its optimizer state, schedule, key and epochs start
             afresh. Empty: the parameters are initialized from `seed`.
     """

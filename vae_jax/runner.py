@@ -188,7 +188,9 @@ def train_and_evaluate(
     """Trains in `workdir` up to `config.epochs` epochs, resuming from its latest good checkpoint.
 
     Each epoch is one compiled call; after it the validation split is evaluated, a line is appended to
-    `metrics.jsonl` and a checkpoint is saved (in the background). A run whose loss or gradient turns non-finite
+    `metrics.jsonl` and a checkpoint is saved (in the background). The best checkpoint is the one of the lowest
+    validation loss: the NELBO, or for `objective=iwae` the run's own importance-weighted bound (K =
+    `num_samples`, the metrics' `val_nll_bound`). A run whose loss or gradient turns non-finite
     stops with `DivergenceError`, keeping every good checkpoint and writing the failing epoch and step to the metrics.
 
     Args:
@@ -249,7 +251,7 @@ def initial_state(config: configs.Config, model: Any = None, log: Callable[[str]
     if differences:
         raise ConfigError(f"init_from={config.init_from} holds a run of another model "
                           f"({first_differences(differences)}); start from a run of this model, or drop init_from")
-    log(f"starting from the parameters of {config.init_from}, epoch {parent.epoch} (its best validation NELBO)")
+    log(f"starting from the parameters of {config.init_from}, epoch {parent.epoch} (its best validation loss)")
     return state.replace(params=parent.state.params)
 
 
@@ -280,15 +282,22 @@ def _train_epochs(config: configs.Config, workdir: Path, state: train.TrainState
         bar.update(epoch_start["step"] + int(steps_done) - bar.n)
         bar.set_postfix(epoch=epoch_start["epoch"], loss=f"{float(running_loss):.2f}", refresh=False)
 
-    # The epoch and the validation compile side by side, before the first epoch.
-    run_epoch, validate = compile_in_parallel(
+    # The epoch and the validation compile side by side, before the first epoch. A run trained on the IWAE bound is
+    # also validated on it, and its best checkpoint is the one of the lowest validation NLL bound: the ELBO, which
+    # such a run trades for the bound, would pick its first epochs.
+    lowerings = [
         lambda: train.train_epoch_jit.lower(
             state, train_pixels, keys.train, batch_size=config.batch_size, objective=objective,
             kl_weight=jnp.float32(1.0), dynamic_binarization=dynamic, mesh=mesh,
             progress=report if not bar.disable else None),  # off the CPU the bar moves once per epoch
         lambda: evaluate.evaluate_elbo.lower(state.model, state.params, val_pixels, keys.eval,
                                              batch_size=config.eval_batch_size, dynamic_binarization=dynamic,
-                                             mesh=mesh))
+                                             mesh=mesh)]
+    if config.objective == "iwae":
+        lowerings.append(lambda: evaluate.evaluate_iwae.lower(
+            state.model, state.params, val_pixels, keys.eval, num_samples=config.num_samples,
+            batch_size=config.eval_batch_size, dynamic_binarization=dynamic, mesh=mesh))
+    run_epoch, validate, *validate_bound = compile_in_parallel(*lowerings)
     for epoch in range(done + 1, config.epochs + 1):
         start = time.perf_counter()
         epoch_start.update(step=(epoch - 1) * steps_per_epoch, epoch=epoch)
@@ -304,7 +313,8 @@ def _train_epochs(config: configs.Config, workdir: Path, state: train.TrainState
                 f"loss or gradient became non-finite (NaN, Inf or past float32) at epoch {epoch}, step {failed_step} "
                 f"of the epoch (global step {int(state.step)}); checkpoints up to epoch {epoch - 1} are kept; "
                 f"{DIVERGENCE_HINT}")
-        val = evaluate.summarize(validate(state.params, val_pixels, keys.eval))
+        bounds = validate_bound[0](state.params, val_pixels, keys.eval) if validate_bound else None
+        val = evaluate.summarize(validate(state.params, val_pixels, keys.eval), bounds)
         record = {
             "epoch": epoch, "step": int(state.step), "kl_weight": weight,
             "train_loss": float(np.mean(result.loss)), "train_nelbo": float(np.mean(result.nelbo)),
@@ -312,10 +322,11 @@ def _train_epochs(config: configs.Config, workdir: Path, state: train.TrainState
             "train_kl_per_dim": evaluate.per_dimension_list(result.kl_per_dim),
             "val_nelbo": val["nelbo"], "val_rec": val["rec"], "val_kl": val["kl"],
             "val_kl_per_dim": val["kl_per_dim"], "val_active_units": val["active_units"],
+            **({"val_nll_bound": val["nll"]} if bounds is not None else {}),
             "seconds": round(time.perf_counter() - start, 3),
         }
         metrics.write(record)
-        checkpointer.save(epoch, state, root_key, val_nelbo=val["nelbo"], metadata=metadata)
+        checkpointer.save(epoch, state, root_key, val_loss=val.get("nll", val["nelbo"]), metadata=metadata)
         bar.update(epoch * steps_per_epoch - bar.n)
         bar.set_postfix(epoch=epoch, train_nelbo=f"{record['train_nelbo']:.2f}", val_nelbo=f"{val['nelbo']:.2f}")
     bar.close()
@@ -330,8 +341,8 @@ def compile_in_parallel(*lowerings: Callable[[], Any]) -> list[Any]:
 
 
 def load_checkpoint(workdir: str | os.PathLike, epoch: int | None = None, model: Any = None) -> Restored:
-    """The best checkpoint of `workdir` (by validation NELBO), or that of `epoch`, restored into the run's model
-    (the preset's, or `model`, which a run of a model object needs)."""
+    """The best checkpoint of `workdir` (`Checkpointer.best_epoch`), or that of `epoch`, restored into the run's
+    model (the preset's, or `model`, which a run of a model object needs)."""
     compilation_cache.enable()
     workdir = Path(workdir)
     if not (workdir / "checkpoints").is_dir():
@@ -372,7 +383,7 @@ def evaluate_checkpoint(
         workdir: the run's work directory.
         split: `train`, `validation` or `test`.
         model: the model object of a run that trained one (see `train_and_evaluate`); None for a preset run.
-        epoch: the checkpoint; None takes the best by validation NELBO.
+        epoch: the checkpoint; None takes the best by validation loss.
         batch_size: examples evaluated at once (memory only; default `eval_batch_size`, or 100 with K > 0).
         iwae_samples: K importance samples per example; 0 skips the importance-weighted estimate.
         iwae_chunk: importance samples evaluated at once (memory only).
@@ -525,7 +536,7 @@ def write_sample_figures(
         workdir: the run's work directory.
         out: path of the prior-samples PNG.
         model: the model object of a run that trained one; None for a preset run.
-        epoch: the checkpoint; None takes the best by validation NELBO.
+        epoch: the checkpoint; None takes the best by validation loss.
         num_images: images per grid.
         seed: seed of the prior samples and of the test digits' binarization.
         data_dir, manual_dir: where the run's dataset is prepared, and its original files.
