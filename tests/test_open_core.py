@@ -131,6 +131,25 @@ def test_resuming_with_another_model_is_refused(flow_runs):
                                   **args)
 
 
+def test_a_new_run_of_the_flow_starts_from_another_runs_best_checkpoint(flow_runs, tmp_path):
+    whole, _, args, _ = flow_runs
+    # On the IWAE bound, with a learning rate too small to move a float32 parameter: it ends where it began.
+    config = configs.apply_overrides(CONFIG, [f"init_from={whole}", "epochs=1", "objective=iwae", "num_samples=2",
+                                              "optim.learning_rate=1e-30"])
+    notes = []
+    record = runner.train_and_evaluate(config, tmp_path / "child", model=PlanarFlowVAE(),
+                                       **{**args, "log": notes.append})
+    best = Checkpointer(whole).best_epoch()
+    assert notes == [f"starting from the parameters of {whole}, epoch {best} (its best validation loss)"]
+    parent = runner.load_checkpoint(whole, best, model=PlanarFlowVAE()).state.params
+    for started, expected in zip(jax.tree.leaves(_params(tmp_path / "child")), jax.tree.leaves(parent)):
+        np.testing.assert_array_equal(started, expected)
+    lines = [json.loads(line) for line in (whole / runner.METRICS_FILE).read_text().splitlines()]
+    assert record["val_nelbo"] == lines[best - 1]["val_nelbo"] and record["val_nll_bound"] < record["val_nelbo"]
+    with pytest.raises(ConfigError, match=re.escape(f"init_from={whole} holds a run of another model (")):
+        runner.train_and_evaluate(config, tmp_path / "other", model=PlanarFlowVAE(hidden=8), **args)
+
+
 def _imports(module: str) -> set[str]:
     """The vae_jax modules that `vae_jax/<module>.py` imports at its top level or anywhere inside."""
     tree = ast.parse((REPO / "vae_jax" / f"{module}.py").read_text())

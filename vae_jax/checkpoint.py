@@ -32,6 +32,14 @@ OLD_VALIDATION_METRIC = "val_nelbo"
 UNREADABLE = (OSError, ValueError, KeyError, TypeError)
 
 
+class AnotherModelError(CheckpointError):
+    """A checkpoint holds the parameters of another model; `differences` are `layout_differences`' phrases."""
+
+    def __init__(self, message: str, differences: list[str]):
+        super().__init__(message)
+        self.differences = differences
+
+
 class Restored(NamedTuple):
     """A restored checkpoint.
 
@@ -162,7 +170,7 @@ class Checkpointer:
         return None
 
     def check_layout(self, epoch: int, template: TrainState) -> None:
-        """Raises `CheckpointError` naming the differences if the checkpoint of `epoch` holds other parameters than
+        """Raises `AnotherModelError` naming the differences if the checkpoint of `epoch` holds other parameters than
         `template` (another model, or a vae_jax version with other parameter names). An unreadable layout passes:
         `restore` then finds the checkpoint damaged."""
         try:
@@ -173,9 +181,9 @@ class Checkpointer:
             return
         differences = layout_differences(layout(_state_tree(template, jax.random.key(0))), layout(saved.tree))
         if differences:
-            raise CheckpointError(f"checkpoint of epoch {epoch} in {self.workdir} holds another model than this one "
-                                  f"({first_differences(differences)}); restore it with the model it was trained with, "
-                                  "or use a fresh --workdir")
+            raise AnotherModelError(f"checkpoint of epoch {epoch} in {self.workdir} holds another model than this one "
+                                    f"({first_differences(differences)}); restore it with the model it was trained "
+                                    "with, or use a fresh --workdir", differences)
 
     def restore(self, template: TrainState, key_template: jax.Array, epoch: int | None = None) -> Restored:
         """Restores `epoch` (default: the latest readable one) into the structure of `template`.

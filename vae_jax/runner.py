@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from vae_jax import builders, compilation_cache, configs, contract, data, evaluate, inference, parallel, protocol, train
-from vae_jax.checkpoint import Checkpointer, Restored, first_differences, layout, layout_differences
+from vae_jax.checkpoint import AnotherModelError, Checkpointer, Restored, first_differences, layout, layout_differences
 from vae_jax.errors import CheckpointError, ConfigError, DivergenceError
 from vae_jax.objective import map_examples
 
@@ -245,9 +245,12 @@ def initial_state(config: configs.Config, model: Any = None, log: Callable[[str]
         return state
     try:
         parent = load_checkpoint(config.init_from, model=model)
+    except AnotherModelError as error:  # a model object's checkpoint is restored into this run's model
+        differences = error.differences
     except CheckpointError as error:
         raise ConfigError(f"init_from={config.init_from}: {error}") from None
-    differences = layout_differences(layout(state.params), layout(parent.state.params))
+    else:  # a preset run's checkpoint is restored into its own preset's model
+        differences = layout_differences(layout(state.params), layout(parent.state.params))
     if differences:
         raise ConfigError(f"init_from={config.init_from} holds a run of another model "
                           f"({first_differences(differences)}); start from a run of this model, or drop init_from")
