@@ -47,7 +47,7 @@ def test_round_trip_is_exact_and_keeps_the_typed_key(tmp_path, binary_pixels):
 def test_latest_and_best_are_kept_independently(tmp_path, binary_pixels):
     state = _trained_state(binary_pixels)
     checkpointer = Checkpointer(tmp_path, keep=2)
-    # Validation NELBO is best at epoch 2, then only gets worse.
+    # The validation loss is best at epoch 2, then only gets worse.
     for epoch, val in enumerate([5.0, 1.0, 3.0, 4.0, 6.0, 7.0], start=1):
         checkpointer.save(epoch, state, jax.random.key(0), val_loss=val, metadata=configs.to_dict(CONFIG))
     # The best survives four newer checkpoints; the latest survives although it is the worst.
