@@ -54,6 +54,7 @@ def test_latest_and_best_are_kept_independently(tmp_path, binary_pixels):
     assert checkpointer.epochs() == [2, 5, 6]
     assert checkpointer.best_epoch() == 2
     assert checkpointer.validation_loss(5) == 6.0
+    checkpointer.close()  # waits for the last save, which would otherwise meet the interpreter's shutdown
 
 
 def test_checkpoints_of_older_versions_are_ranked_by_their_validation_nelbo(tmp_path, binary_pixels):
