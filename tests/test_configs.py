@@ -1,6 +1,7 @@
 """Presets, overrides, validation and serialization of configs."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -53,3 +54,15 @@ def test_dict_round_trip_and_hash(name):
     assert configs.from_dict(configs.to_dict(config)) == config
     assert configs.config_hash(config) == configs.config_hash(configs.from_dict(configs.to_dict(config)))
     assert configs.config_hash(config) != configs.config_hash(dataclasses.replace(config, seed=1))
+
+
+def test_a_field_added_with_a_default_changes_no_hash():
+    """The hash covers the entries that differ from the defaults: a config written before `patience` existed (its
+    default, 0, trains as before) hashes as the same config written now, and so does a tuple stored as a list."""
+    config = configs.get_config("hvae_vampprior")
+    older = configs.to_dict(config)
+    del older["patience"]
+    assert configs.dict_hash(older) == configs.config_hash(config)
+    assert configs.dict_hash(json.loads(json.dumps(older))) == configs.config_hash(config)
+    assert configs.config_hash(configs.Config()) == configs.dict_hash({})
+    assert configs.config_hash(dataclasses.replace(config, patience=50)) != configs.config_hash(config)

@@ -210,3 +210,29 @@ def test_tensorboard_scalars_beside_the_metrics(run_args, tmp_path):
     assert {"train_nelbo", "val_nelbo", "val_kl", "kl_weight", "seconds"} <= set(scalars)
     assert scalars["val_nelbo"][0] == 500
     np.testing.assert_allclose(scalars["val_nelbo"][1], record["val_nelbo"], rtol=1e-6)  # float32 in the file
+
+
+def test_early_stopping_ends_a_run_whose_validation_loss_stops_improving(cs236_run, run_args, tmp_path):
+    # Trained on from cs236_run with the KL unweighted, the posteriors drift away from the prior and the validation
+    # NELBO rises every epoch (by several nats): the first epoch stays the best.
+    config = configs.apply_overrides(configs.get_config("cs236"), [
+        f"init_from={cs236_run}", "kl_weight=0", "patience=2", "epochs=10"])
+    messages = []
+    runner.train_and_evaluate(config, tmp_path, **{**run_args, "log": messages.append})
+    lines = [json.loads(line) for line in (tmp_path / runner.METRICS_FILE).read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]
+    assert messages[-1] == "stopped early after epoch 3: no lower validation loss since epoch 1 (patience=2)"
+    assert Checkpointer(tmp_path).best_epoch() == 1
+    # Resumed as it is, it stays stopped; with a larger patience it goes on, until that runs out too.
+    assert runner.train_and_evaluate(config, tmp_path, **{**run_args, "log": messages.append}) == {"epoch": 3}
+    assert messages[-1] == f"{tmp_path} stopped early after epoch 3: no lower validation loss since epoch 1 " \
+                           "(patience=2); nothing to train"
+    record = runner.train_and_evaluate(configs.apply_overrides(config, ["patience=3"]), tmp_path, **run_args)
+    assert record["epoch"] == 4
+
+
+def test_early_stopping_waits_for_the_end_of_the_kl_warm_up():
+    config = configs.apply_overrides(configs.get_config("cs236"), ["patience=5", "kl_warmup_epochs=10"])
+    assert [runner.stops_early(config, epoch, best_epoch=1) for epoch in (14, 15)] == [False, True]
+    assert [runner.stops_early(config, epoch, best_epoch=12) for epoch in (16, 17)] == [False, True]
+    assert not runner.stops_early(configs.apply_overrides(config, ["patience=0"]), 100, best_epoch=1)

@@ -112,7 +112,7 @@ class Config:
         optim: optimizer settings.
         batch_size: examples per optimizer step, at most the 50,000 training examples; an epoch drops the last
             incomplete batch.
-        epochs: total number of epochs of the run.
+        epochs: total number of epochs of the run (at most: see `patience`).
         objective: `elbo` (the VAE) or `iwae` (the importance-weighted bound with `num_samples` samples,
             Burda et al., 2016, which has no KL term: `kl_weight`, `kl_warmup_epochs` and `free_bits` stay at 1, 0, 0).
         num_samples: samples of z per example in the training objective.
@@ -125,6 +125,8 @@ class Config:
         keep_checkpoints: number of latest checkpoints kept (the best one is kept as well).
         data_parallel: split each batch over all devices (of all hosts) with `jax.sharding`; `batch_size` is
             then the global batch and must be a multiple of the device count.
+        patience: early stopping: the run ends once `patience` epochs after the KL warm-up have brought no new best
+            validation loss (Tomczak & Welling's rule, with 50); 0 trains all `epochs`.
         init_from: a work directory whose best checkpoint's parameters (by validation loss) a new run starts from,
             e.g. to go on training a VAE with the IWAE objective; its optimizer state, schedule, key and epochs start
             afresh. Empty: the parameters are initialized from `seed`.
@@ -144,6 +146,7 @@ class Config:
     eval_batch_size: int = 1000
     keep_checkpoints: int = 3
     data_parallel: bool = False
+    patience: int = 0
     init_from: str = ""
 
 
@@ -267,7 +270,7 @@ def validate(config: Config) -> Config:
     _require(model.stochastic_layers == 1 or model.architecture == "mlp",
              "two stochastic layers (model.stochastic_layers=2) need model.architecture=mlp")
     _require(config.objective in OBJECTIVES, f"unknown objective {config.objective!r}; choose one of {OBJECTIVES}")
-    for name in ("kl_weight", "kl_warmup_epochs", "free_bits"):
+    for name in ("kl_weight", "kl_warmup_epochs", "free_bits", "patience"):
         _require(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
     ignored = [f"{name}={getattr(config, name)}" for name, default in (("kl_weight", 1.0), ("kl_warmup_epochs", 0),
                                                                       ("free_bits", 0.0))
@@ -321,8 +324,26 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 
 def dict_hash(config: dict[str, Any]) -> str:
-    """A short stable hash of a JSON-ready config dict, to tell runs apart in result tables."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+    """A short hash of a JSON-ready config dict (a `to_dict`, or a run's metadata with a model's own description), to
+    tell runs apart in result tables: of the entries that differ from `Config()`'s, so that a field added later, whose
+    default keeps the old behaviour, changes no hash."""
+    # Through JSON, so that a tuple and the list it is stored as compare equal.
+    changed = _changed_entries(*(json.loads(json.dumps(tree)) for tree in (config, to_dict(Config()))))
+    return hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _changed_entries(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `config` that differ from `defaults`, nested dicts compared entry by entry."""
+    changed = {}
+    for name, value in config.items():
+        default = defaults.get(name)
+        if isinstance(value, dict) and isinstance(default, dict):
+            value = _changed_entries(value, default)
+            if value:
+                changed[name] = value
+        elif value != default or name not in defaults:
+            changed[name] = value
+    return changed
 
 
 def config_hash(config: Config) -> str:

@@ -40,7 +40,7 @@ DIVERGENCE_HINT = ("resume with a lower optim.learning_rate, with optim.grad_cli
 # Fields a resumed run may change: they leave the shapes of the train state alone.
 RESUMABLE_FIELDS = ("epochs", "eval_batch_size", "keep_checkpoints", "optim.learning_rate", "optim.schedule",
                     "optim.final_lr_fraction", "optim.grad_clip_norm", "model.logvar_bound", "model.matmul_precision",
-                    "free_bits", "data_parallel")
+                    "free_bits", "data_parallel", "patience")
 
 
 def run_metadata(config: configs.Config, model: Any = None) -> dict[str, Any]:
@@ -129,6 +129,18 @@ def kl_weight(config: configs.Config, epoch: int) -> float:
     if config.kl_warmup_epochs == 0:
         return config.kl_weight
     return config.kl_weight * min(1.0, epoch / config.kl_warmup_epochs)
+
+
+def stops_early(config: configs.Config, epoch: int, best_epoch: int | None) -> bool:
+    """Whether a run ends after `epoch` by early stopping: `config.patience` epochs have passed since both the end of
+    the KL warm-up and `best_epoch`, the checkpoint of the lowest validation loss (`Checkpointer.best_epoch`)."""
+    return (config.patience > 0 and best_epoch is not None
+            and epoch - max(best_epoch, config.kl_warmup_epochs) >= config.patience)
+
+
+def _early_stop_notice(config: configs.Config, epoch: int, best_epoch: int | None) -> str:
+    return (f"stopped early after epoch {epoch}: no lower validation loss since epoch {best_epoch} "
+            f"(patience={config.patience})")
 
 
 class MetricsLog:
@@ -224,8 +236,11 @@ def train_and_evaluate(
                              else (initial_state(config, model, log), jax.random.key(config.seed), 0))
     metrics = MetricsLog(workdir, tensorboard)
     metrics.truncate(done)
-    if done >= config.epochs:
-        log(f"{workdir} already holds {done} epochs (>= --epochs {config.epochs}); nothing to train")
+    best = checkpointer.best_epoch()
+    finished = (f"{workdir} already holds {done} epochs (>= --epochs {config.epochs})" if done >= config.epochs
+                else f"{workdir} {_early_stop_notice(config, done, best)}" if stops_early(config, done, best) else "")
+    if finished:
+        log(f"{finished}; nothing to train")
         checkpointer.close()
         metrics.close()
         return {"epoch": done}
@@ -332,6 +347,9 @@ def _train_epochs(config: configs.Config, workdir: Path, state: train.TrainState
         checkpointer.save(epoch, state, root_key, val_loss=val.get("nll", val["nelbo"]), metadata=metadata)
         bar.update(epoch * steps_per_epoch - bar.n)
         bar.set_postfix(epoch=epoch, train_nelbo=f"{record['train_nelbo']:.2f}", val_nelbo=f"{val['nelbo']:.2f}")
+        if stops_early(config, epoch, checkpointer.best_epoch()):
+            log(_early_stop_notice(config, epoch, checkpointer.best_epoch()))
+            break
     bar.close()
     return record
 
