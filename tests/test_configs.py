@@ -19,9 +19,11 @@ def test_cs236_preset_is_the_stanford_model():
 def test_overrides_parse_each_field_type():
     config = configs.apply_overrides(configs.get_config("cs236"), [
         "model.latent_dim=20", "model.encoder_hidden=512,256", "optim.learning_rate=3e-4", "dataset=mnist",
+        "model.logvar_clip=-6,2.5",
     ])
     assert config.model.latent_dim == 20
     assert config.model.encoder_hidden == (512, 256)
+    assert config.model.logvar_clip == (-6.0, 2.5)
     assert config.optim.learning_rate == 3e-4
     assert config.dataset == "mnist"
     hash(config)  # usable as a static jit argument
@@ -37,6 +39,10 @@ def test_overrides_parse_each_field_type():
     ("model.encoder_hidden=512,0", "widths must be positive"),
     ("optim.name=lbfgs", "unknown optimizer"),
     ("model.matmul_precision=float8", "unknown matmul precision 'float8'"),
+    ("model.logvar_clip=2,-6", r"model.logvar_clip must be two numbers low,high with low < high \(e.g. -6,2\), got"),
+    ("model.logvar_clip=-6", "model.logvar_clip must be two numbers"),
+    ("model.logvar_clip=-6,x", "cannot read '-6,x'"),
+    ("model.kernel_init=glorot", "unknown kernel_init 'glorot'; choose one of"),
 ])
 def test_bad_overrides_raise_config_error(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -66,3 +72,11 @@ def test_a_field_added_with_a_default_changes_no_hash():
     assert configs.dict_hash(json.loads(json.dumps(older))) == configs.config_hash(config)
     assert configs.config_hash(configs.Config()) == configs.dict_hash({})
     assert configs.config_hash(dataclasses.replace(config, patience=50)) != configs.config_hash(config)
+
+
+def test_logvar_clip_and_logvar_bound_are_exclusive():
+    with pytest.raises(ConfigError, match="both bound the log-variance; set model.logvar_bound=0"):
+        configs.apply_overrides(configs.get_config("hvae_vampprior"), ["model.logvar_clip=-6,2"])
+    config = configs.apply_overrides(configs.get_config("hvae_vampprior"),
+                                     ["model.logvar_bound=0", "model.logvar_clip=-6,2"])
+    assert config.model.logvar_clip == (-6.0, 2.0)

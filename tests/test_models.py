@@ -148,3 +148,21 @@ def test_bfloat16_compute_leaves_the_precision_to_jax():
     params = builders.build_model(configs.ModelConfig(latent_dim=4)).init(jax.random.key(0), jnp.zeros(784))
     found = _precisions(jax.make_jaxpr(model.posterior)(params, jnp.zeros((2, 784))).jaxpr)
     assert len(found) == 3 and all(precision is None for precision in found), found
+
+
+def test_he_normal_kernels_scale_every_kernel_and_nothing_else():
+    """`model.kernel_init=he_normal`: every dense kernel is Flax's `he_normal` draw of the same key (variance
+    2 / fan_in); biases and the VampPrior's pseudo-inputs keep their initialization."""
+    lecun = configs.get_config("hvae_vampprior")
+    he = configs.apply_overrides(lecun, ["model.kernel_init=he_normal"])
+    lecun_params, he_params = builders.template_state(lecun).params, builders.template_state(he).params
+    kernels = 0
+    for (path, a), (_, b) in zip(*(jax.tree_util.tree_flatten_with_path(p)[0] for p in (lecun_params, he_params))):
+        if path[-1].key == "kernel":
+            kernels += 1
+            np.testing.assert_allclose(b, a * np.sqrt(2.0), rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(b, a)
+    assert kernels == 10 * 2 + 4  # ten gated layers of two Dense each (2 + 2 + 3 + 3), and four Gaussian or pixel heads
+    first = he_params["params"]["q_z2"]["MLP_0"]["Dense_0"]["kernel"]
+    np.testing.assert_allclose(np.var(first), 2 / 784, rtol=0.02)

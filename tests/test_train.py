@@ -140,6 +140,25 @@ def test_logvar_bound():
     assert float(jnp.max(jnp.abs(logvar))) <= 3.0 and float(jnp.max(jnp.abs(logvar))) > 2.9
 
 
+def test_logvar_clip_is_the_hardtanh_of_the_reference_code():
+    """A `(low, high)` bound is PyTorch's Hardtanh(low, high), the clip of Tomczak & Welling's code: values and
+    gradients (1 inside, 0 outside), in float64."""
+    import torch
+
+    from vae_jax import models
+
+    raw = np.array([-9.0, -6.5, -5.99, 0.3, 1.99, 2.5, 40.0])
+    with jax.enable_x64(True):
+        values, grads = jax.vmap(jax.value_and_grad(lambda v: models.bound_logvar(v, (-6.0, 2.0))))(jnp.asarray(raw))
+    assert values.dtype == jnp.float64
+    reference = torch.tensor(raw, requires_grad=True)
+    clipped = torch.nn.Hardtanh(-6.0, 2.0)(reference)
+    clipped.sum().backward()
+    np.testing.assert_array_equal(values, clipped.detach().numpy())
+    np.testing.assert_array_equal(grads, reference.grad.numpy())
+    np.testing.assert_array_equal(grads, [0, 0, 1, 1, 1, 0, 0])
+
+
 def test_bfloat16_compute_keeps_float32_parameters_and_loss(binary_pixels):
     config = configs.ModelConfig(latent_dim=3, encoder_hidden=(32,), decoder_hidden=(32,), compute_dtype="bfloat16")
     model = builders.build_model(config)

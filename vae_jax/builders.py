@@ -34,18 +34,18 @@ def build_model(config: configs.ModelConfig) -> Model:
     dtype = None if config.compute_dtype == "float32" else config.compute_dtype
     precision = config.matmul_precision if dtype is None else None  # bfloat16 compute: products are bfloat16 anyway
     encoder_hidden, decoder_hidden = tuple(config.encoder_hidden), tuple(config.decoder_hidden)
+    logvar_bound = tuple(config.logvar_clip) or config.logvar_bound
     prior = build_prior(config)
     if config.stochastic_layers == 2:
         return FlaxModel(HierarchicalVAE(config.latent_dim, encoder_hidden, decoder_hidden, config.activation,
-                                         config.logvar_bound, prior, models.NUM_PIXELS, dtype, precision))
+                                         logvar_bound, prior, models.NUM_PIXELS, dtype, precision))
     if config.architecture == "conv":
         channels = tuple(config.conv_channels)
-        encoder = models.ConvEncoder(config.latent_dim, channels, encoder_hidden, config.activation,
-                                     config.logvar_bound, dtype, precision)
+        encoder = models.ConvEncoder(config.latent_dim, channels, encoder_hidden, config.activation, logvar_bound,
+                                     dtype, precision)
         decoder = models.ConvDecoder(channels, decoder_hidden, config.activation, dtype, precision)
     else:
-        encoder = models.Encoder(config.latent_dim, encoder_hidden, config.activation, config.logvar_bound, dtype,
-                                 precision)
+        encoder = models.Encoder(config.latent_dim, encoder_hidden, config.activation, logvar_bound, dtype, precision)
         decoder = models.Decoder(models.NUM_PIXELS, decoder_hidden, config.activation, dtype, precision)
     return models.VAE(encoder, decoder, prior)
 
@@ -93,11 +93,25 @@ def steps_per_epoch(config: configs.Config) -> int:
 
 
 def template_state(config: configs.Config, model: Any = None) -> TrainState:
-    """The freshly initialized train state of a run: the model `config.model` describes, or `model` where given,
-    initialized with the run's `init` key."""
-    model = build_model(config.model) if model is None else as_model(model)
+    """The freshly initialized train state of a run: the model `config.model` describes (with its `kernel_init`), or
+    `model` where given (with its own initializers), initialized with the run's `init` key."""
     tx = build_optimizer(config.optim, total_steps=steps_per_epoch(config) * config.epochs)
-    return create_train_state(run_keys(jax.random.key(config.seed)).init, model, tx)
+    he_normal = model is None and config.model.kernel_init == "he_normal"
+    model = build_model(config.model) if model is None else as_model(model)
+    state = create_train_state(run_keys(jax.random.key(config.seed)).init, model, tx)
+    if not he_normal:
+        return state
+    params = he_normal_kernels(state.params)
+    return state.replace(params=params, opt_state=tx.init(params))
+
+
+def he_normal_kernels(params: Any) -> Any:
+    """`params` initialized by Flax's defaults (kernels `lecun_normal`: a truncated normal of variance 1 / fan_in)
+    with every `kernel` times sqrt 2: the `he_normal` draw (variance 2 / fan_in) of the same keys, up to rounding."""
+    def scale(path: tuple[Any, ...], leaf: jax.Array) -> jax.Array:
+        return leaf * jnp.sqrt(jnp.asarray(2.0, leaf.dtype)) if getattr(path[-1], "key", None) == "kernel" else leaf
+
+    return jax.tree_util.tree_map_with_path(scale, params)
 
 
 def abstract_state(config: configs.Config, model: Any = None) -> TrainState:

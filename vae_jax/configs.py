@@ -25,6 +25,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16")
 ARCHITECTURES = ("mlp", "conv")
 PRIORS = ("normal", "mixture", "vamp")
+KERNEL_INITS = ("lecun_normal", "he_normal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,10 @@ class ModelConfig:
             (Tomczak & Welling, 2018).
         logvar_bound: if positive, the encoder's log-variance is squashed smoothly into
             (-logvar_bound, logvar_bound) by `bound * tanh(logvar / bound)`; 0 leaves it free.
+        logvar_clip: `low,high` clips every log-variance to [low, high] instead, with no gradient outside (the
+            hardtanh of Tomczak & Welling's code: -6,2); empty: no clip.
+        kernel_init: the initialization of every dense and convolutional kernel: `lecun_normal` (Flax's default,
+            variance 1 / fan_in) or `he_normal` (variance 2 / fan_in, as in Tomczak & Welling's code).
         compute_dtype: `float32`, or `bfloat16` for mixed precision: the layers compute in bfloat16 while
             parameters, optimizer state and the loss stay float32.
         matmul_precision: how accelerators compute the float32 matrix products and convolutions of the layers:
@@ -63,6 +68,8 @@ class ModelConfig:
     decoder_hidden: tuple[int, ...] = (300, 300)
     activation: str = "elu"
     logvar_bound: float = 0.0
+    logvar_clip: tuple[float, ...] = ()
+    kernel_init: str = "lecun_normal"
     compute_dtype: str = "float32"
     matmul_precision: str = "float32"
     architecture: str = "mlp"
@@ -203,7 +210,8 @@ def _parse_value(text: str, field_type: Any, key: str) -> Any:
                 raise ValueError
             return text.lower() in ("true", "1")
         if typing.get_origin(field_type) is tuple:
-            return tuple(int(part) for part in text.split(",") if part.strip())
+            element_type = typing.get_args(field_type)[0]
+            return tuple(element_type(part) for part in text.split(",") if part.strip())
         return field_type(text)
     except ValueError:
         raise ConfigError(f"cannot read {text!r} as {field_type} for {key}; fix the override") from None
@@ -253,6 +261,12 @@ def validate(config: Config) -> Config:
         _require(all(w > 0 for w in widths), f"model.{name} widths must be positive, got {widths}")
     _require(model.activation in ACTIVATIONS, f"unknown activation {model.activation!r}; choose one of {ACTIVATIONS}")
     _require(model.logvar_bound >= 0, f"model.logvar_bound must be >= 0, got {model.logvar_bound}")
+    _require(not model.logvar_clip or (len(model.logvar_clip) == 2 and model.logvar_clip[0] < model.logvar_clip[1]),
+             f"model.logvar_clip must be two numbers low,high with low < high (e.g. -6,2), got {model.logvar_clip}")
+    _require(not (model.logvar_clip and model.logvar_bound),
+             "model.logvar_clip and model.logvar_bound both bound the log-variance; set model.logvar_bound=0")
+    _require(model.kernel_init in KERNEL_INITS,
+             f"unknown kernel_init {model.kernel_init!r}; choose one of {KERNEL_INITS}")
     _require(model.compute_dtype in COMPUTE_DTYPES,
              f"unknown compute dtype {model.compute_dtype!r}; choose one of {COMPUTE_DTYPES}")
     _require(model.matmul_precision in MATMUL_PRECISIONS,

@@ -55,7 +55,7 @@ class HierarchicalVAE(nn.Module):
         encoder_hidden: widths of q(z2 | x)'s MLP; its last width is also that of q(z1 | x, z2)'s layers.
         decoder_hidden: widths of p(z1 | z2)'s MLP; its last width is also that of p(x | z1, z2)'s layers.
         activation: a name in `configs.ACTIVATIONS`, `gated` in the paper.
-        logvar_bound: bound of every log-variance (`models.Encoder`); the paper clips to [-6, 2].
+        logvar_bound: bound of every log-variance (`models.bound_logvar`); the authors' code clips to (-6, 2).
         prior: None for p(z2) = N(0, I), or a prior module of `vae_jax.priors` on z2 (the VampPrior encodes its
             pseudo-inputs with q(z2 | .)).
         num_pixels: D.
@@ -66,7 +66,7 @@ class HierarchicalVAE(nn.Module):
     encoder_hidden: Sequence[int] = (300, 300)
     decoder_hidden: Sequence[int] = (300, 300)
     activation: str = models.GATED
-    logvar_bound: float = 6.0
+    logvar_bound: models.LogvarBound = 6.0
     prior: nn.Module | None = None
     num_pixels: int = models.NUM_PIXELS
     dtype: str | None = None

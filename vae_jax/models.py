@@ -37,6 +37,7 @@ _ACTIVATIONS = {
     "swish": nn.swish,
 }
 GATED = "gated"  # the gated dense layer of Tomczak & Welling (2018): Dense(h) * sigmoid(Dense(h))
+LogvarBound = float | tuple[float, float]  # see `bound_logvar`
 
 
 def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -87,7 +88,7 @@ class Encoder(nn.Module):
         hidden: widths of the hidden layers.
         activation: a name in `configs.ACTIVATIONS`.
         logvar_bound: if positive, logvar = bound * tanh(raw / bound) lies in (-bound, bound), which keeps
-            exp(logvar) finite; 0 leaves it unbounded.
+            exp(logvar) finite; 0 leaves it unbounded; a pair (low, high) clips it (`bound_logvar`).
         dtype: computation dtype of the layers (`bfloat16` for mixed precision, whose outputs are cast to
             float32); None follows the inputs and parameters.
         precision: of float32 matrix products on accelerators, a name in `configs.MATMUL_PRECISIONS` (None: JAX's
@@ -97,7 +98,7 @@ class Encoder(nn.Module):
     latent_dim: int
     hidden: Sequence[int] = (300, 300)
     activation: str = "elu"
-    logvar_bound: float = 0.0
+    logvar_bound: LogvarBound = 0.0
     dtype: str | None = None
     precision: str | None = "float32"
 
@@ -109,7 +110,7 @@ class Encoder(nn.Module):
 
 
 def gaussian_head(
-    h: jax.Array, latent_dim: int, logvar_bound: float, dtype: str | None, precision: str | None
+    h: jax.Array, latent_dim: int, logvar_bound: LogvarBound, dtype: str | None, precision: str | None
 ) -> tuple[jax.Array, jax.Array]:
     """One Dense layer `h [..., H] -> (mean, logvar) [..., J]` (call inside a compact module)."""
     out = float32_if_reduced(nn.Dense(2 * latent_dim, dtype=dtype, precision=precision)(h))
@@ -117,8 +118,12 @@ def gaussian_head(
     return mean, bound_logvar(logvar, logvar_bound)
 
 
-def bound_logvar(logvar: jax.Array, bound: float) -> jax.Array:
-    """`bound * tanh(logvar / bound)`, in (-bound, bound), if `bound` is positive; else `logvar` unchanged."""
+def bound_logvar(logvar: jax.Array, bound: LogvarBound) -> jax.Array:
+    """A bounded log-variance: for a number `bound`, `bound * tanh(logvar / bound)`, in (-bound, bound), if it is
+    positive (else `logvar` unchanged); for a pair `(low, high)`, `logvar` clipped to [low, high], whose gradient is
+    0 outside (the hardtanh of Tomczak & Welling's code, (-6, 2))."""
+    if isinstance(bound, tuple):
+        return jnp.clip(logvar, *bound)
     return bound * jnp.tanh(logvar / bound) if bound > 0 else logvar
 
 
@@ -166,7 +171,7 @@ class ConvEncoder(nn.Module):
     channels: Sequence[int] = (32, 64)
     hidden: Sequence[int] = (300,)
     activation: str = "elu"
-    logvar_bound: float = 0.0
+    logvar_bound: LogvarBound = 0.0
     dtype: str | None = None
     precision: str | None = "float32"
 

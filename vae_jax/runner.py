@@ -39,8 +39,8 @@ DIVERGENCE_HINT = ("resume with a lower optim.learning_rate, with optim.grad_cli
                    "log-variance bounded by model.logvar_bound=10")
 # Fields a resumed run may change: they leave the shapes of the train state alone.
 RESUMABLE_FIELDS = ("epochs", "eval_batch_size", "keep_checkpoints", "optim.learning_rate", "optim.schedule",
-                    "optim.final_lr_fraction", "optim.grad_clip_norm", "model.logvar_bound", "model.matmul_precision",
-                    "free_bits", "data_parallel", "patience")
+                    "optim.final_lr_fraction", "optim.grad_clip_norm", "model.logvar_bound", "model.logvar_clip",
+                    "model.matmul_precision", "free_bits", "data_parallel", "patience")
 
 
 def run_metadata(config: configs.Config, model: Any = None) -> dict[str, Any]:
