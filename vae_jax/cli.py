@@ -95,13 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     gaps.add_argument("--workdir", required=True)
     gaps.add_argument("--split", default="test", help=f"one of {list(data.SPLITS)}")
     gaps.add_argument("--num-examples", type=int, default=None, help="the split's first N examples (default: all)")
-    gaps.add_argument("--steps", type=int, default=500, help="Adam steps on each example's posterior")
-    gaps.add_argument("--samples", type=int, default=4, help="samples of the ELBO estimate at each step")
-    gaps.add_argument("--learning-rate", type=float, default=5e-2,
+    defaults = configs.GapsConfig()
+    gaps.add_argument("--steps", type=int, default=defaults.steps, help="Adam steps on each example's posterior")
+    gaps.add_argument("--samples", type=int, default=defaults.num_samples,
+                      help="samples of the ELBO estimate at each step")
+    gaps.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
                       help="Adam's first learning rate, decaying to 1%% of it (cosine)")
-    gaps.add_argument("--eval-samples", type=int, default=100, help="samples per example of the final ELBOs")
-    gaps.add_argument("--iwae-samples", type=int, default=5000, help="K of the log p(x) estimate")
-    gaps.add_argument("--batch-size", type=int, default=100, help="examples at once (memory only)")
+    gaps.add_argument("--eval-samples", type=int, default=defaults.eval_samples,
+                      help="samples per example of the final ELBOs")
+    gaps.add_argument("--iwae-samples", type=int, default=defaults.iwae_samples, help="K of the log p(x) estimate")
+    gaps.add_argument("--batch-size", type=int, default=defaults.batch_size, help="examples at once (memory only)")
     gaps.add_argument("--seed", type=int, default=0, help="evaluation seed")
     gaps.add_argument("--csv", default=None, help="also write the per-example numbers to this CSV file")
     _add_data_options(gaps)

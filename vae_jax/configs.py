@@ -157,6 +157,27 @@ class Config:
     init_from: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class GapsConfig:
+    """The defaults of the inference-gap measurement (`runner.evaluate_gaps`, the `gaps` command), one place for both.
+
+    Attributes:
+        steps, num_samples, learning_rate: each example's posterior is optimized by `steps` Adam steps on the ELBO
+            estimate of `num_samples` samples, from the encoder's output, its learning rate decaying from
+            `learning_rate` to 1% of it (cosine).
+        eval_samples: samples per example of the final ELBO estimates.
+        iwae_samples: K of the log p(x) estimate.
+        batch_size: examples at once (memory only).
+    """
+
+    steps: int = 500
+    num_samples: int = 4
+    learning_rate: float = 5e-2
+    eval_samples: int = 100
+    iwae_samples: int = 5000
+    batch_size: int = 100
+
+
 def _cs236() -> Config:
     """The Stanford CS236 VAE: z=10, 300-300 ELU MLPs, Adam 1e-3, batch 100."""
     return Config()

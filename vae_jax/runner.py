@@ -448,12 +448,12 @@ def evaluate_gaps(
     *,
     model: Any = None,
     num_examples: int | None = None,
-    steps: int = 500,
-    num_samples: int = 4,
-    learning_rate: float = 5e-2,
-    eval_samples: int = 100,
-    iwae_samples: int = 5000,
-    batch_size: int = 100,
+    steps: int = configs.GapsConfig.steps,
+    num_samples: int = configs.GapsConfig.num_samples,
+    learning_rate: float = configs.GapsConfig.learning_rate,
+    eval_samples: int = configs.GapsConfig.eval_samples,
+    iwae_samples: int = configs.GapsConfig.iwae_samples,
+    batch_size: int = configs.GapsConfig.batch_size,
     eval_seed: int = 0,
     data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
     manual_dir: str | os.PathLike | None = None,
@@ -468,10 +468,7 @@ def evaluate_gaps(
         split: `train`, `validation` or `test`.
         model: the model object of a run that trained one; None for a preset run.
         num_examples: evaluate the split's first this many examples; None for all.
-        steps, num_samples, learning_rate: the per-example optimization (Adam) from the encoder's output.
-        eval_samples: samples per example of both ELBO estimates.
-        iwae_samples: K of the log p(x) estimate.
-        batch_size: examples at once (memory only).
+        steps, num_samples, learning_rate, eval_samples, iwae_samples, batch_size: see `configs.GapsConfig`.
         eval_seed: seed of the evaluation's randomness.
 
     Returns:
