@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export XLA_FLAGS="${XLA_FLAGS:---xla_cpu_experimental_ynn_fusion_type=}"  # see tomczak_welling.sh
 mkdir -p "${RUNS_DIR:-runs}"
-protocol=(optim.name=adam_normgrad optim.learning_rate=5e-4 optim.schedule=constant patience=50 --epochs 2000)
+protocol=(--epochs 2000 optim.name=adam_normgrad optim.learning_rate=5e-4 optim.schedule=constant patience=50)
 bash experiments/train_and_eval.sh hvae_vampprior_adamnormgrad hvae_vampprior "${protocol[@]}" \
   >> "${RUNS_DIR:-runs}/hvae_vampprior_adamnormgrad.log" 2>&1 &
 bash experiments/train_and_eval.sh hvae_vampprior_authors hvae_vampprior "${protocol[@]}" model.kernel_init=he_normal \

@@ -90,6 +90,8 @@ def test_train_without_config_resumes_the_stored_one(tiny_run, data_dir, capsys)
     (["train", "--workdir", "{tmp}/w", "optim.momentum=0.5"], "optim.name=adam would ignore optim.momentum=0.5"),
     (["train", "--workdir", "{tmp}/w", "optim.weight_decay=0.1"], "use optim.name=adamw"),
     (["train", "--workdir", "{tmp}/w", "optim.name=adam_normgrad", "optim.flatten=true"], "set optim.flatten=false"),
+    (["train", "--workdir", "{tmp}/w", "--epochs", "2", "seed=1", "--bogus"], "unrecognized arguments: --bogus"),
+    (["eval", "--workdir", "{tmp}", "seed=1"], "unrecognized arguments: seed=1"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2(argv, message, tmp_path, capsys):
     capsys.readouterr()
@@ -97,6 +99,13 @@ def test_bad_input_is_one_line_with_exit_code_2(argv, message, tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ")
     assert message.format(tmp=tmp_path) in err
+
+
+def test_overrides_may_follow_options():
+    args = cli.parse_args(["train", "--workdir", "w", "seed=1", "--epochs", "5", "patience=3", "--no-progress",
+                           "model.logvar_clip=-6,2"])
+    assert args.overrides == ["seed=1", "patience=3", "model.logvar_clip=-6,2"]
+    assert (args.epochs, args.no_progress) == (5, True)
 
 
 def _exit_code(argv: list[str]) -> int:
