@@ -237,10 +237,10 @@ def train_and_evaluate(
     metrics = MetricsLog(workdir, tensorboard)
     metrics.truncate(done)
     best = checkpointer.best_epoch()
-    finished = (f"{workdir} already holds {done} epochs (>= --epochs {config.epochs})" if done >= config.epochs
-                else f"{workdir} {_early_stop_notice(config, done, best)}" if stops_early(config, done, best) else "")
-    if finished:
-        log(f"{finished}; nothing to train")
+    if done >= config.epochs or stops_early(config, done, best):
+        reason = (f"already holds {done} epochs (>= --epochs {config.epochs})" if done >= config.epochs
+                  else _early_stop_notice(config, done, best))
+        log(f"{workdir} {reason}; nothing to train")
         checkpointer.close()
         metrics.close()
         return {"epoch": done}
@@ -347,8 +347,9 @@ def _train_epochs(config: configs.Config, workdir: Path, state: train.TrainState
         checkpointer.save(epoch, state, root_key, val_loss=val.get("nll", val["nelbo"]), metadata=metadata)
         bar.update(epoch * steps_per_epoch - bar.n)
         bar.set_postfix(epoch=epoch, train_nelbo=f"{record['train_nelbo']:.2f}", val_nelbo=f"{val['nelbo']:.2f}")
-        if stops_early(config, epoch, checkpointer.best_epoch()):
-            log(_early_stop_notice(config, epoch, checkpointer.best_epoch()))
+        best = checkpointer.best_epoch()
+        if stops_early(config, epoch, best):
+            log(_early_stop_notice(config, epoch, best))
             break
     bar.close()
     return record
