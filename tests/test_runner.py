@@ -95,6 +95,10 @@ def test_a_new_run_starts_from_the_best_checkpoint_of_init_from(cs236_run, run_a
     assert Checkpointer(tmp_path).validation_loss(1) == record["val_nll_bound"]
     assert record["val_nll_bound"] < record["val_nelbo"] - 0.5  # K = 2 is a tighter bound than the ELBO
     assert "val_nll_bound" not in lines[best - 1]  # an ELBO run is validated and chosen by its NELBO
+    # Such a checkpoint written by an older vae_jax (ranked by the NELBO) is not resumed: the rankings would mix.
+    (tmp_path / "checkpoints" / "1" / "metrics" / "metrics").write_text(json.dumps({"val_nelbo": record["val_nelbo"]}))
+    with pytest.raises(ConfigError, match=r"ranked by validation NELBO \(epochs \[1\]\).*init_from="):
+        runner.train_and_evaluate(configs.apply_overrides(config, ["epochs=2"]), tmp_path, **run_args)
 
 
 def test_init_from_refuses_a_missing_run_and_another_model(cs236_run, run_args, tmp_path):

@@ -136,6 +136,11 @@ class Checkpointer:
         """The epoch of the lowest validation loss, or None without checkpoints."""
         return self._manager.best_step()
 
+    def ranked_by_nelbo(self) -> list[int]:
+        """Epochs whose checkpoint an older vae_jax ranked by the validation NELBO whatever the objective (not the run's
+        own validation loss, which differs for an IWAE run)."""
+        return [epoch for epoch in self.epochs() if VALIDATION_METRIC not in self._manager.metrics(epoch)]
+
     def validation_loss(self, epoch: int) -> float:
         """The validation loss saved with the checkpoint of `epoch` (the NELBO in a checkpoint of an older vae_jax)."""
         return _validation_loss(self._manager.metrics(epoch))
