@@ -139,7 +139,7 @@ class Checkpointer:
     def ranked_by_nelbo(self) -> list[int]:
         """Epochs whose checkpoint an older vae_jax ranked by the validation NELBO whatever the objective (not the run's
         own validation loss, which differs for an IWAE run)."""
-        return [epoch for epoch in self.epochs() if VALIDATION_METRIC not in self._manager.metrics(epoch)]
+        return [epoch for epoch in self.epochs() if OLD_VALIDATION_METRIC in (self._manager.metrics(epoch) or {})]
 
     def validation_loss(self, epoch: int) -> float:
         """The validation loss saved with the checkpoint of `epoch` (the NELBO in a checkpoint of an older vae_jax)."""
