@@ -227,15 +227,14 @@ def train_and_evaluate(
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, clean_unfinished=True)
     try:
         restored = _resume_or_start(checkpointer, metadata, lambda: builders.abstract_state(config, model))
+        ranked_by_nelbo = checkpointer.ranked_by_nelbo() if config.objective == "iwae" else []
+        if ranked_by_nelbo:
+            raise ConfigError(f"{workdir} holds IWAE checkpoints that an older vae_jax ranked by validation NELBO "
+                              f"(epochs {ranked_by_nelbo}), not by the run's bound; go on in a fresh --workdir with "
+                              f"init_from={workdir}")
     except BaseException:
         checkpointer.close()
         raise
-    ranked_by_nelbo = checkpointer.ranked_by_nelbo() if config.objective == "iwae" else []
-    if ranked_by_nelbo:
-        checkpointer.close()
-        raise ConfigError(f"{workdir} holds IWAE checkpoints that an older vae_jax ranked by validation NELBO "
-                          f"(epochs {ranked_by_nelbo}), not by the run's bound; go on in a fresh --workdir with "
-                          f"init_from={workdir}")
     for epoch, reason in restored.skipped if restored else []:
         log(f"warning: checkpoint of epoch {epoch} is unreadable ({reason}); moved aside, resuming before it")
     state, root_key, done = ((restored.state, restored.key, restored.epoch) if restored
