@@ -113,6 +113,8 @@ def test_configs_that_cannot_be_built_fail_validation():
         configs.apply_overrides(configs.get_config("hvae"), ["model.architecture=conv"])
     with pytest.raises(ConfigError, match="stochastic_layers must be 1 or 2"):
         configs.apply_overrides(configs.get_config("hvae"), ["model.stochastic_layers=3"])
+    with pytest.raises(ConfigError, match="at least one hidden layer in model.encoder_hidden"):
+        configs.apply_overrides(configs.get_config("hvae"), ["model.encoder_hidden="])
 
 
 def _precisions(jaxpr: jax.extend.core.Jaxpr) -> list:

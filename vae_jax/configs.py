@@ -304,6 +304,9 @@ def validate(config: Config) -> Config:
              f"model.stochastic_layers must be 1 or 2, got {model.stochastic_layers}")
     _require(model.stochastic_layers == 1 or model.architecture == "mlp",
              "two stochastic layers (model.stochastic_layers=2) need model.architecture=mlp")
+    _require(model.stochastic_layers == 1 or (model.encoder_hidden and model.decoder_hidden),
+             "two stochastic layers (model.stochastic_layers=2) need at least one hidden layer in "
+             "model.encoder_hidden and model.decoder_hidden (e.g. 300,300)")
     _require(config.objective in OBJECTIVES, f"unknown objective {config.objective!r}; choose one of {OBJECTIVES}")
     for name in ("kl_weight", "kl_warmup_epochs", "free_bits", "patience"):
         _require(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
