@@ -85,11 +85,7 @@ class HierarchicalVAE(nn.Module):
 
     def q_z1(self, x: jax.Array, z2: jax.Array) -> tuple[jax.Array, jax.Array]:
         """`(mean, logvar)` of q(z1 | x, z2): `[..., D], [..., J] -> [..., J]` each (leading axes broadcast)."""
-        return self._gaussian(self.q_z1_head(self.q_z1_trunk(x, z2)))
-
-    def _gaussian(self, out: jax.Array) -> tuple[jax.Array, jax.Array]:
-        mean, logvar = jnp.split(models.float32_if_reduced(out), 2, axis=-1)
-        return mean, models.bound_logvar(logvar, self.logvar_bound)
+        return models.split_gaussian(self.q_z1_head(self.q_z1_trunk(x, z2)), self.logvar_bound)
 
     def logits(self, z1: jax.Array, z2: jax.Array) -> jax.Array:
         """The Bernoulli logits of p(x | z1, z2): `[..., J], [..., J] -> [..., D]`."""

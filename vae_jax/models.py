@@ -113,8 +113,12 @@ def gaussian_head(
     h: jax.Array, latent_dim: int, logvar_bound: LogvarBound, dtype: str | None, precision: str | None
 ) -> tuple[jax.Array, jax.Array]:
     """One Dense layer `h [..., H] -> (mean, logvar) [..., J]` (call inside a compact module)."""
-    out = float32_if_reduced(nn.Dense(2 * latent_dim, dtype=dtype, precision=precision)(h))
-    mean, logvar = jnp.split(out, 2, axis=-1)
+    return split_gaussian(nn.Dense(2 * latent_dim, dtype=dtype, precision=precision)(h), logvar_bound)
+
+
+def split_gaussian(out: jax.Array, logvar_bound: LogvarBound) -> tuple[jax.Array, jax.Array]:
+    """A Gaussian head's output `[..., 2J] -> (mean, bounded logvar) [..., J]`, in float32 if `out` is narrower."""
+    mean, logvar = jnp.split(float32_if_reduced(out), 2, axis=-1)
     return mean, bound_logvar(logvar, logvar_bound)
 
 
