@@ -78,3 +78,13 @@ def test_the_command_line_option(argv_cache, written, tmp_path, shared_data):
     assert done.returncode == 2 and "does not exist" in done.stderr  # the option is read before the run fails
     assert not (tmp_path / "home_cache").exists()
     assert folder.exists() == written
+
+
+def test_a_folder_that_cannot_be_made_is_a_one_line_error(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "vae_jax", "eval", "--workdir", str(tmp_path),
+                           "--compilation-cache", str(tmp_path / "a_file" / "cache")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith(f"error: cannot use {tmp_path / 'a_file' / 'cache'} as the compilation cache")

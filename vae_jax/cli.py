@@ -25,8 +25,8 @@ def _add_device_options(parser: argparse.ArgumentParser) -> None:
 def _add_cache_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compilation-cache", default=None, metavar="DIR|off",
                         help="folder of JAX's persistent compilation cache, or off (default: "
-                             "$VAE_JAX_COMPILATION_CACHE, else ~/.cache/vae_jax/jax/<machine>; see "
-                             "vae_jax/compilation_cache.py)")
+                             "$VAE_JAX_COMPILATION_CACHE, else $JAX_COMPILATION_CACHE_DIR, else "
+                             "$XDG_CACHE_HOME or ~/.cache, /vae_jax/jax/<machine>; see vae_jax/compilation_cache.py)")
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:

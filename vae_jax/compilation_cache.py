@@ -23,6 +23,8 @@ from pathlib import Path
 
 import jax
 
+from vae_jax.errors import ConfigError
+
 ENVIRONMENT_VARIABLE = "VAE_JAX_COMPILATION_CACHE"
 OFF = "off"
 MAX_BYTES = 2 * 2**30
@@ -58,7 +60,12 @@ def enable(location: str | os.PathLike | None = None) -> Path | None:
     if setting is None and jax.config.jax_compilation_cache_dir:
         return Path(jax.config.jax_compilation_cache_dir)
     folder = Path(setting).expanduser() if setting else default_folder()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot use {folder} as the compilation cache ({error.strerror}); name a folder you can "
+                          f"write with --compilation-cache or {ENVIRONMENT_VARIABLE}, or turn the cache off with "
+                          f"--compilation-cache {OFF}") from None
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small programs too: initializers
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)  # bounded, hence file-locked
