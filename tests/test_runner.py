@@ -59,6 +59,8 @@ def test_cs236_learns_on_real_data(cs236_run, run_args):
 def test_resumed_run_ends_with_the_same_parameters(cs236_run, run_args, tmp_path):
     config = configs.get_config("cs236")
     runner.train_and_evaluate(configs.apply_overrides(config, ["epochs=2"]), tmp_path, **run_args)
+    with open(tmp_path / runner.METRICS_FILE, "a") as metrics:  # killed while writing epoch 3's line
+        metrics.write('{"epoch": 3, "step": 15')
     runner.train_and_evaluate(configs.apply_overrides(config, [f"epochs={EPOCHS}"]), tmp_path, **run_args)
     resumed, uninterrupted = _params(tmp_path), _params(cs236_run)
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -159,9 +160,10 @@ class MetricsLog:
             self._writer = SummaryWriter(str(workdir / TENSORBOARD_DIR))
 
     def truncate(self, last_epoch: int) -> None:
-        """Drops the lines of epochs after `last_epoch` (work after the last checkpoint, which a resume redoes)."""
-        if self.path.exists():
-            lines = [line for line in self.path.read_text().splitlines() if json.loads(line)["epoch"] <= last_epoch]
+        """Drops the lines of epochs after `last_epoch` (work after the last checkpoint, which a resume redoes), and a
+        line cut short by a kill mid-write."""
+        if self.path.exists() and jax.process_index() == 0:
+            lines = [line for line in self.path.read_text().splitlines() if _epoch_of(line) <= last_epoch]
             self.path.write_text("".join(line + "\n" for line in lines))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -176,6 +178,14 @@ class MetricsLog:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def _epoch_of(line: str) -> float:
+    """The epoch of one line of `metrics.jsonl`; infinity for a line that is not whole JSON (cut short)."""
+    try:
+        return json.loads(line)["epoch"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def _append_json(path: Path, record: dict[str, Any]) -> None:
