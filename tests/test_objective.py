@@ -3,8 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vae_jax import objective
+from vae_jax.errors import ConfigError
 
 
 def _params(model):
@@ -105,6 +107,10 @@ def test_training_loss_kl_weight_and_free_bits():
     np.testing.assert_allclose(objective.training_loss(terms, free_bits=1.0), 15.0 + 1.0 + 3.0, rtol=1e-6)
     elbo = objective.Elbo(free_bits=1.0)
     np.testing.assert_allclose(elbo.batch_loss(terms, terms.nelbo, 0.5), 15.0 + 0.5 * 4.0, rtol=1e-6)
+    # A model whose KL does not split by dimension (a mixture prior, say) has no free bits.
+    without_split = terms._replace(kl_per_dim=jnp.zeros((2, 0)))
+    with pytest.raises(ConfigError, match="free bits need a model whose KL splits by dimension"):
+        objective.training_loss(without_split, free_bits=1.0)
 
 
 def test_iwae_objective_is_the_negative_bound_of_the_same_samples(small_model, binary_pixels):

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from vae_jax.contract import JointSamples, Model, Params
 from vae_jax.distributions import binarize
+from vae_jax.errors import ConfigError
 
 
 class ElboTerms(NamedTuple):
@@ -154,7 +155,7 @@ def training_loss(terms: ElboTerms, kl_weight: jax.Array | float = 1.0, free_bit
     """
     if free_bits > 0:
         if terms.kl_per_dim.shape[-1] == 0:
-            raise ValueError("free bits need a model whose KL splits by dimension (the N(0, I) prior); set "
+            raise ConfigError("free bits need a model whose KL splits by dimension (the N(0, I) prior); set "
                              "free_bits=0")
         kl = jnp.sum(jnp.maximum(free_bits, jnp.mean(terms.kl_per_dim, axis=0)))
     else:
