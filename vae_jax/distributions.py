@@ -48,11 +48,6 @@ def gaussian_kl_per_dim(mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
     return 0.5 * (jnp.square(mean) + jnp.exp(logvar) - logvar - 1.0)
 
 
-def gaussian_kl_to_standard_normal(mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
-    """KL(N(mean, diag exp(logvar)) || N(0, I)): `gaussian_kl_per_dim` summed over the last axis; `[...]`."""
-    return jnp.sum(gaussian_kl_per_dim(mean, logvar), axis=-1)
-
-
 def gaussian_log_prob(z: ArrayLike, mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
     """log N(z; mean, diag exp(logvar)), summed over the last axis.
 

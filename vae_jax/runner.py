@@ -382,14 +382,15 @@ def load_checkpoint(workdir: str | os.PathLike, epoch: int | None = None, model:
     model (the preset's, or `model`, which a run of a model object needs)."""
     compilation_cache.enable()
     workdir = Path(workdir)
+    no_checkpoints = CheckpointError(f"work directory {workdir} has no checkpoints; run `train --workdir {workdir}` "
+                                     "first")
     if not (workdir / "checkpoints").is_dir():
-        raise CheckpointError(f"work directory {workdir} has no checkpoints; run `train --workdir {workdir}` first")
+        raise no_checkpoints
     checkpointer = Checkpointer(workdir)
     try:
         epochs = checkpointer.epochs()
         if not epochs:
-            raise CheckpointError(f"work directory {workdir} has no checkpoints; run `train --workdir {workdir}` "
-                                  "first")
+            raise no_checkpoints
         chosen = checkpointer.best_epoch() if epoch is None else epoch
         metadata = checkpointer.read_metadata(chosen if chosen in epochs else epochs[-1])
         if model is None and not _is_preset_model(metadata):
