@@ -31,7 +31,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the frameworks load in the workers, after their thread settings
+    import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHITECTURES = {  # name: (latent_dim, encoder hidden, decoder hidden); cs236 and the `default` preset's model
@@ -52,7 +55,7 @@ def _peak_memory() -> dict:
     return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
-def _timed_epochs(run_epoch, epochs: int) -> list[float]:
+def _timed_epochs(run_epoch: Callable[[int], Any], epochs: int) -> list[float]:
     times = []
     for epoch in range(epochs + 1):  # the first one warms up
         start = time.perf_counter()
@@ -61,7 +64,7 @@ def _timed_epochs(run_epoch, epochs: int) -> list[float]:
     return times[1:]
 
 
-def compiled_jax_epoch(case: dict, pixels) -> tuple[Callable, Any, Any, float]:
+def compiled_jax_epoch(case: dict, pixels: np.ndarray) -> tuple[Callable, Any, Any, float]:
     """The vae_jax epoch of `case` (`model`, `batch`, optional `dtype` and `data_parallel`; Adam 1e-3), compiled:
     `(epoch_fn, state, data, compile_seconds)`, where `epoch_fn(state, data, key)` trains one epoch."""
     import jax
@@ -83,7 +86,7 @@ def compiled_jax_epoch(case: dict, pixels) -> tuple[Callable, Any, Any, float]:
     return epoch_fn, state, data, time.perf_counter() - start
 
 
-def minimal_jax_epoch(case: dict, pixels) -> tuple[Callable, Any, Any, float]:
+def minimal_jax_epoch(case: dict, pixels: np.ndarray) -> tuple[Callable, Any, Any, float]:
     """A minimal JAX epoch of the same model, for comparison: Flax Dense layers, one `lax.scan` over the epoch's
     batches, `optax.adam`, true float32 products; no per-example keys (one noise draw per step), no finiteness
     guard, no metrics but the loss. Returns what `compiled_jax_epoch` returns."""
@@ -166,7 +169,7 @@ def exported_step_ops(case: dict, platform_name: str = "cuda") -> dict[str, int]
             "reduce": counts["stablehlo.reduce"], "select": counts["stablehlo.select"]}
 
 
-def jax_case(case: dict, pixels) -> dict:
+def jax_case(case: dict, pixels: np.ndarray) -> dict:
     import jax
 
     if case.get("minimal"):
@@ -228,7 +231,7 @@ def matmul_kernels(hlo_text: str) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def torch_case(case: dict, pixels) -> dict:
+def torch_case(case: dict, pixels: np.ndarray) -> dict:
     import torch
 
     sys.path.insert(0, str(REPO))
@@ -273,7 +276,7 @@ def torch_case(case: dict, pixels) -> dict:
             **memory, "device": device, "torch": torch.__version__}
 
 
-def iwae_case(case: dict, pixels) -> dict:
+def iwae_case(case: dict, pixels: np.ndarray) -> dict:
     import jax
     import optax
 
@@ -318,7 +321,7 @@ def matmul_peak(size: int = 2048, repeats: int = 20) -> dict:
     return {"jax_gflops": flops / best_jax / 1e9, "torch_gflops": flops / best_torch / 1e9}
 
 
-def _time(fn) -> float:
+def _time(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -103,7 +104,7 @@ def write_tables(study: str, rows: list[dict]) -> None:
     print(header + "".join(lines), end="")
 
 
-def _validation_curves(axes, rows: list[dict]) -> None:
+def _validation_curves(axes: Axes, rows: list[dict]) -> None:
     for row in rows:
         epochs = [line["epoch"] for line in row["metrics"]]
         axes.plot(epochs, [line["val_nelbo"] for line in row["metrics"]], label=row["setting"])

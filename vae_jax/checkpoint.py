@@ -35,7 +35,7 @@ UNREADABLE = (OSError, ValueError, KeyError, TypeError)
 class AnotherModelError(CheckpointError):
     """A checkpoint holds the parameters of another model; `differences` are `layout_differences`' phrases."""
 
-    def __init__(self, message: str, differences: list[str]):
+    def __init__(self, message: str, differences: list[str]) -> None:
         super().__init__(message)
         self.differences = differences
 
@@ -116,7 +116,7 @@ def first_differences(differences: list[str], shown: int = 3) -> str:
 class Checkpointer:
     """Saves and restores the checkpoints of one work directory."""
 
-    def __init__(self, workdir: str | os.PathLike, keep: int = 3, clean_unfinished: bool = False):
+    def __init__(self, workdir: str | os.PathLike, keep: int = 3, clean_unfinished: bool = False) -> None:
         """Opens `<workdir>/checkpoints`.
 
         Args:

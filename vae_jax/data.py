@@ -94,7 +94,7 @@ def _load_cached(dataset: str, split: str, feature: str, data_dir: str | os.Path
         features = _decode_with_tfds(dataset, _TFDS_SPLITS[dataset][split], Path(data_dir).expanduser(), manual_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
         for name, array in features.items():
-            partial = paths[name].with_suffix(".partial.npy")
+            partial = paths[name].with_suffix(f".{os.getpid()}.partial.npy")  # two first preparations may race
             np.save(partial, array)
             partial.replace(paths[name])
     try:

@@ -148,7 +148,7 @@ class MetricsLog:
     """Per-epoch metrics of a run: one JSON line each in `metrics.jsonl` (on the first process only, in a multi-host
     run), and, if asked, TensorBoard scalars under `tensorboard/` (tensorboardX's `SummaryWriter`)."""
 
-    def __init__(self, workdir: Path, tensorboard: bool = False):
+    def __init__(self, workdir: Path, tensorboard: bool = False) -> None:
         self.path = workdir / METRICS_FILE
         self._writer = None
         if tensorboard and jax.process_index() == 0:
