@@ -123,3 +123,19 @@ def test_iwae_objective_is_the_negative_bound_of_the_same_samples(small_model, b
     samples = objective.importance_samples(small_model, params, x, key, jnp.arange(6))
     np.testing.assert_allclose(terms.rec, -np.mean(samples.log_likelihood), rtol=1e-6)
     assert -float(value) > -float(terms.nelbo)  # the bound is tighter than the average ELBO
+
+
+def test_summarize_gives_means_standard_errors_and_active_units():
+    from vae_jax import evaluate
+
+    nelbo = np.array([100.0, 102.0, 98.0, 104.0])  # mean 101, deviations -1, 1, -3, 3
+    kl_per_dim = np.array([[1.0, 2.0, 3.0]] * 4)
+    posterior_mean = np.array([[0.0, 0.0, 0.0], [1.0, 0.1, 0.3], [2.0, 0.0, 0.0], [3.0, 0.1, 0.3]])
+    terms = objective.ElboTerms(nelbo, nelbo - 6.0, kl_per_dim.sum(axis=1), kl_per_dim, posterior_mean)
+    summary = evaluate.summarize(terms, iwae_bounds=-(nelbo - 5.0))
+    stderr = (20 / 3) ** 0.5 / 2  # sample standard deviation (sum of squares 20 over N - 1 = 3) over sqrt(N = 4)
+    assert (summary["nelbo"], summary["rec"], summary["kl"], summary["nll"]) == (101.0, 95.0, 6.0, 96.0)
+    np.testing.assert_allclose([summary["nelbo_stderr"], summary["nll_stderr"]], [stderr, stderr], rtol=1e-12)
+    assert summary["kl_per_dim"] == [1.0, 2.0, 3.0] and summary["num_examples"] == 4
+    # Variances of the posterior means over examples: 1.25, 0.0025 and 0.0225; active above 0.01 (Burda et al.).
+    assert summary["active_units"] == 2
