@@ -30,7 +30,7 @@ def test_train_eval_sample(tiny_run, shared_data, data_dir, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["split"] == "validation" and result["num_examples"] == 10_000
     assert result["config"]["model"]["latent_dim"] == 2 and result["epoch"] == 1 and result["step"] == 500
-    assert 100 < result["nelbo"] < 250
+    assert 100 < result["nelbo"] < 200  # about 193: below the best model without a latent (about 206)
     out = tmp_path / "figures" / "prior.png"
     assert cli.main(["sample", "--workdir", str(tiny_run), "--out", str(out), "--data-dir", str(data_dir),
                      "--mnist-dir", str(shared_data / "mnist")]) == 0
@@ -59,7 +59,7 @@ def test_a_learned_prior_trains_evaluates_and_samples_from_the_command_line(prio
     result = json.loads(capsys.readouterr().out)
     assert result["config"]["model"]["prior"] == prior and result["kl_per_dim"] == []
     # The bound is below the NELBO, and both are those of a model that learned something in one epoch.
-    assert 100 < result["nll"] < result["nelbo"] < 250
+    assert 100 < result["nll"] < result["nelbo"] < 200  # about 190 and 188, below a latent-free model's 206
     assert 0 < result["kl"] < 30
     out = tmp_path / "samples.png"
     assert cli.main(["sample", "--workdir", str(workdir), "--out", str(out), "--data-dir", str(data_dir),

@@ -68,7 +68,7 @@ def test_processes_share_one_folder(tmp_path):
 
 
 @pytest.mark.parametrize("argv_cache, written", [("off", False), ("{tmp}/cli_cache", True)])
-def test_the_command_line_option(argv_cache, written, tmp_path, shared_data):
+def test_the_command_line_option(argv_cache, written, tmp_path):
     folder = tmp_path / "cli_cache"
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path / "home_cache")}
     env.pop("VAE_JAX_COMPILATION_CACHE")

@@ -104,7 +104,8 @@ def test_a_killed_run_of_the_flow_resumes_to_the_same_parameters(flow_runs):
     lines = [json.loads(line) for line in (killed / runner.METRICS_FILE).read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     assert lines[-1]["val_active_units"] is not None and lines[-1]["val_kl_per_dim"] == []
-    assert lines[-1]["val_nelbo"] < lines[0]["val_nelbo"] < 250
+    # About 199 and 191: learning, and below the best model without a latent (about 206) after two epochs.
+    assert lines[-1]["val_nelbo"] < min(lines[0]["val_nelbo"], 200)
 
 
 def test_the_flow_is_evaluated_carded_and_compared_like_a_preset(flow_runs, capsys):
@@ -113,7 +114,7 @@ def test_the_flow_is_evaluated_carded_and_compared_like_a_preset(flow_runs, caps
                                         data_dir=args["data_dir"])
     assert result["config"]["model"] == {"class": "tests.test_open_core.PlanarFlowVAE", "hidden": 16}
     assert result["config"]["optim"]["learning_rate"] == 1e-3 and result["estimator"] == "iwae"
-    assert 0 < result["nelbo"] - result["nll"] < 15 and result["nll"] < 250
+    assert 0 < result["nelbo"] - result["nll"] < 15 and result["nll"] < 200  # about 190
     capsys.readouterr()
     assert cli.main(["compare", str(whole)]) == 0
     table = capsys.readouterr().out

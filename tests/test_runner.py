@@ -41,7 +41,7 @@ def test_cs236_learns_on_real_data(cs236_run, run_args):
     assert lines[-1]["step"] == EPOCHS * 500
     # Posterior collapse is visible while it happens: KL per latent dimension and active units, every epoch.
     assert len(lines[-1]["train_kl_per_dim"]) == len(lines[-1]["val_kl_per_dim"]) == 10
-    assert abs(sum(lines[-1]["val_kl_per_dim"]) - lines[-1]["val_kl"]) < 1e-2
+    assert abs(sum(lines[-1]["val_kl_per_dim"]) - lines[-1]["val_kl"]) < 1e-3  # 10 dimensions rounded to 4 decimals
     assert 3 <= lines[-1]["val_active_units"] <= 10
     assert lines[-1]["val_nelbo"] < lines[0]["val_nelbo"]
     result = runner.evaluate_checkpoint(cs236_run, "test", data_dir=run_args["data_dir"])
