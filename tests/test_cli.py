@@ -125,6 +125,32 @@ def test_module_entry_point_exit_codes(tmp_path):
                                                 "pass the --workdir of a trained run"]
 
 
+def test_an_interrupted_train_exits_130_and_keeps_its_checkpoints(tmp_path, shared_data, data_dir):
+    """Ctrl-C (SIGINT) during training: exit code 130, a one-line notice, the finished epochs' checkpoints kept, and
+    the same command resumes from them."""
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "vae_jax", "train", "--workdir", str(tmp_path), "--config", "cs236",
+               "--epochs", "1000", "--no-progress", "--manual-dir", str(shared_data / "binarized_mnist"),
+               "--data-dir", str(data_dir), *TINY]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True) as process:
+        deadline = time.monotonic() + 600
+        while not (tmp_path / "checkpoints" / "2").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        stderr = process.communicate(timeout=300)[1]
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == ("interrupted; checkpoints of completed epochs are kept, re-run the "
+                                               "same command to resume")
+    assert (tmp_path / "checkpoints" / "2").is_dir()
+    resumed = subprocess.run([*command[:command.index("1000")], "4", *command[command.index("1000") + 1:]], cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and "resuming" in resumed.stderr
+
+
 def test_a_checkpoint_of_another_model_is_one_line_and_renames_nothing(tmp_path, capsys):
     """A work directory whose checkpoint holds parameters of another shape than its stored config says (what another
     vae_jax version's parameter names would give): exit 2, one line naming the differences, every file kept."""
