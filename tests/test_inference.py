@@ -60,6 +60,15 @@ def test_one_example_alone_gets_the_same_posterior_as_inside_a_batch(small_model
     np.testing.assert_allclose(alone[1], batched.logvar[6], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(alone[2], batched.trace[6], rtol=1e-5)
     assert not np.allclose(batched.mean[6], batched.mean[7])
+    # From the prior: the same steps from mean 0 and log-variance 0.
+    from_prior = inference.refine_posteriors(small_model, params, pixels, jax.random.key(1), batch_size=4,
+                                             start="prior", **options)
+    alone = inference.refine_one(small_model, params, pixels[6].astype(jnp.float32),
+                                 jax.random.split(jax.random.fold_in(jax.random.key(1), 6))[1],
+                                 (jnp.zeros(3), jnp.zeros(3)), **options)
+    np.testing.assert_allclose(alone[0], from_prior.mean[6], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(alone[2], from_prior.trace[6], rtol=1e-5)
+    assert not np.allclose(from_prior.mean[6], batched.mean[6])
 
 
 def test_refinement_takes_pytorch_s_adam_steps_on_the_same_noise_in_float64(binary_pixels):
