@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from vae_jax import objective
@@ -139,3 +140,33 @@ def test_summarize_gives_means_standard_errors_and_active_units():
     assert summary["kl_per_dim"] == [1.0, 2.0, 3.0] and summary["num_examples"] == 4
     # Variances of the posterior means over examples: 1.25, 0.0025 and 0.0225; active above 0.01 (Burda et al.).
     assert summary["active_units"] == 2
+
+
+def test_dynamic_binarization_in_evaluation_and_training(small_model):
+    """Grey levels are read as Bernoulli(grey / 255): black-and-white images (0 and 255) evaluate as their 0/1
+    static copies; grey ones get one draw per example (keyed by its index: batch size does not matter) that moves
+    with the key; and an epoch on grey images trains."""
+    from vae_jax import evaluate, train
+
+    params = small_model.init(jax.random.key(0), jnp.zeros(784))
+    rng = np.random.default_rng(5)
+    binary = (rng.random((12, 784)) < 0.3).astype(np.uint8)
+    dynamic = evaluate.evaluate_elbo(small_model, params, jnp.asarray(binary * 255), jax.random.key(1), batch_size=4,
+                                     dynamic_binarization=True)
+    static = evaluate.evaluate_elbo(small_model, params, jnp.asarray(binary), jax.random.key(1), batch_size=4)
+    np.testing.assert_array_equal(dynamic.nelbo, static.nelbo)
+    grey = jnp.asarray(rng.integers(0, 256, (12, 784)), jnp.uint8)
+
+    def grey_nelbo(key, batch_size):
+        return np.asarray(evaluate.evaluate_elbo(small_model, params, grey, key, batch_size=batch_size,
+                                                 dynamic_binarization=True).nelbo)
+
+    np.testing.assert_allclose(grey_nelbo(jax.random.key(1), 4), grey_nelbo(jax.random.key(1), 12), rtol=1e-6)
+    assert np.all(grey_nelbo(jax.random.key(1), 4) != grey_nelbo(jax.random.key(2), 4))
+    state = train.create_train_state(jax.random.key(0), small_model, optax.adam(1e-2))
+    first = None
+    for epoch in range(5):
+        state, result = train.train_epoch_jit(state, grey, jax.random.fold_in(jax.random.key(3), epoch), batch_size=4,
+                                              dynamic_binarization=True)
+        first = result if first is None else first
+    assert float(result.nelbo.mean()) < float(first.nelbo.mean()) - 20
