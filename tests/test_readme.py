@@ -106,3 +106,51 @@ def test_performance_tables_are_what_the_committed_scripts_print():
         assert len(lines) > 8
         for line in lines:
             assert line in page, f"docs/performance.md lacks this line of {output}'s report: {line}"
+
+
+def _agrees_as_shown(shown: str, value: float) -> bool:
+    """Whether the figure `shown` (e.g. "0.0896") is `value` rounded to the digits shown."""
+    decimals = len(shown.split(".")[1]) if "." in shown else 0
+    return abs(float(shown) - value) <= 0.5 * 10 ** -decimals + 1e-12
+
+
+def test_gpu_figures_are_those_of_the_committed_benchmark():
+    """docs/performance.md's GPU table and the README's GPU sentence against the GPU task's benchmark output."""
+    report = json.loads((RESULTS / "gpu_h200_6d081d1" / "benchmark_gpu_h200_6d081d1.json").read_text())
+
+    def training(framework, model="cs236", batch=100, dtype=None):
+        [row] = [r for r in report["training"] if (r["framework"], r["model"], r["batch"], r.get("dtype")) ==
+                 (framework, model, batch, dtype)]
+        return row["seconds_per_epoch"], row["compile_seconds"]
+
+    iwae = report["iwae_eval"]
+    expected = {  # the table's rows: (s/epoch, compile s) for each batch the row names
+        "vae_jax cs236": [training("jax")],
+        "PyTorch eager cs236": [training("torch")],
+        "torch.compile cs236": [training("torch_compile")],
+        "vae_jax large (z=32, 512-512)": [training("jax", "large")],
+        "PyTorch eager large": [training("torch", "large")],
+        "vae_jax cs236 bfloat16": [training("jax", dtype="bfloat16")],
+        "vae_jax cs236, batch 1024 / 4096": [training("jax", batch=1024), training("jax", batch=4096)],
+        "PyTorch eager cs236, batch 1024 / 4096": [training("torch", batch=1024), training("torch", batch=4096)],
+        "K = 5000 importance-weighted evaluation, 10,000 test images, cs236": [(iwae["seconds"],
+                                                                               iwae["compile_seconds"])],
+    }
+    page = (REPO / "docs" / "performance.md").read_text()
+    table = page[page.index("## On one GPU (H200)"):].split("\n\n")[2].splitlines()[2:]
+    assert [line.split(" | ")[0].lstrip("| ") for line in table] == list(expected)
+    for line in table:
+        name, seconds, compile_seconds = (cell.strip() for cell in line.strip("|").split("|"))
+        for column, shown in ((0, seconds), (1, compile_seconds)):
+            if shown != "–":  # PyTorch eager compiles nothing
+                figures = [figure.removesuffix(" s") for figure in shown.split(" / ")]
+                assert len(figures) == len(expected[name])
+                for figure, measured in zip(figures, expected[name]):
+                    assert _agrees_as_shown(figure, measured[column]), (name, figure, measured[column])
+    readme = (REPO / "README.md").read_text()
+    sentence = re.search(r"a cs236 epoch in ([\d.]+) s against ([\d.]+) s for eager PyTorch and ([\d.]+) s for "
+                         r"`torch.compile` on the same GPU, and the\s+K = 5000 evaluation of the test split in "
+                         r"([\d.]+) s", readme)
+    for shown, measured in zip(sentence.groups(), (training("jax")[0], training("torch")[0],
+                                                   training("torch_compile")[0], iwae["seconds"])):
+        assert _agrees_as_shown(shown, measured), (shown, measured)
