@@ -65,6 +65,8 @@ def test_the_results_table_is_the_committed_eval_lines():
         run = re.search(r"\| `([\w/]+)`", row).group(1)
         line = study_report.nll_line_on_test_split(RESULTS / run)
         assert row.rstrip(" |").endswith(f"{line['nll']:.2f} ± {line['nll_stderr']:.2f}"), row
+        if "test NELBO" in row.split(" | ")[2]:  # a NELBO quoted beside the run's name is that line's too
+            assert f"(test NELBO {line['nelbo']:.2f} ± {line['nelbo_stderr']:.2f})" in row, row
 
 
 def test_results_tables_are_what_compare_prints_over_the_committed_results(capsys):
