@@ -125,6 +125,22 @@ def test_module_entry_point_exit_codes(tmp_path):
                                                 "pass the --workdir of a trained run"]
 
 
+def test_data_parallel_training_follows_the_single_device_run(tiny_run, tmp_path, shared_data, data_dir):
+    """`train --data-parallel` over two (host) devices: the tiny run's epoch, to float32 round-off (the gradient's
+    sum runs in another order)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run([sys.executable, "-m", "vae_jax", "train", "--workdir", str(tmp_path), "--config", "cs236",
+                           "--epochs", "1", "--no-progress", "--data-parallel", "--manual-dir",
+                           str(shared_data / "binarized_mnist"), "--data-dir", str(data_dir), *TINY],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [parallel] = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    [single] = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    for name in ("train_nelbo", "val_nelbo", "val_kl"):
+        np.testing.assert_allclose(parallel[name], single[name], rtol=1e-5, err_msg=name)  # 1e-7 measured
+    assert parallel["step"] == single["step"] == 500
+
+
 def test_an_interrupted_train_exits_130_and_keeps_its_checkpoints(tmp_path, shared_data, data_dir):
     """Ctrl-C (SIGINT) during training: exit code 130, a one-line notice, the finished epochs' checkpoints kept, and
     the same command resumes from them."""
