@@ -156,7 +156,7 @@ def training_loss(terms: ElboTerms, kl_weight: jax.Array | float = 1.0, free_bit
     if free_bits > 0:
         if terms.kl_per_dim.shape[-1] == 0:
             raise ConfigError("free bits need a model whose KL splits by dimension (the N(0, I) prior); set "
-                             "free_bits=0")
+                              "free_bits=0")
         kl = jnp.sum(jnp.maximum(free_bits, jnp.mean(terms.kl_per_dim, axis=0)))
     else:
         kl = jnp.mean(terms.kl)
