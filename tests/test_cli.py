@@ -14,13 +14,23 @@ from vae_jax import cli
 TINY = ["model.encoder_hidden=32", "model.decoder_hidden=32", "model.latent_dim=2", "eval_batch_size=5000"]
 
 
+def _train_tiny(workdir, shared_data, data_dir, epochs=1, *options):
+    """The arguments of `train` for the tiny cs236 model on the real data, with more `options` at the end."""
+    return ["train", "--workdir", str(workdir), "--config", "cs236", "--epochs", str(epochs), "--no-progress",
+            "--manual-dir", str(shared_data / "binarized_mnist"), "--data-dir", str(data_dir), *TINY, *options]
+
+
+def _module_run(argv, extra_env=None):
+    """`python -m vae_jax ARGV` in a subprocess of its own, from the checkout, with `extra_env` set."""
+    return subprocess.run([sys.executable, "-m", "vae_jax", *argv], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, shared_data, data_dir):
     """A tiny model trained for one epoch through the CLI."""
     workdir = tmp_path_factory.mktemp("tiny")
-    code = cli.main(["train", "--workdir", str(workdir), "--config", "cs236", "--epochs", "1", "--no-progress",
-                     "--manual-dir", str(shared_data / "binarized_mnist"), "--data-dir", str(data_dir), *TINY])
-    assert code == 0
+    assert cli.main(_train_tiny(workdir, shared_data, data_dir)) == 0
     return workdir
 
 
@@ -50,9 +60,8 @@ def test_train_eval_sample(tiny_run, shared_data, data_dir, tmp_path, capsys):
 def test_a_learned_prior_trains_evaluates_and_samples_from_the_command_line(prior, shared_data, data_dir, tmp_path,
                                                                              capsys):
     workdir = tmp_path / prior
-    assert cli.main(["train", "--workdir", str(workdir), "--config", "cs236", "--epochs", "1", "--no-progress",
-                     "--manual-dir", str(shared_data / "binarized_mnist"), "--data-dir", str(data_dir), *TINY,
-                     f"model.prior={prior}", "model.prior_components=20"]) == 0
+    assert cli.main(_train_tiny(workdir, shared_data, data_dir, 1, f"model.prior={prior}",
+                                "model.prior_components=20")) == 0
     capsys.readouterr()
     assert cli.main(["eval", "--workdir", str(workdir), "--split", "validation", "--iwae-samples", "10",
                      "--data-dir", str(data_dir)]) == 0
@@ -117,9 +126,7 @@ def _exit_code(argv: list[str]) -> int:
 
 
 def test_module_entry_point_exit_codes(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "vae_jax", "eval", "--workdir", str(tmp_path / "none")],
-                          capture_output=True, text=True, env=env, cwd=REPO)
+    done = _module_run(["eval", "--workdir", str(tmp_path / "none")])
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: work directory {tmp_path / 'none'} does not exist; "
                                                 "pass the --workdir of a trained run"]
@@ -128,11 +135,8 @@ def test_module_entry_point_exit_codes(tmp_path):
 def test_data_parallel_training_follows_the_single_device_run(tiny_run, tmp_path, shared_data, data_dir):
     """`train --data-parallel` over two (host) devices: the tiny run's epoch, to float32 round-off (the gradient's
     sum runs in another order)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    done = subprocess.run([sys.executable, "-m", "vae_jax", "train", "--workdir", str(tmp_path), "--config", "cs236",
-                           "--epochs", "1", "--no-progress", "--data-parallel", "--manual-dir",
-                           str(shared_data / "binarized_mnist"), "--data-dir", str(data_dir), *TINY],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = _module_run(_train_tiny(tmp_path, shared_data, data_dir, 1, "--data-parallel"),
+                       {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     assert done.returncode == 0, done.stderr[-2000:]
     [parallel] = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     [single] = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
@@ -147,12 +151,9 @@ def test_an_interrupted_train_exits_130_and_keeps_its_checkpoints(tmp_path, shar
     import signal
     import time
 
-    command = [sys.executable, "-m", "vae_jax", "train", "--workdir", str(tmp_path), "--config", "cs236",
-               "--epochs", "1000", "--no-progress", "--manual-dir", str(shared_data / "binarized_mnist"),
-               "--data-dir", str(data_dir), *TINY]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True) as process:
+    with subprocess.Popen([sys.executable, "-m", "vae_jax", *_train_tiny(tmp_path, shared_data, data_dir, 1000)],
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as process:
         deadline = time.monotonic() + 600
         while not (tmp_path / "checkpoints" / "2").is_dir() and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -162,8 +163,7 @@ def test_an_interrupted_train_exits_130_and_keeps_its_checkpoints(tmp_path, shar
     assert stderr.strip().splitlines()[-1] == ("interrupted; checkpoints of completed epochs are kept, re-run the "
                                                "same command to resume")
     assert (tmp_path / "checkpoints" / "2").is_dir()
-    resumed = subprocess.run([*command[:command.index("1000")], "4", *command[command.index("1000") + 1:]], cwd=REPO,
-                             env=env, capture_output=True, text=True, timeout=600)
+    resumed = _module_run(_train_tiny(tmp_path, shared_data, data_dir, 4))
     assert resumed.returncode == 0 and "resuming" in resumed.stderr
 
 

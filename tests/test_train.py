@@ -14,15 +14,20 @@ def _state(model, learning_rate=1e-2):
     return train.create_train_state(jax.random.key(0), model, optax.adam(learning_rate))
 
 
-def test_epochs_lower_the_loss_and_count_steps(small_model, binary_pixels):
-    state = _state(small_model)
-    pixels = jnp.asarray(binary_pixels)
-    first = None
+def _five_epochs(state, pixels, **options):
+    """The state after five epochs of `batch_size=16` (`options` to `train_epoch_jit`), the first epoch's result and
+    the last's; every step finite."""
+    results = []
     for epoch in range(5):
         state, result = train.train_epoch_jit(state, pixels, jax.random.fold_in(jax.random.key(1), epoch),
-                                              batch_size=16)
-        first = result if first is None else first
+                                              batch_size=16, **options)
         assert int(result.failed_step) == -1
+        results.append(result)
+    return state, results[0], results[-1]
+
+
+def test_epochs_lower_the_loss_and_count_steps(small_model, binary_pixels):
+    state, first, result = _five_epochs(_state(small_model), jnp.asarray(binary_pixels))
     assert result.nelbo.shape == (4,)
     assert int(state.step) == 5 * 4
     assert float(result.nelbo.mean()) < float(first.nelbo.mean()) - 20
@@ -120,18 +125,18 @@ def test_kl_warmup_is_linear():
 
 
 def test_iwae_objective_trains(small_model, binary_pixels):
-    state = _state(small_model)
-    pixels = jnp.asarray(binary_pixels)
-    first = None
-    for epoch in range(5):
-        state, result = train.train_epoch_jit(state, pixels, jax.random.fold_in(jax.random.key(1), epoch),
-                                              batch_size=16, objective=objective.Iwae(num_samples=5))
-        first = result if first is None else first
-        assert int(result.failed_step) == -1
+    _, first, result = _five_epochs(_state(small_model), jnp.asarray(binary_pixels),
+                                    objective=objective.Iwae(num_samples=5))
     # Training lowers the loss, the negative K = 5 bound (as much as the ELBO run above lowers its NELBO)...
     assert float(result.loss.mean()) < float(first.loss.mean()) - 20
     # ... which lies below the negative single-sample ELBO of the same samples on average.
     assert 0 < float(result.loss.mean()) < float(result.nelbo.mean())
+
+
+def test_an_epoch_on_grey_images_binarizes_them_and_trains(small_model):
+    grey = jnp.asarray(np.random.default_rng(5).integers(0, 256, (64, 784)), jnp.uint8)
+    _, first, result = _five_epochs(_state(small_model), grey, dynamic_binarization=True)
+    assert float(result.nelbo.mean()) < float(first.nelbo.mean()) - 20
 
 
 def test_logvar_bound():
