@@ -13,8 +13,8 @@ tar_file="experiments/in_flight/$name.tar"
 case "$action" in
   save)
     test -f "$runs/$name/metrics.jsonl" || { echo "error: no run in $runs/$name" >&2; exit 2; }
-    read -r latest best < <(python -c "from vae_jax.checkpoint import Checkpointer
-c = Checkpointer('$runs/$name'); print(c.epochs()[-1], c.best_epoch())")
+    read -r latest best < <(python -c "import sys; from vae_jax.checkpoint import Checkpointer
+c = Checkpointer(sys.argv[1]); print(c.epochs()[-1], c.best_epoch())" "$runs/$name")
     mkdir -p experiments/in_flight
     tar -cf "$tar_file" -C "$runs" "$name/metrics.jsonl" $(printf "$name/checkpoints/%s\n" $latest $best | sort -u)
     echo "$tar_file: epoch $latest (latest) and $best (best)" ;;
