@@ -21,7 +21,9 @@ RUNS = {"default": "standard VAE (default preset)",
         "default_vampprior": "VampPrior (default + model.prior=vamp)",
         "vampprior": "VampPrior, one layer (vampprior preset)",
         "hvae_vampprior": "HVAE + VampPrior (hvae_vampprior preset)",
-        "vampprior_iwae5_finetune": "VampPrior, one layer, trained on with IWAE (K = 5)"}
+        "vampprior_iwae5_finetune": "VampPrior, one layer, trained on with IWAE (K = 5)",
+        "hvae_vampprior_authors": "HVAE + VampPrior, authors' protocol",
+        "hvae_vampprior_authors_decay": "HVAE + VampPrior, authors' protocol + decay"}
 TARGETS = {"one-layer VampPrior": 85.5, "best model shipped": 84.0}
 
 

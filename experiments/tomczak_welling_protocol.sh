@@ -10,8 +10,8 @@
 # rate decaying (cosine) from 5e-4 to 1e-5, the KL weight at 1, its last epoch evaluated (fixed before it ran).
 # Outputs: experiments/results/{hvae_vampprior_authors,hvae_vampprior_authors_decay}/, the logs in runs/.
 # Resumable: re-run to continue (a run that stopped early stays stopped; `in_flight.sh` carries one to a new
-# machine). About 21 s per epoch on a 2-core Xeon with AVX-512 (the first run stopped at epoch 304, 1 h 50 min),
-# 40 s on a 2-core EPYC with AVX2; each K = 5000 evaluation about an hour more.
+# machine). A median 23 s per epoch on a 2-core Xeon with AVX-512 (the first run: 304 epochs in 7,966 s),
+# 40 s on a 2-core EPYC with AVX2; each K = 5000 evaluation 25 minutes more on the Xeon (70 on the EPYC).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XLA_FLAGS="${XLA_FLAGS:---xla_cpu_experimental_ynn_fusion_type=}"  # see tomczak_welling.sh
