@@ -13,6 +13,7 @@ bash experiments/train_and_eval.sh cs236_bfloat16 cs236 --epochs 40 model.comput
 bash experiments/train_and_eval.sh default_vampprior default model.prior=vamp model.prior_components=500
 bash experiments/tomczak_welling.sh
 bash experiments/tomczak_welling_protocol.sh
+bash experiments/tomczak_welling_variants.sh
 python experiments/custom_model.py --manual-dir "$MANUAL_DIR"
 python experiments/benchmark.py --manual-dir "$MANUAL_DIR"
 python experiments/profile_cpu.py --manual-dir "$MANUAL_DIR"
