@@ -16,9 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export XLA_FLAGS="${XLA_FLAGS:---xla_cpu_experimental_ynn_fusion_type=}"  # see tomczak_welling.sh
 mkdir -p "${RUNS_DIR:-runs}"
-authors=(optim.name=adam_normgrad model.kernel_init=he_normal model.logvar_bound=0 model.logvar_clip=-6,2)
+source experiments/tomczak_welling_options.sh
 bash experiments/train_and_eval.sh hvae_vampprior_authors hvae_vampprior --epochs 2000 "${authors[@]}" \
   optim.learning_rate=5e-4 optim.schedule=constant patience=50 >> "${RUNS_DIR:-runs}/hvae_vampprior_authors.log" 2>&1
-EVAL_EPOCH=50 bash experiments/train_and_eval.sh hvae_vampprior_authors_decay hvae_vampprior --epochs 50 "${authors[@]}" \
-  optim.learning_rate=5e-4 optim.schedule=cosine optim.final_lr_fraction=0.02 kl_warmup_epochs=0 \
-  init_from="${RUNS_DIR:-runs}/hvae_vampprior_authors" >> "${RUNS_DIR:-runs}/hvae_vampprior_authors_decay.log" 2>&1
+EVAL_EPOCH=50 bash experiments/train_and_eval.sh hvae_vampprior_authors_decay hvae_vampprior --epochs 50 \
+  "${authors[@]}" "${decay[@]}" init_from="${RUNS_DIR:-runs}/hvae_vampprior_authors" \
+  >> "${RUNS_DIR:-runs}/hvae_vampprior_authors_decay.log" 2>&1

@@ -6,24 +6,23 @@
 # for several epochs (after epochs 7 and 3): their committed metrics hold those epochs (re-running the script
 # reproduces them, then trains those runs on to 50 epochs).
 # Needs the runs of `tomczak_welling_protocol.sh` in $RUNS_DIR. Outputs: experiments/results/tomczak_welling_variants/
-# NAME/metrics.jsonl. About 21 s per epoch on a 2-core Xeon with AVX-512 (50 with the IWAE bound).
+# NAME/metrics.jsonl. A median 22 s per epoch on a 2-core Xeon with AVX-512 (49-52 with the IWAE bound).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XLA_FLAGS="${XLA_FLAGS:---xla_cpu_experimental_ynn_fusion_type=}"  # see tomczak_welling.sh
 runs="${RUNS_DIR:-runs}" results=experiments/results/tomczak_welling_variants
-authors=(optim.name=adam_normgrad model.kernel_init=he_normal model.logvar_bound=0 model.logvar_clip=-6,2)
+source experiments/tomczak_welling_options.sh
 train() {  # NAME [train options and overrides ...]
   local name=$1
   shift
   python -m vae_jax train --workdir "$runs/$name" --config hvae_vampprior --no-progress "${authors[@]}" \
-    --manual-dir "${MANUAL_DIR:-../shared/data/binarized_mnist}" --data-dir "${DATA_DIR:-$HOME/tensorflow_datasets}" \
-    "$@" >> "$runs/$name.log" 2>&1
+    --manual-dir "${MANUAL_DIR:-../shared/data/binarized_mnist}" \
+    --data-dir "${DATA_DIR:-${TFDS_DATA_DIR:-$HOME/tensorflow_datasets}}" "$@" >> "$runs/$name.log" 2>&1
   mkdir -p "$results/$name"
   cp "$runs/$name/metrics.jsonl" "$results/$name/"
 }
 for epochs in 10 25 100; do
-  train "hvae_vampprior_authors_decay$epochs" --epochs "$epochs" optim.learning_rate=5e-4 optim.schedule=cosine \
-    optim.final_lr_fraction=0.02 kl_warmup_epochs=0 init_from="$runs/hvae_vampprior_authors"
+  train "hvae_vampprior_authors_decay$epochs" --epochs "$epochs" "${decay[@]}" init_from="$runs/hvae_vampprior_authors"
 done
 for lr in 1e-4 2e-5; do
   train "hvae_vampprior_authors_iwae5_lr$lr" --epochs 50 objective=iwae num_samples=5 optim.learning_rate="$lr" \
