@@ -43,6 +43,7 @@ def test_overrides_parse_each_field_type():
     ("model.logvar_clip=-6", "model.logvar_clip must be two numbers"),
     ("model.logvar_clip=-6,x", "cannot read '-6,x'"),
     ("model.kernel_init=glorot", "unknown kernel_init 'glorot'; choose one of"),
+    ("optim.ema_decay=1", r"optim.ema_decay must be in \[0, 1\), got 1.0"),
 ])
 def test_bad_overrides_raise_config_error(override, message):
     with pytest.raises(ConfigError, match=message):

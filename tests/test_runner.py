@@ -242,3 +242,38 @@ def test_early_stopping_waits_for_the_end_of_the_kl_warm_up():
     assert [runner.stops_early(config, epoch, best_epoch=1) for epoch in (14, 15)] == [False, True]
     assert [runner.stops_early(config, epoch, best_epoch=12) for epoch in (16, 17)] == [False, True]
     assert not runner.stops_early(configs.apply_overrides(config, ["patience=0"]), 100, best_epoch=1)
+
+
+def test_a_run_with_a_parameter_average_validates_evaluates_resumes_and_hands_on_the_average(cs236_run, run_args,
+                                                                                            tmp_path):
+    """`optim.ema_decay`: validation (hence the best checkpoint), `eval` and `init_from` use the moving average of
+    the parameters, which the checkpoints carry, so a resumed run ends where an uninterrupted one does."""
+    config = configs.apply_overrides(configs.get_config("cs236"), [f"init_from={cs236_run}", "optim.ema_decay=0.99",
+                                                                   "optim.learning_rate=1e-4"])
+    uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    record = runner.train_and_evaluate(configs.apply_overrides(config, ["epochs=2"]), uninterrupted, **run_args)
+    runner.train_and_evaluate(configs.apply_overrides(config, ["epochs=1"]), resumed, **run_args)
+    runner.train_and_evaluate(configs.apply_overrides(config, ["epochs=2"]), resumed, **run_args)
+    ends = [runner.load_checkpoint(workdir, epoch=2).state for workdir in (uninterrupted, resumed)]
+    for a, b in zip(jax.tree.leaves(ends[0].opt_state), jax.tree.leaves(ends[1].opt_state)):
+        np.testing.assert_array_equal(a, b)
+    state = ends[0]
+    assert not np.array_equal(jax.tree.leaves(state.eval_params)[0], jax.tree.leaves(state.params)[0])
+    val_pixels = data.load_split("binarized_mnist", "validation", data_dir=run_args["data_dir"])
+
+    def val_nelbo(params, key):
+        return float(np.mean(np.asarray(evaluate.evaluate_elbo(state.model, params, val_pixels, key,
+                                                                batch_size=1000).nelbo, np.float64)))
+
+    eval_key = train.run_keys(jax.random.key(config.seed)).eval
+    np.testing.assert_allclose(record["val_nelbo"], val_nelbo(state.eval_params, eval_key), rtol=1e-12)
+    assert abs(record["val_nelbo"] - val_nelbo(state.params, eval_key)) > 1e-3
+    result = runner.evaluate_checkpoint(uninterrupted, "validation", epoch=2, data_dir=run_args["data_dir"])
+    np.testing.assert_allclose(result["nelbo"], val_nelbo(state.eval_params, jax.random.key(0)), rtol=1e-12)
+    # A run started from it starts from the average (a learning rate too small to move a float32 parameter).
+    child = configs.apply_overrides(configs.get_config("cs236"), [
+        f"init_from={uninterrupted}", "epochs=1", "optim.learning_rate=1e-30"])
+    runner.train_and_evaluate(child, tmp_path / "child", **run_args)
+    best = runner.load_checkpoint(uninterrupted).state.eval_params
+    for started, average in zip(jax.tree.leaves(_params(tmp_path / "child")), jax.tree.leaves(best)):
+        np.testing.assert_array_equal(started, average)

@@ -249,3 +249,42 @@ def test_adam_on_one_flattened_vector_takes_the_same_steps(small_model, binary_p
             for state in states]
     for a, b in zip(jax.tree.leaves(ends[0].params), jax.tree.leaves(ends[1].params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_params_ema_averages_the_parameters_after_each_step():
+    """Two SGD steps of rate 1 by hand: p1 = p0 - g1, a1 = d p0 + (1 - d) p1; p2 = p1 - g2, a2 = d a1 + (1 - d) p2;
+    the updates themselves are left alone."""
+    decay, p0, g1, g2 = 0.75, np.array([1.0, -2.0]), np.array([0.5, 0.25]), np.array([-1.0, 2.0])
+    tx = optax.chain(optax.sgd(1.0), train.params_ema(decay))
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params={"w": jnp.asarray(p0, jnp.float32)},
+                             opt_state=tx.init({"w": jnp.asarray(p0, jnp.float32)}), model=None, tx=tx)
+    np.testing.assert_array_equal(state.eval_params["w"], p0)
+    state = state.apply_gradients({"w": jnp.asarray(g1, jnp.float32)})
+    p1, a1 = p0 - g1, decay * p0 + (1 - decay) * (p0 - g1)
+    np.testing.assert_allclose(state.params["w"], p1, rtol=1e-7)
+    np.testing.assert_allclose(state.eval_params["w"], a1, rtol=1e-7)
+    state = state.apply_gradients({"w": jnp.asarray(g2, jnp.float32)})
+    np.testing.assert_allclose(state.params["w"], p1 - g2, rtol=1e-7)
+    np.testing.assert_allclose(state.eval_params["w"], decay * a1 + (1 - decay) * (p1 - g2), rtol=1e-7)
+    with pytest.raises(ValueError, match="params_ema needs the parameters"):
+        tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}))
+
+
+def test_eval_params_are_the_average_where_the_optimizer_keeps_one(small_model, binary_pixels):
+    """With `optim.ema_decay` the epoch moves the average behind the parameters; a skipped (non-finite) step moves
+    neither. Without it, `eval_params` are the parameters."""
+    plain = _state(small_model)
+    assert plain.eval_params is plain.params
+    tx = builders.build_optimizer(configs.OptimConfig(learning_rate=1e-2, ema_decay=0.9), 4)
+    state = train.create_train_state(jax.random.key(0), small_model, tx)
+    trained, result = train.train_epoch_jit(state, jnp.asarray(binary_pixels), jax.random.key(3), batch_size=16)
+    assert int(result.failed_step) == -1
+    for start, average, params in zip(*(jax.tree.leaves(s) for s in (state.params, trained.eval_params,
+                                                                       trained.params))):
+        assert not np.array_equal(average, params) and not np.array_equal(average, start)
+    poisoned = jnp.zeros((16, binary_pixels.shape[1]), jnp.uint8)
+    bad = trained.replace(params=jax.tree.map(lambda p: p * jnp.inf, trained.params))
+    skipped, result = train.train_step(bad, poisoned, jnp.arange(16), jax.random.key(0))
+    assert not bool(result.finite)
+    for a, b in zip(jax.tree.leaves(skipped.eval_params), jax.tree.leaves(trained.eval_params)):
+        np.testing.assert_array_equal(a, b)

@@ -8,7 +8,7 @@ The Python API (each name loads its module on first use, so `import vae_jax` its
 - objectives and bounds: `Elbo`, `Iwae`, `ElboTerms`, `elbo_terms`, `batch_elbo_terms`, `iwae_bound`,
   `training_loss`, `map_examples`;
 - training: `TrainState`, `create_train_state`, `train_step`, `train_epoch` (jit it, or use `train_epoch_jit`),
-  `run_keys`;
+  `run_keys`, `params_ema` (Polyak averaging);
 - configs and what they build: `Config`, `ModelConfig`, `OptimConfig`, `get_config`, `build_model`,
   `build_optimizer`, `build_objective`;
 - evaluation: `evaluate_elbo`, `evaluate_iwae`, `summarize`; per-example inference and the amortization gaps:
@@ -33,7 +33,7 @@ _EXPORTS = {
     "vae_jax.objective": ("Elbo", "Iwae", "ElboTerms", "elbo_terms", "batch_elbo_terms", "iwae_bound",
                           "training_loss", "map_examples"),
     "vae_jax.train": ("TrainState", "create_train_state", "train_step", "train_epoch", "train_epoch_jit",
-                      "run_keys"),
+                      "run_keys", "params_ema"),
     "vae_jax.configs": ("Config", "ModelConfig", "OptimConfig", "get_config"),
     "vae_jax.builders": ("build_model", "build_optimizer", "build_objective"),
     "vae_jax.evaluate": ("evaluate_elbo", "evaluate_iwae", "summarize"),

@@ -16,7 +16,7 @@ from vae_jax import configs, models, priors
 from vae_jax.contract import FlaxModel, Model, as_model
 from vae_jax.hierarchical import HierarchicalVAE
 from vae_jax.objective import Elbo, Iwae, Objective
-from vae_jax.train import TrainState, create_train_state, run_keys
+from vae_jax.train import TrainState, create_train_state, params_ema, run_keys
 
 
 def build_prior(config: configs.ModelConfig) -> Any:
@@ -53,9 +53,11 @@ def build_model(config: configs.ModelConfig) -> Model:
 def build_optimizer(config: configs.OptimConfig, total_steps: int) -> optax.GradientTransformation:
     """The Optax optimizer that `config` describes; `total_steps` sets the length of a cosine schedule.
 
-    The state's structure depends only on `config.name` and `config.flatten`: clipping and schedule are always present
-    (as `identity` and a constant schedule when off), so a run can resume with another learning rate, schedule or
-    clipping norm.
+    With `config.ema_decay` > 0, `train.params_ema` keeps the moving average of the parameters, chained last.
+
+    The state's structure depends only on `config.name`, `config.flatten` and whether `ema_decay` is 0: clipping and
+    schedule are always present (as `identity` and a constant schedule when off), so a run can resume with another
+    learning rate, schedule or clipping norm.
     """
     if config.schedule == "cosine":
         learning_rate = optax.cosine_decay_schedule(config.learning_rate, total_steps, config.final_lr_fraction)
@@ -71,7 +73,8 @@ def build_optimizer(config: configs.OptimConfig, total_steps: int) -> optax.Grad
         optimizer = optax.adam(learning_rate)
     clip = optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm > 0 else optax.identity()
     chain = optax.chain(clip, optimizer)
-    return optax.flatten(chain) if config.flatten else chain
+    chain = optax.flatten(chain) if config.flatten else chain
+    return optax.chain(chain, params_ema(config.ema_decay)) if config.ema_decay > 0 else chain
 
 
 def normalize_each_tensor(eps: float = 1e-7) -> optax.GradientTransformation:

@@ -93,6 +93,9 @@ class OptimConfig:
         grad_clip_norm: clip the global gradient norm to this value; 0 disables clipping.
         weight_decay: decoupled weight decay (adamw only).
         momentum: the momentum of `sgd` (heavy ball; sgd only).
+        ema_decay: if positive, the parameters' exponential moving average with this decay per step (Polyak
+            averaging, `train.params_ema`) is what validation, the best checkpoint, evaluation, samples and `init_from`
+            use; 0 is off. 0.999 averages over about 1,000 steps.
         flatten: run the optimizer on one vector of all parameters (`optax.flatten`): a few large element-wise
             operations per step instead of a few per parameter tensor, for accelerators, where each is a kernel
             launch. The same update up to float32 rounding; a checkpoint keeps the layout it was saved with.
@@ -105,6 +108,7 @@ class OptimConfig:
     grad_clip_norm: float = 0.0
     weight_decay: float = 0.0
     momentum: float = 0.9
+    ema_decay: float = 0.0
     flatten: bool = False
 
 
@@ -324,6 +328,7 @@ def validate(config: Config) -> Config:
     _require(optim.learning_rate > 0, f"optim.learning_rate must be positive, got {optim.learning_rate}")
     _require(0 <= optim.final_lr_fraction <= 1, "optim.final_lr_fraction must lie in [0, 1]")
     _require(optim.grad_clip_norm >= 0, f"optim.grad_clip_norm must be >= 0, got {optim.grad_clip_norm}")
+    _require(0 <= optim.ema_decay < 1, f"optim.ema_decay must be in [0, 1), got {optim.ema_decay}")
     _require(optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
     _require(optim.weight_decay == 0 or optim.name == "adamw",
              f"optim.name={optim.name} would ignore optim.weight_decay={optim.weight_decay}; use optim.name=adamw")

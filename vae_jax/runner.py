@@ -285,7 +285,8 @@ def initial_state(config: configs.Config, model: Any = None, log: Callable[[str]
         raise ConfigError(f"init_from={config.init_from} holds a run of another model "
                           f"({first_differences(differences)}); start from a run of this model, or drop init_from")
     log(f"starting from the parameters of {config.init_from}, epoch {parent.epoch} (its best validation loss)")
-    return state.replace(params=parent.state.params)
+    params = parent.state.eval_params
+    return state.replace(params=params, opt_state=state.tx.init(params))
 
 
 def _train_epochs(config: configs.Config, workdir: Path, state: train.TrainState, root_key: jax.Array, done: int,
@@ -346,8 +347,8 @@ def _train_epochs(config: configs.Config, workdir: Path, state: train.TrainState
                 f"loss or gradient became non-finite (NaN, Inf or past float32) at epoch {epoch}, step {failed_step} "
                 f"of the epoch (global step {int(state.step)}); checkpoints up to epoch {epoch - 1} are kept; "
                 f"{DIVERGENCE_HINT}")
-        bounds = validate_bound[0](state.params, val_pixels, keys.eval) if validate_bound else None
-        val = evaluate.summarize(validate(state.params, val_pixels, keys.eval), bounds)
+        bounds = validate_bound[0](state.eval_params, val_pixels, keys.eval) if validate_bound else None
+        val = evaluate.summarize(validate(state.eval_params, val_pixels, keys.eval), bounds)
         record = {
             "epoch": epoch, "step": int(state.step), "kl_weight": weight,
             "train_loss": float(np.mean(result.loss)), "train_nelbo": float(np.mean(result.nelbo)),
@@ -439,7 +440,7 @@ def evaluate_checkpoint(
     elbo_batch, iwae_batch = batch_size or config.eval_batch_size, batch_size or 100
     mesh = _mesh(config, batch_size=elbo_batch, **({"iwae_batch_size": iwae_batch} if iwae_samples else {}))
     pixels, params = parallel.replicate(
-        (data.load_split(config.dataset, split, data_dir=data_dir, manual_dir=manual_dir), state.params), mesh)
+        (data.load_split(config.dataset, split, data_dir=data_dir, manual_dir=manual_dir), state.eval_params), mesh)
     key = jax.random.key(eval_seed)
     dynamic = data.is_dynamic(config.dataset)
     terms = evaluate.evaluate_elbo(state.model, params, pixels, key, batch_size=elbo_batch,
@@ -507,7 +508,7 @@ def evaluate_gaps(
                               f"{contract.describe(state.model)['class']} has none")
     pixels = data.load_split(config.dataset, split, data_dir=data_dir, manual_dir=manual_dir)[:num_examples]
     gaps = inference.amortization_gaps(
-        state.model, state.params, jax.device_put(pixels), jax.random.key(eval_seed), steps=steps,
+        state.model, state.eval_params, jax.device_put(pixels), jax.random.key(eval_seed), steps=steps,
         num_samples=num_samples, learning_rate=learning_rate, eval_samples=eval_samples, iwae_samples=iwae_samples,
         batch_size=batch_size, dynamic_binarization=data.is_dynamic(config.dataset))
     refined = (f"per-example: Adam (learning rate {learning_rate}) on each example's Gaussian, {steps} steps of "
@@ -592,8 +593,8 @@ def write_sample_figures(
     test = data.load_split(config.dataset, "test", data_dir=data_dir, manual_dir=manual_dir)[:2 * num_images]
     test_inputs = binarized(test, data.is_dynamic(config.dataset))
     labelled = None
-    if figures.code_size(state.model, state.params, test_inputs) == 2:
+    if figures.code_size(state.model, state.eval_params, test_inputs) == 2:
         mnist_dir = manual_dir if mnist_dir is None and config.dataset == data.LABELED_DATASET else mnist_dir
         digits = data.load_split(data.LABELED_DATASET, "test", data_dir=data_dir, manual_dir=mnist_dir)
         labelled = (binarized(digits, True), data.load_labels("test", data_dir=data_dir, manual_dir=mnist_dir))
-    return figures.sample_figures(state.model, state.params, out, test_inputs, sample_key, num_images, labelled)
+    return figures.sample_figures(state.model, state.eval_params, out, test_inputs, sample_key, num_images, labelled)

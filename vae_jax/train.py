@@ -58,6 +58,13 @@ class TrainState(struct.PyTreeNode):
     model: Model = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
+    @property
+    def eval_params(self) -> Params:
+        """The parameters to validate, evaluate and sample: the moving average that `params_ema` keeps in the
+        optimizer's state, where the optimizer has one, else `params`."""
+        average = optax.tree_utils.tree_get(self.opt_state, "params_ema")
+        return self.params if average is None else average
+
     def apply_gradients(self, grads: Params) -> TrainState:
         """One optimizer step (named `optimizer_update` in profiles)."""
         # Optax mixes its int32 step count with floats, which strict dtype promotion would refuse.
@@ -76,6 +83,34 @@ def create_train_state(key: jax.Array, model: Any, tx: optax.GradientTransformat
     model = as_model(model)
     params = model.init(key, jnp.zeros((num_pixels,), jnp.float32))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model=model, tx=tx)
+
+
+class ParamsEmaState(NamedTuple):
+    """The state of `params_ema`: the exponential moving average of the parameters (a tree like them)."""
+
+    params_ema: Params
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+    """Polyak averaging: an exponential moving average of the parameters, kept in the optimizer's state.
+
+    Chain it last (after the transformation that makes the final updates): it leaves the updates alone and, after
+    each step, sets `average = decay * average + (1 - decay) * (params + updates)`, starting from the initial
+    parameters. `TrainState.eval_params` reads it.
+
+    Args:
+        decay: in [0, 1); the average's horizon is about `1 / (1 - decay)` steps.
+    """
+    def init(params: Params) -> ParamsEmaState:
+        return ParamsEmaState(jax.tree.map(jnp.copy, params))
+
+    def update(updates: Params, state: ParamsEmaState, params: Params | None = None) -> tuple[Params, ParamsEmaState]:
+        if params is None:
+            raise ValueError("params_ema needs the parameters: call update(updates, state, params)")
+        new_params = optax.apply_updates(params, updates)
+        return updates, ParamsEmaState(optax.incremental_update(new_params, state.params_ema, 1.0 - decay))
+
+    return optax.GradientTransformation(init, update)
 
 
 class StepResult(NamedTuple):
