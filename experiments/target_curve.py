@@ -23,7 +23,8 @@ RUNS = {"default": "standard VAE (default preset)",
         "hvae_vampprior": "HVAE + VampPrior (hvae_vampprior preset)",
         "vampprior_iwae5_finetune": "VampPrior, one layer, trained on with IWAE (K = 5)",
         "hvae_vampprior_authors": "HVAE + VampPrior, authors' protocol",
-        "hvae_vampprior_authors_decay": "HVAE + VampPrior, authors' protocol + decay"}
+        "hvae_vampprior_authors_decay": "HVAE + VampPrior, authors' protocol + decay",
+        "hvae_vampprior_authors_ema": "HVAE + VampPrior, authors' protocol + averaging"}
 TARGETS = {"one-layer VampPrior": 85.5, "best model shipped": 84.0}
 
 
