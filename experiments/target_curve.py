@@ -24,7 +24,8 @@ RUNS = {"default": "standard VAE (default preset)",
         "vampprior_iwae5_finetune": "VampPrior, one layer, trained on with IWAE (K = 5)",
         "hvae_vampprior_authors": "HVAE + VampPrior, authors' protocol",
         "hvae_vampprior_authors_decay": "HVAE + VampPrior, authors' protocol + decay",
-        "hvae_vampprior_authors_ema": "HVAE + VampPrior, authors' protocol + averaging"}
+        "hvae_vampprior_authors_ema": "HVAE + VampPrior, authors' protocol + averaging",
+        "hvae_vampprior_authors_ema_lr1e-3": "HVAE + VampPrior, authors' protocol + averaging at 1e-3"}
 TARGETS = {"one-layer VampPrior": 85.5, "best model shipped": 84.0}
 
 

@@ -62,7 +62,7 @@ def test_the_results_table_is_the_committed_eval_lines():
     rows = [line for line in README.splitlines() if line.startswith("| ") and "`" in line and "±" in line]
     assert len(rows) >= 3
     for row in rows:
-        run = re.search(r"\| `([\w/]+)`", row).group(1)
+        run = re.search(r"\| `([\w/.-]+)`", row).group(1)  # run names may hold dots and dashes (lr1e-3)
         line = study_report.nll_line_on_test_split(RESULTS / run)
         assert row.rstrip(" |").endswith(f"{line['nll']:.2f} ± {line['nll_stderr']:.2f}"), row
         if "test NELBO" in row.split(" | ")[2]:  # a NELBO quoted beside the run's name is that line's too
