@@ -50,6 +50,14 @@ def test_bad_overrides_raise_config_error(override, message):
         configs.apply_overrides(configs.get_config("cs236"), [override])
 
 
+def test_weight_decay_is_read_by_adamw_and_adam_normgrad_only():
+    for name in ("adamw", "adam_normgrad"):
+        config = configs.apply_overrides(configs.get_config("cs236"), [f"optim.name={name}", "optim.weight_decay=0.1"])
+        assert config.optim.weight_decay == 0.1
+    with pytest.raises(ConfigError, match="optim.name=sgd would ignore optim.weight_decay=0.1; use optim.name=adamw"):
+        configs.apply_overrides(configs.get_config("cs236"), ["optim.name=sgd", "optim.weight_decay=0.1"])
+
+
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown config preset 'big'"):
         configs.get_config("big")

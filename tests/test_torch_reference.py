@@ -77,11 +77,12 @@ def _torch_normalize_each_tensor(parameters):
 
 
 @pytest.mark.parametrize("name, setting", [("adam", {}), ("adam_normgrad", {}), ("adamw", {"weight_decay": 0.5}),
-                                           ("sgd", {"momentum": 0.5})])
+                                           ("adam_normgrad", {"weight_decay": 0.5}), ("sgd", {"momentum": 0.5})])
 def test_optimizer_steps_agree_with_pytorch_in_float64(name, setting):
     """`builders.build_optimizer`'s whole chain, gradient clipping and the cosine schedule included, against
     torch.optim's Adam (for adam_normgrad with each tensor's normalization written out), AdamW (decoupled weight
-    decay, scaled by the scheduled rate) and SGD with momentum, with clipping written out and the cosine schedule
+    decay, scaled by the scheduled rate; for adam_normgrad with a weight decay, AdamW on the normalized gradient) and
+    SGD with momentum, with clipping written out and the cosine schedule
     as a LambdaLR."""
     optim = configs.OptimConfig(name=name, learning_rate=1e-2, schedule="cosine", final_lr_fraction=0.1,
                                 grad_clip_norm=5.0, **setting)
@@ -90,8 +91,10 @@ def test_optimizer_steps_agree_with_pytorch_in_float64(name, setting):
         model, params, x, _ = _setup(jnp.float64)
         reference = TorchVAE(LATENT, list(ENCODER_HIDDEN), list(DECODER_HIDDEN)).load_flax(params, torch.float64)
         parameters = list(reference.parameters())
-        torch_opt = {"adam": torch.optim.Adam, "adam_normgrad": torch.optim.Adam, "adamw": torch.optim.AdamW,
-                     "sgd": torch.optim.SGD}[name](parameters, lr=optim.learning_rate, **setting)
+        torch_class = {"adam": torch.optim.Adam, "adam_normgrad": torch.optim.Adam, "adamw": torch.optim.AdamW,
+                       "sgd": torch.optim.SGD}[name]
+        torch_class = torch.optim.AdamW if "weight_decay" in setting else torch_class
+        torch_opt = torch_class(parameters, lr=optim.learning_rate, **setting)
         alpha = optim.final_lr_fraction
 
         def cosine_factor(t):  # the learning rate of step t over the peak: cosine decay from 1 to alpha

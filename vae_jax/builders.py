@@ -55,7 +55,8 @@ def build_optimizer(config: configs.OptimConfig, total_steps: int) -> optax.Grad
 
     With `config.ema_decay` > 0, `train.params_ema` keeps the moving average of the parameters, chained last.
 
-    The state's structure depends only on `config.name`, `config.flatten` and whether `ema_decay` is 0: clipping and
+    The state's structure depends only on `config.name`, `config.flatten` and whether `ema_decay` (and, for
+    `adam_normgrad`, `weight_decay`) is 0: clipping and
     schedule are always present (as `identity` and a constant schedule when off), so a run can resume with another
     learning rate, schedule or clipping norm.
     """
@@ -68,7 +69,9 @@ def build_optimizer(config: configs.OptimConfig, total_steps: int) -> optax.Grad
     elif config.name == "sgd":
         optimizer = optax.sgd(learning_rate, momentum=config.momentum)
     elif config.name == "adam_normgrad":
-        optimizer = optax.chain(normalize_each_tensor(), optax.adam(learning_rate))
+        adam = (optax.adamw(learning_rate, weight_decay=config.weight_decay) if config.weight_decay > 0
+                else optax.adam(learning_rate))
+        optimizer = optax.chain(normalize_each_tensor(), adam)
     else:
         optimizer = optax.adam(learning_rate)
     clip = optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm > 0 else optax.identity()

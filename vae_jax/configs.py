@@ -91,7 +91,8 @@ class OptimConfig:
             `learning_rate * final_lr_fraction` over all `epochs` of the run.
         final_lr_fraction: end point of the cosine schedule, as a fraction of the peak.
         grad_clip_norm: clip the global gradient norm to this value; 0 disables clipping.
-        weight_decay: decoupled weight decay (adamw only).
+        weight_decay: decoupled weight decay, scaled by the scheduled learning rate (adamw and adam_normgrad, whose
+            Adam step then is AdamW's; the decay is not normalized with the gradient).
         momentum: the momentum of `sgd` (heavy ball; sgd only).
         ema_decay: if positive, the parameters' exponential moving average with this decay per step (Polyak
             averaging, `train.params_ema`) is what validation, the best checkpoint, evaluation, samples and `init_from`
@@ -330,8 +331,9 @@ def validate(config: Config) -> Config:
     _require(optim.grad_clip_norm >= 0, f"optim.grad_clip_norm must be >= 0, got {optim.grad_clip_norm}")
     _require(0 <= optim.ema_decay < 1, f"optim.ema_decay must be in [0, 1), got {optim.ema_decay}")
     _require(optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
-    _require(optim.weight_decay == 0 or optim.name == "adamw",
-             f"optim.name={optim.name} would ignore optim.weight_decay={optim.weight_decay}; use optim.name=adamw")
+    _require(optim.weight_decay == 0 or optim.name in ("adamw", "adam_normgrad"),
+             f"optim.name={optim.name} would ignore optim.weight_decay={optim.weight_decay}; "
+             "use optim.name=adamw or adam_normgrad")
     _require(not (optim.flatten and optim.name == "adam_normgrad"),
              "optim.name=adam_normgrad normalizes each parameter tensor, which optim.flatten=true merges into one; "
              "set optim.flatten=false")
