@@ -33,6 +33,9 @@ EVAL_EPOCH= bash experiments/train_and_eval.sh hvae_vampprior_authors_ema hvae_v
 EVAL_EPOCH= bash experiments/train_and_eval.sh hvae_vampprior_authors_ema_lr1e-3 hvae_vampprior --epochs 60 \
   "${authors[@]}" "${ema[@]}" optim.learning_rate=1e-3 init_from="${RUNS_DIR:-runs}/hvae_vampprior_authors" \
   >> "${RUNS_DIR:-runs}/hvae_vampprior_authors_ema_lr1e-3.log" 2>&1
+# The 120-epoch run resumes a copy of the 60-epoch one's work directory (resuming is bit-exact) rather than redoing it.
+[ -d "${RUNS_DIR:-runs}/hvae_vampprior_authors_ema_lr1e-3_e120" ] || cp -r \
+  "${RUNS_DIR:-runs}/hvae_vampprior_authors_ema_lr1e-3" "${RUNS_DIR:-runs}/hvae_vampprior_authors_ema_lr1e-3_e120"
 EVAL_EPOCH= bash experiments/train_and_eval.sh hvae_vampprior_authors_ema_lr1e-3_e120 hvae_vampprior --epochs 120 \
   "${authors[@]}" "${ema[@]}" optim.learning_rate=1e-3 init_from="${RUNS_DIR:-runs}/hvae_vampprior_authors" \
   >> "${RUNS_DIR:-runs}/hvae_vampprior_authors_ema_lr1e-3_e120.log" 2>&1

@@ -82,8 +82,7 @@ def test_optimizer_steps_agree_with_pytorch_in_float64(name, setting):
     """`builders.build_optimizer`'s whole chain, gradient clipping and the cosine schedule included, against
     torch.optim's Adam (for adam_normgrad with each tensor's normalization written out), AdamW (decoupled weight
     decay, scaled by the scheduled rate; for adam_normgrad with a weight decay, AdamW on the normalized gradient) and
-    SGD with momentum, with clipping written out and the cosine schedule
-    as a LambdaLR."""
+    SGD with momentum, with clipping written out and the cosine schedule as a LambdaLR."""
     optim = configs.OptimConfig(name=name, learning_rate=1e-2, schedule="cosine", final_lr_fraction=0.1,
                                 grad_clip_norm=5.0, **setting)
     total_steps = 6
@@ -91,9 +90,8 @@ def test_optimizer_steps_agree_with_pytorch_in_float64(name, setting):
         model, params, x, _ = _setup(jnp.float64)
         reference = TorchVAE(LATENT, list(ENCODER_HIDDEN), list(DECODER_HIDDEN)).load_flax(params, torch.float64)
         parameters = list(reference.parameters())
-        torch_class = {"adam": torch.optim.Adam, "adam_normgrad": torch.optim.Adam, "adamw": torch.optim.AdamW,
-                       "sgd": torch.optim.SGD}[name]
-        torch_class = torch.optim.AdamW if "weight_decay" in setting else torch_class
+        torch_class = (torch.optim.SGD if name == "sgd" else torch.optim.AdamW if "weight_decay" in setting
+                       else torch.optim.Adam)
         torch_opt = torch_class(parameters, lr=optim.learning_rate, **setting)
         alpha = optim.final_lr_fraction
 

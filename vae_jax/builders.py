@@ -56,24 +56,20 @@ def build_optimizer(config: configs.OptimConfig, total_steps: int) -> optax.Grad
     With `config.ema_decay` > 0, `train.params_ema` keeps the moving average of the parameters, chained last.
 
     The state's structure depends only on `config.name`, `config.flatten` and whether `ema_decay` (and, for
-    `adam_normgrad`, `weight_decay`) is 0: clipping and
-    schedule are always present (as `identity` and a constant schedule when off), so a run can resume with another
-    learning rate, schedule or clipping norm.
+    `adam_normgrad`, `weight_decay`) is 0: clipping and schedule are always present (as `identity` and a constant
+    schedule when off), so a run can resume with another learning rate, schedule or clipping norm.
     """
     if config.schedule == "cosine":
         learning_rate = optax.cosine_decay_schedule(config.learning_rate, total_steps, config.final_lr_fraction)
     else:
         learning_rate = optax.constant_schedule(config.learning_rate)
-    if config.name == "adamw":
-        optimizer = optax.adamw(learning_rate, weight_decay=config.weight_decay)
-    elif config.name == "sgd":
+    if config.name == "sgd":
         optimizer = optax.sgd(learning_rate, momentum=config.momentum)
-    elif config.name == "adam_normgrad":
-        adam = (optax.adamw(learning_rate, weight_decay=config.weight_decay) if config.weight_decay > 0
-                else optax.adam(learning_rate))
-        optimizer = optax.chain(normalize_each_tensor(), adam)
     else:
-        optimizer = optax.adam(learning_rate)
+        decoupled = config.name == "adamw" or config.weight_decay > 0
+        adam = (optax.adamw(learning_rate, weight_decay=config.weight_decay) if decoupled
+                else optax.adam(learning_rate))
+        optimizer = optax.chain(normalize_each_tensor(), adam) if config.name == "adam_normgrad" else adam
     clip = optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm > 0 else optax.identity()
     chain = optax.chain(clip, optimizer)
     chain = optax.flatten(chain) if config.flatten else chain
