@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from study_report import RESULTS, json_lines, nll_line_on_test_split
 
@@ -26,7 +27,9 @@ RUNS = {"default": "standard VAE (default preset)",
         "hvae_vampprior_authors_decay": "HVAE + VampPrior, authors' protocol + decay",
         "hvae_vampprior_authors_ema": "HVAE + VampPrior, authors' protocol + averaging",
         "hvae_vampprior_authors_ema_lr1e-3": "HVAE + VampPrior, authors' protocol + averaging at 1e-3",
-        "hvae_vampprior_authors_ema_lr1e-3_e120": "HVAE + VampPrior, authors' protocol + averaging at 1e-3, 120 epochs"}
+        "hvae_vampprior_authors_ema_lr1e-3_e120": "HVAE + VampPrior, authors' protocol + averaging at 1e-3, 120 epochs",
+        "hvae_vampprior_authors_ema_lr1e-3_wd0.05": "HVAE + VampPrior, authors' protocol + averaging at 1e-3, "
+                                                    "weight decay 0.05"}
 TARGETS = {"one-layer VampPrior": 85.5, "best model shipped": 84.0}
 
 
@@ -49,6 +52,7 @@ def main() -> None:
     runs = [summarize(run) for run in RUNS if (RESULTS / run / "eval.jsonl").exists()]
     figure = Figure(figsize=(12, 8), dpi=110, layout="constrained")
     axes = figure.add_subplot()
+    axes.set_prop_cycle(color=colormaps["tab20"].colors)  # one colour per run beyond the default cycle's 10
     for run in runs:
         start = run["started_after_epoch"]
         epochs = range(start + 1, start + run["epochs"] + 1)
