@@ -24,26 +24,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XLA_FLAGS="${XLA_FLAGS:---xla_cpu_experimental_ynn_fusion_type=}"  # see tomczak_welling.sh
-mkdir -p "${RUNS_DIR:-runs}"
+runs="${RUNS_DIR:-runs}"
+mkdir -p "$runs"
 source experiments/tomczak_welling_options.sh
-bash experiments/train_and_eval.sh hvae_vampprior_authors hvae_vampprior --epochs 2000 "${authors[@]}" \
-  optim.learning_rate=5e-4 optim.schedule=constant patience=50 >> "${RUNS_DIR:-runs}/hvae_vampprior_authors.log" 2>&1
-EVAL_EPOCH=50 bash experiments/train_and_eval.sh hvae_vampprior_authors_decay hvae_vampprior --epochs 50 \
-  "${authors[@]}" "${decay[@]}" init_from="${RUNS_DIR:-runs}/hvae_vampprior_authors" \
-  >> "${RUNS_DIR:-runs}/hvae_vampprior_authors_decay.log" 2>&1
-EVAL_EPOCH= bash experiments/train_and_eval.sh hvae_vampprior_authors_ema hvae_vampprior --epochs 60 "${authors[@]}" \
-  "${ema[@]}" init_from="${RUNS_DIR:-runs}/hvae_vampprior_authors" \
-  >> "${RUNS_DIR:-runs}/hvae_vampprior_authors_ema.log" 2>&1
-EVAL_EPOCH= bash experiments/train_and_eval.sh hvae_vampprior_authors_ema_lr1e-3 hvae_vampprior --epochs 60 \
-  "${authors[@]}" "${ema[@]}" optim.learning_rate=1e-3 init_from="${RUNS_DIR:-runs}/hvae_vampprior_authors" \
-  >> "${RUNS_DIR:-runs}/hvae_vampprior_authors_ema_lr1e-3.log" 2>&1
+step() {  # NAME [train options and overrides ...]: train_and_eval.sh with the authors' details, logged to runs/NAME.log
+  local name=$1
+  shift
+  bash experiments/train_and_eval.sh "$name" hvae_vampprior "${authors[@]}" "$@" >> "$runs/$name.log" 2>&1
+}
+step hvae_vampprior_authors --epochs 2000 optim.learning_rate=5e-4 optim.schedule=constant patience=50
+EVAL_EPOCH=50 step hvae_vampprior_authors_decay --epochs 50 "${decay[@]}" init_from="$runs/hvae_vampprior_authors"
+EVAL_EPOCH= step hvae_vampprior_authors_ema --epochs 60 "${ema[@]}" init_from="$runs/hvae_vampprior_authors"
+averaging_at_1e3=("${ema[@]}" optim.learning_rate=1e-3 init_from="$runs/hvae_vampprior_authors")
+EVAL_EPOCH= step hvae_vampprior_authors_ema_lr1e-3 --epochs 60 "${averaging_at_1e3[@]}"
 # The 120-epoch run resumes a copy of the 60-epoch one's work directory (resuming is bit-exact) rather than redoing it.
-[ -d "${RUNS_DIR:-runs}/hvae_vampprior_authors_ema_lr1e-3_e120" ] || cp -r \
-  "${RUNS_DIR:-runs}/hvae_vampprior_authors_ema_lr1e-3" "${RUNS_DIR:-runs}/hvae_vampprior_authors_ema_lr1e-3_e120"
-EVAL_EPOCH= bash experiments/train_and_eval.sh hvae_vampprior_authors_ema_lr1e-3_e120 hvae_vampprior --epochs 120 \
-  "${authors[@]}" "${ema[@]}" optim.learning_rate=1e-3 init_from="${RUNS_DIR:-runs}/hvae_vampprior_authors" \
-  >> "${RUNS_DIR:-runs}/hvae_vampprior_authors_ema_lr1e-3_e120.log" 2>&1
-EVAL_EPOCH= bash experiments/train_and_eval.sh hvae_vampprior_authors_ema_lr1e-3_wd0.05 hvae_vampprior --epochs 120 \
-  "${authors[@]}" "${ema[@]}" optim.learning_rate=1e-3 optim.weight_decay=0.05 patience=15 \
-  init_from="${RUNS_DIR:-runs}/hvae_vampprior_authors" \
-  >> "${RUNS_DIR:-runs}/hvae_vampprior_authors_ema_lr1e-3_wd0.05.log" 2>&1
+[ -d "$runs/hvae_vampprior_authors_ema_lr1e-3_e120" ] || cp -r \
+  "$runs/hvae_vampprior_authors_ema_lr1e-3" "$runs/hvae_vampprior_authors_ema_lr1e-3_e120"
+EVAL_EPOCH= step hvae_vampprior_authors_ema_lr1e-3_e120 --epochs 120 "${averaging_at_1e3[@]}"
+EVAL_EPOCH= step hvae_vampprior_authors_ema_lr1e-3_wd0.05 --epochs 120 "${averaging_at_1e3[@]}" \
+  optim.weight_decay=0.05 patience=15
