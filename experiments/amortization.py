@@ -30,7 +30,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from vae_jax import data, inference, runner
+from vae_jax import configs, data, inference, readback, resolve
+from vae_jax.workdir import EVAL_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "experiments" / "results" / "amortization"
@@ -38,24 +39,23 @@ TRACE_EXAMPLES = 1000
 
 
 def gaps(run: str, workdir: Path, split: str, num_examples: int | None, args: argparse.Namespace) -> dict:
-    """`runner.evaluate_gaps` of one run and split; writes the per-example CSV; returns the summary."""
-    summary, per_example = runner.evaluate_gaps(
-        workdir, split, num_examples=num_examples, steps=args.steps, num_samples=args.samples,
-        learning_rate=args.learning_rate, eval_samples=args.eval_samples, iwae_samples=args.iwae_samples,
-        data_dir=args.data_dir, manual_dir=args.manual_dir)
-    runner.write_gaps_csv(OUT / f"{run}_{split}.csv", per_example)
+    """`readback.evaluate_gaps` of one run and split; writes the per-example CSV; returns the summary."""
+    settings = configs.GapsConfig(steps=args.steps, num_samples=args.samples, learning_rate=args.learning_rate,
+                                  eval_samples=args.eval_samples, iwae_samples=args.iwae_samples)
+    summary, per_example = readback.evaluate_gaps(workdir, split, num_examples=num_examples, gaps=settings,
+                                                  data_dir=args.data_dir, manual_dir=args.manual_dir)
+    readback.write_gaps_csv(OUT / f"{run}_{split}.csv", per_example)
     return {"run_name": run, **summary}
 
 
 def trace(workdir: Path, args: argparse.Namespace) -> dict:
     """Mean negative-ELBO trace of refinement from the encoder and from the prior, and seconds per example-step."""
-    restored = runner.load_checkpoint(workdir)
-    config = runner.run_config(restored.metadata)
-    pixels = jax.device_put(data.load_split(config.dataset, "test", data_dir=args.data_dir)[:TRACE_EXAMPLES])
+    run, restored = resolve.open_run(workdir)
+    pixels = jax.device_put(data.load_split(run.config.dataset, "test", data_dir=args.data_dir)[:TRACE_EXAMPLES])
     traces = {}
     for start in inference.STARTS:
         options = {"steps": args.trace_steps, "num_samples": args.samples, "start": start,
-                   "dynamic_binarization": data.is_dynamic(config.dataset)}
+                   "dynamic_binarization": run.dataset.dynamic}
         compiled = inference.refine_posteriors.lower(restored.state.model, restored.state.params, pixels,
                                                      jax.random.key(0), learning_rate=args.trace_learning_rate,
                                                      **options).compile()
@@ -196,7 +196,7 @@ def main() -> None:
         summaries.append(gaps(run, workdir, "test", None, args))
         summaries.append(gaps(run, workdir, "train", 1000, args))
         traces[run] = trace(workdir, args)
-        shutil.copy(workdir / runner.EVAL_FILE, REPO / "experiments" / "results" / run / runner.EVAL_FILE)
+        shutil.copy(workdir / EVAL_FILE, REPO / "experiments" / "results" / run / EVAL_FILE)
         print(table(summaries), flush=True)
     command = "python experiments/amortization.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in [
         ("runs", " ".join(args.runs)), ("steps", args.steps), ("trace_steps", args.trace_steps),

@@ -71,14 +71,16 @@ def compiled_jax_epoch(case: dict, pixels: np.ndarray) -> tuple[Callable, Any, A
     import optax
 
     from vae_jax import builders, parallel, train
+    from vae_jax import data as vae_data
     from vae_jax.configs import ModelConfig
 
     latent_dim, encoder_hidden, decoder_hidden = ARCHITECTURES[case["model"]]
     model = builders.build_model(ModelConfig(latent_dim, encoder_hidden, decoder_hidden,
-                                             compute_dtype=case.get("dtype", "float32")))
+                                             compute_dtype=case.get("dtype", "float32")),
+                                   vae_data.describe("binarized_mnist"))
     mesh = parallel.data_mesh() if case.get("data_parallel") else None
     tx = optax.flatten(optax.adam(1e-3)) if case.get("flatten") else optax.adam(1e-3)
-    state = parallel.replicate(train.create_train_state(jax.random.key(0), model, tx), mesh)
+    state = parallel.replicate(train.create_train_state(jax.random.key(0), model, tx, (784,)), mesh)
     data = parallel.replicate(pixels, mesh)
     start = time.perf_counter()
     epoch_fn = train.train_epoch_jit.lower(state, data, jax.random.key(1), batch_size=case["batch"],
@@ -156,11 +158,12 @@ def exported_step_ops(case: dict, platform_name: str = "cuda") -> dict[str, int]
     from jax import export
 
     from vae_jax import builders, train
+    from vae_jax import data as vae_data
     from vae_jax.configs import ModelConfig
 
-    model = builders.build_model(ModelConfig(*ARCHITECTURES[case["model"]]))
+    model = builders.build_model(ModelConfig(*ARCHITECTURES[case["model"]]), vae_data.describe("binarized_mnist"))
     tx = optax.flatten(optax.adam(1e-3)) if case.get("flatten") else optax.adam(1e-3)
-    state = train.create_train_state(jax.random.key(0), model, tx)
+    state = train.create_train_state(jax.random.key(0), model, tx, (784,))
     pixels = np.zeros((10 * case["batch"], 784), np.uint8)
     exported = export.export(jax.jit(lambda s, p, k: train.train_epoch(s, p, k, batch_size=case["batch"])),
                              platforms=[platform_name])(state, pixels, jax.random.key(1))
@@ -281,10 +284,11 @@ def iwae_case(case: dict, pixels: np.ndarray) -> dict:
     import optax
 
     from vae_jax import builders, evaluate, train
+    from vae_jax import data as vae_data
     from vae_jax.configs import ModelConfig
 
-    model = builders.build_model(ModelConfig(*ARCHITECTURES[case["model"]]))
-    params = train.create_train_state(jax.random.key(0), model, optax.adam(1e-3)).params
+    model = builders.build_model(ModelConfig(*ARCHITECTURES[case["model"]]), vae_data.describe("binarized_mnist"))
+    params = train.create_train_state(jax.random.key(0), model, optax.adam(1e-3), (784,)).params
     data = jax.device_put(pixels)
     kwargs = {"num_samples": case["k"], "batch_size": case["batch"], "chunk_size": case["chunk"]}
     start = time.perf_counter()

@@ -42,7 +42,12 @@ def worker(argv: list[str], checkout: str) -> dict:
     start = time.perf_counter()
     import jax
 
-    from vae_jax import cli, data, evaluate, runner
+    from vae_jax import cli, data, evaluate
+
+    try:  # vae_jax from 0.3 on trains in `trainer`; a baseline checkout may be older
+        from vae_jax import trainer as training
+    except ImportError:
+        from vae_jax import runner as training
     from vae_jax.checkpoint import Checkpointer
 
     phases: dict[str, float] = defaultdict(float)
@@ -87,8 +92,8 @@ def worker(argv: list[str], checkout: str) -> dict:
     timed(Checkpointer, "restore", "checkpoint restore")
     for name in ("evaluate_elbo", "evaluate_iwae"):  # `eval` calls them; `train` compiles its own beforehand
         timed(evaluate, name, "evaluation")
-    if hasattr(runner, "compile_in_parallel"):  # compilations side by side: the overlap is taken off "compile"
-        timed(runner, "compile_in_parallel", "compile")
+    if hasattr(training, "compile_in_parallel"):  # compilations side by side: the overlap is taken off "compile"
+        timed(training, "compile_in_parallel", "compile")
     code = cli.main(argv)
     total = time.perf_counter() - start
     metrics = Path(argv[argv.index("--workdir") + 1]) / "metrics.jsonl"

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import builders, configs, models
+from vae_jax import builders, configs, data, models, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ENV = "VAE_JAX_DATA"
@@ -24,6 +24,14 @@ SHARED_DATA = Path(os.environ.get(DATA_ENV, REPO.parent / "shared" / "data"))
 sys.path.insert(0, str(REPO / "experiments"))  # the experiment scripts' helpers are tested as modules
 # The tests' compiled programs go to a cache of their own (shared by the test processes), not the user's.
 os.environ.setdefault("VAE_JAX_COMPILATION_CACHE", str(Path(tempfile.gettempdir()) / "vae_jax_test_cache"))
+
+
+MNIST = data.describe("binarized_mnist")  # the dataset of the presets: examples of 784 pixels
+
+
+def preset_state(config: configs.Config):
+    """The freshly initialized train state of a preset run of `config` (`resolve.Run.template_state`)."""
+    return resolve.resolve_run(config, "unused").template_state()
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +63,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def small_model():
     """A tiny `models.VAE`: 784 -> 16 -> z=3 -> 16 -> 784."""
-    return builders.build_model(configs.ModelConfig(latent_dim=3, encoder_hidden=(16,), decoder_hidden=(16,)))
+    return builders.build_model(configs.ModelConfig(latent_dim=3, encoder_hidden=(16,), decoder_hidden=(16,)), MNIST)
 
 
 @pytest.fixture

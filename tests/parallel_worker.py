@@ -20,14 +20,16 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from vae_jax import builders, configs, evaluate, objective, parallel, train  # noqa: E402
+from vae_jax import builders, configs, data, evaluate, objective, parallel, train  # noqa: E402
+
+MNIST = data.describe("binarized_mnist")
 
 if len(sys.argv) > 2:
     parallel.initialize_distributed()
-model = builders.build_model(configs.ModelConfig(latent_dim=3, encoder_hidden=(32,), decoder_hidden=(32,)))
+model = builders.build_model(configs.ModelConfig(latent_dim=3, encoder_hidden=(32,), decoder_hidden=(32,)), MNIST)
 pixels = (np.random.default_rng(0).random((512, 784)) < 0.3).astype(np.uint8)
 mesh = parallel.data_mesh() if len(jax.devices()) > 1 else None
-state = train.create_train_state(jax.random.key(0), model, optax.adam(1e-2))
+state = train.create_train_state(jax.random.key(0), model, optax.adam(1e-2), (784,))
 device_pixels, state = parallel.replicate((pixels, state), mesh)
 losses = []
 for epoch in range(2):

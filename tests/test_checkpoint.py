@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import builders, configs, train
+from tests.conftest import preset_state
+from vae_jax import configs, train
 from vae_jax.checkpoint import Checkpointer
 from vae_jax.errors import CheckpointError
 
@@ -17,7 +18,7 @@ CONFIG = configs.apply_overrides(configs.get_config("cs236"),
 
 
 def _trained_state(binary_pixels):
-    state = builders.template_state(CONFIG)
+    state = preset_state(CONFIG)
     state, _ = train.train_epoch_jit(state, jnp.asarray(binary_pixels), jax.random.key(0), batch_size=16)
     return state
 
@@ -34,7 +35,7 @@ def test_round_trip_is_exact_and_keeps_the_typed_key(tmp_path, binary_pixels):
     key = jax.random.key(42)
     checkpointer = Checkpointer(tmp_path, keep=2)
     checkpointer.save(1, state, key, val_loss=100.0, metadata=configs.to_dict(CONFIG))
-    restored = checkpointer.restore(builders.template_state(CONFIG), jax.random.key(0))
+    restored = checkpointer.restore(preset_state(CONFIG), jax.random.key(0))
     assert restored.epoch == 1 and configs.from_dict(restored.metadata) == CONFIG and restored.skipped == []
     assert int(restored.state.step) == int(state.step) == 4
     _assert_trees_equal(restored.state.params, state.params)
@@ -80,13 +81,13 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, bina
     for file in (tmp_path / "checkpoints" / "3" / "state").rglob("*"):
         if file.is_file():
             file.write_bytes(b"garbage")
-    restored = Checkpointer(tmp_path, keep=3).restore(builders.template_state(CONFIG), jax.random.key(0))
+    restored = Checkpointer(tmp_path, keep=3).restore(preset_state(CONFIG), jax.random.key(0))
     assert restored.epoch == 2
     assert [epoch for epoch, _ in restored.skipped] == [3]
     assert (tmp_path / "checkpoints" / "corrupt-3").is_dir()
     np.testing.assert_array_equal(jax.random.key_data(restored.key), jax.random.key_data(jax.random.key(2)))
     with pytest.raises(CheckpointError, match="no checkpoint for epoch 3"):
-        Checkpointer(tmp_path).restore(builders.template_state(CONFIG), jax.random.key(0), epoch=3)
+        Checkpointer(tmp_path).restore(preset_state(CONFIG), jax.random.key(0), epoch=3)
 
 
 def test_unfinished_save_is_ignored(tmp_path, binary_pixels):
@@ -99,19 +100,19 @@ def test_unfinished_save_is_ignored(tmp_path, binary_pixels):
     (unfinished / "state").mkdir(parents=True)
     reader = Checkpointer(tmp_path)
     assert reader.epochs() == [1]
-    assert reader.restore(builders.template_state(CONFIG), jax.random.key(0)).epoch == 1
+    assert reader.restore(preset_state(CONFIG), jax.random.key(0)).epoch == 1
     # A reader leaves the unfinished save alone (it may be in progress); the training process cleans it up
     # (in the background, finished before its next save).
     assert unfinished.is_dir()
     writer = Checkpointer(tmp_path, clean_unfinished=True)
     writer.save(2, state, jax.random.key(0), val_loss=0.5, metadata=configs.to_dict(CONFIG))
-    writer.wait_until_finished()
-    assert not unfinished.exists() and writer.epochs() == [1, 2]
+    writer.close()  # waits for the background save
+    assert not unfinished.exists() and Checkpointer(tmp_path).epochs() == [1, 2]
 
 
 def test_empty_workdir_has_nothing_to_restore(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint in"):
-        Checkpointer(tmp_path).restore(builders.template_state(CONFIG), jax.random.key(0))
+        Checkpointer(tmp_path).restore(preset_state(CONFIG), jax.random.key(0))
 
 
 def test_damaged_metadata_is_skipped_or_reported_in_one_line(tmp_path, binary_pixels):
@@ -139,10 +140,10 @@ def test_a_checkpoint_of_another_model_is_named_and_left_alone(tmp_path, binary_
     with pytest.raises(CheckpointError, match=r"epoch 2 .* holds another model than this one \(params/encoder/params/"
                                               r"Dense_0/kernel \(8, 4\) float32 where the model has \(9, 4\) "
                                               r"float32; .*; and 6 more\); restore it with the model it was trained"):
-        Checkpointer(tmp_path).restore(builders.template_state(wider), jax.random.key(0))
+        Checkpointer(tmp_path).restore(preset_state(wider), jax.random.key(0))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
     # The right model still restores the newest checkpoint.
-    assert Checkpointer(tmp_path).restore(builders.template_state(CONFIG), jax.random.key(0)).epoch == 2
+    assert Checkpointer(tmp_path).restore(preset_state(CONFIG), jax.random.key(0)).epoch == 2
 
 
 def test_setting_aside_twice_keeps_both_damaged_copies(tmp_path, binary_pixels):
@@ -155,7 +156,7 @@ def test_setting_aside_twice_keeps_both_damaged_copies(tmp_path, binary_pixels):
         for file in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):
             if file.is_file():
                 file.write_bytes(b"garbage")
-        assert Checkpointer(tmp_path).restore(builders.template_state(CONFIG), jax.random.key(0)).epoch == 1
+        assert Checkpointer(tmp_path).restore(preset_state(CONFIG), jax.random.key(0)).epoch == 1
         if attempt == 0:
             import shutil
 

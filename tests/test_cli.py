@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, preset_state
 from vae_jax import cli
 
 TINY = ["model.encoder_hidden=32", "model.decoder_hidden=32", "model.latent_dim=2", "eval_batch_size=5000"]
@@ -172,13 +172,13 @@ def test_a_checkpoint_of_another_model_is_one_line_and_renames_nothing(tmp_path,
     vae_jax version's parameter names would give): exit 2, one line naming the differences, every file kept."""
     import jax
 
-    from vae_jax import builders, configs
+    from vae_jax import configs
     from vae_jax.checkpoint import Checkpointer
 
     small = configs.apply_overrides(configs.get_config("cs236"), TINY)
     other = configs.apply_overrides(small, ["model.decoder_hidden=24"])
     checkpointer = Checkpointer(tmp_path)
-    checkpointer.save(1, builders.template_state(other), jax.random.key(0), val_loss=1.0,
+    checkpointer.save(1, preset_state(other), jax.random.key(0), val_loss=1.0,
                       metadata=configs.to_dict(small))
     checkpointer.close()
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from tests.conftest import MNIST
 from tests.torch_reference import TorchVAE
 from vae_jax import builders, configs, inference, objective
 
@@ -72,7 +73,7 @@ def test_one_example_alone_gets_the_same_posterior_as_inside_a_batch(small_model
 
 
 def test_refinement_takes_pytorch_s_adam_steps_on_the_same_noise_in_float64(binary_pixels):
-    model = builders.build_model(configs.ModelConfig(3, (16,), (16,)))
+    model = builders.build_model(configs.ModelConfig(3, (16,), (16,)), MNIST)
     params = model.init(jax.random.key(0), jnp.zeros(784))
     x = np.asarray(binary_pixels[4], np.float64)
     steps, samples, learning_rate = 6, 5, 3e-2

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import MNIST
 from tests.torch_reference import TorchVAE
 from vae_jax import builders, configs, evaluate, objective
 
@@ -17,7 +18,7 @@ LATENT, HIDDEN = 3, (16,)
 def test_bound_matches_pytorch_with_chunks_and_padding(num_samples, chunk_size, binary_pixels):
     """K = 7 in chunks of 3 leaves two padded samples in the last chunk: they must not count, and the mean is over
     the K real ones (-log K). Sample k is drawn from fold_in(key, k), so the reference gets the same noise."""
-    model = builders.build_model(configs.ModelConfig(LATENT, HIDDEN, HIDDEN))
+    model = builders.build_model(configs.ModelConfig(LATENT, HIDDEN, HIDDEN), MNIST)
     params = model.init(jax.random.key(0), jnp.zeros(784))
     with jax.enable_x64(True):
         params = jax.tree.map(lambda p: p.astype(jnp.float64), params)

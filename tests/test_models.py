@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from vae_jax import builders, configs, contract, hierarchical, models, objective, train
+from tests.conftest import MNIST, preset_state
+from vae_jax import builders, configs, contract, hierarchical, models, objective, resolve, train
 from vae_jax.errors import ConfigError
 
 CONV = configs.ModelConfig(latent_dim=4, encoder_hidden=(32,), decoder_hidden=(32,), architecture="conv",
@@ -15,7 +16,7 @@ CONV = configs.ModelConfig(latent_dim=4, encoder_hidden=(32,), decoder_hidden=(3
 
 
 def test_conv_models_map_one_example_as_they_map_a_batch(binary_pixels):
-    model = builders.build_model(CONV)
+    model = builders.build_model(CONV, MNIST)
     assert isinstance(model.encoder, models.ConvEncoder) and isinstance(model.decoder, models.ConvDecoder)
     params = model.init(jax.random.key(0), jnp.zeros(784))
     x = jnp.asarray(binary_pixels[:5], jnp.float32)
@@ -34,7 +35,7 @@ def test_conv_models_map_one_example_as_they_map_a_batch(binary_pixels):
 def test_the_first_convolution_sees_the_image_as_an_image():
     """Locality: each output of the first stride-2 3x3 convolution depends on the 3x3 patch of pixels it covers,
     and on no other pixel of the 28 x 28 image (a model that treated the image as a flat vector would not)."""
-    model = builders.build_model(CONV)
+    model = builders.build_model(CONV, MNIST)
     params = model.init(jax.random.key(0), jnp.zeros(784))
 
     def first_feature_map(x):
@@ -52,15 +53,15 @@ def test_the_first_convolution_sees_the_image_as_an_image():
 
 
 def test_conv_vae_learns(binary_pixels):
-    state = train.create_train_state(jax.random.key(0), builders.build_model(CONV), optax.adam(3e-3))
+    state = train.create_train_state(jax.random.key(0), builders.build_model(CONV, MNIST), optax.adam(3e-3), (784,))
     pixels = jnp.asarray(binary_pixels)
     state, first = train.train_epoch_jit(state, pixels, jax.random.key(1), batch_size=16)
     for epoch in range(2, 20):
         state, last = train.train_epoch_jit(state, pixels, jax.random.key(epoch), batch_size=16)
     assert int(last.failed_step) == -1
     # Pixels drawn independently with p = 0.3 cost at least 784 * H(0.3) = 478.9 nats; the untrained model ~545.
-    assert float(np.mean(first.nelbo)) > 530
-    assert float(np.mean(last.nelbo)) < 485
+    assert float(np.mean(first.terms.nelbo)) > 530
+    assert float(np.mean(last.terms.nelbo)) < 485
 
 
 def test_gated_layers_gate_each_value_by_a_sigmoid():
@@ -77,7 +78,7 @@ def test_the_hierarchical_vae_keeps_the_contract(prior, binary_pixels):
     config = configs.apply_overrides(configs.get_config("hvae"), [
         "model.latent_dim=3", "model.encoder_hidden=16,16", "model.decoder_hidden=16,16", f"model.prior={prior}",
         "model.prior_components=5"])
-    model = builders.build_model(config.model)
+    model = builders.build_model(config.model, MNIST)
     assert isinstance(model, contract.FlaxModel) and isinstance(model.module, hierarchical.HierarchicalVAE)
     params = model.init(jax.random.key(0), jnp.zeros(784))
     x = jnp.asarray(binary_pixels[0], jnp.float32)
@@ -105,8 +106,14 @@ def test_the_hierarchical_vae_keeps_the_contract(prior, binary_pixels):
 
 
 def test_configs_that_cannot_be_built_fail_validation():
-    with pytest.raises(ConfigError, match="conv_channels"):
-        configs.apply_overrides(configs.get_config("cs236"), ["model.architecture=conv", "model.conv_channels=8,8,8"])
+    # Three halvings leave no whole side of a 28-pixel image: refused when the run is resolved, before any build.
+    conv = ["model.architecture=conv", "model.conv_channels=8,8,8"]
+    three = configs.apply_overrides(configs.get_config("cs236"), conv)
+    with pytest.raises(ConfigError, match=r"model.conv_channels=\(8, 8, 8\): 3 convolutions of stride 2 halve the "
+                                          r"side of binarized_mnist's 28x28 images that often"):
+        resolve.resolve_run(three, "unused")
+    with pytest.raises(ConfigError, match="conv_channels must be positive widths"):
+        configs.apply_overrides(configs.get_config("cs236"), ["model.architecture=conv", "model.conv_channels=8,0"])
     with pytest.raises(ConfigError, match="unknown architecture"):
         configs.apply_overrides(configs.get_config("cs236"), ["model.architecture=resnet"])
     with pytest.raises(ConfigError, match="need model.architecture=mlp"):
@@ -136,7 +143,7 @@ def _precisions(jaxpr: jax.extend.core.Jaxpr) -> list:
 def test_matmul_precision_reaches_every_product_and_convolution(architecture, name, level):
     config = configs.ModelConfig(latent_dim=4, encoder_hidden=(32,), decoder_hidden=(32,), architecture=architecture,
                                  conv_channels=(4, 8), matmul_precision=name)
-    model = builders.build_model(config)
+    model = builders.build_model(config, MNIST)
     params = model.init(jax.random.key(0), jnp.zeros(784))
     found = (_precisions(jax.make_jaxpr(model.posterior)(params, jnp.zeros((2, 784))).jaxpr)
              + _precisions(jax.make_jaxpr(model.decode)(params, jnp.zeros((2, 4))).jaxpr))
@@ -146,8 +153,8 @@ def test_matmul_precision_reaches_every_product_and_convolution(architecture, na
 
 
 def test_bfloat16_compute_leaves_the_precision_to_jax():
-    model = builders.build_model(configs.ModelConfig(latent_dim=4, compute_dtype="bfloat16"))
-    params = builders.build_model(configs.ModelConfig(latent_dim=4)).init(jax.random.key(0), jnp.zeros(784))
+    model = builders.build_model(configs.ModelConfig(latent_dim=4, compute_dtype="bfloat16"), MNIST)
+    params = builders.build_model(configs.ModelConfig(latent_dim=4), MNIST).init(jax.random.key(0), jnp.zeros(784))
     found = _precisions(jax.make_jaxpr(model.posterior)(params, jnp.zeros((2, 784))).jaxpr)
     assert len(found) == 3 and all(precision is None for precision in found), found
 
@@ -157,7 +164,7 @@ def test_he_normal_kernels_scale_every_kernel_and_nothing_else():
     2 / fan_in); biases and the VampPrior's pseudo-inputs keep their initialization."""
     lecun = configs.get_config("hvae_vampprior")
     he = configs.apply_overrides(lecun, ["model.kernel_init=he_normal"])
-    lecun_params, he_params = builders.template_state(lecun).params, builders.template_state(he).params
+    lecun_params, he_params = preset_state(lecun).params, preset_state(he).params
     kernels = 0
     for (path, a), (_, b) in zip(*(jax.tree_util.tree_flatten_with_path(p)[0] for p in (lecun_params, he_params))):
         if path[-1].key == "kernel":

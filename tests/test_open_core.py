@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from vae_jax import cli, configs, contract, distributions, runner
+from vae_jax import cli, configs, contract, distributions, readback, resolve, trainer
 from vae_jax.checkpoint import Checkpointer
 from vae_jax.errors import ConfigError
+from vae_jax.workdir import METRICS_FILE
 
 LATENT = 2
 
@@ -57,9 +58,9 @@ CONFIG = configs.apply_overrides(configs.get_config("cs236"), ["epochs=2", "eval
 TRAIN_IN_A_SUBPROCESS = """
 import sys
 from tests.test_open_core import CONFIG, PlanarFlowVAE
-from vae_jax import configs, runner
+from vae_jax import configs, trainer
 config = configs.apply_overrides(CONFIG, ["epochs=50"])
-runner.train_and_evaluate(config, sys.argv[1], model=PlanarFlowVAE(), data_dir=sys.argv[2], progress=False)
+trainer.fit(config, sys.argv[1], model=PlanarFlowVAE(), data_dir=sys.argv[2], progress=False)
 """
 
 
@@ -75,7 +76,7 @@ def flow_runs(tmp_path_factory, shared_data, data_dir):
     args = {"data_dir": data_dir, "manual_dir": shared_data / "binarized_mnist", "progress": False,
             "log": lambda message: None}
     whole = tmp_path_factory.mktemp("flow_whole")
-    runner.train_and_evaluate(CONFIG, whole, model=PlanarFlowVAE(), **args)
+    trainer.fit(CONFIG, whole, model=PlanarFlowVAE(), **args)
     killed = tmp_path_factory.mktemp("flow_killed")
     log = killed.parent / "flow_killed.log"
     with open(log, "w") as stderr, subprocess.Popen(
@@ -88,12 +89,12 @@ def flow_runs(tmp_path_factory, shared_data, data_dir):
             os.kill(process.pid, signal.SIGKILL)  # in epoch 2, or writing its checkpoint
     assert (killed / "checkpoints" / "1").is_dir(), log.read_text()[-2000:]
     notes = []
-    runner.train_and_evaluate(CONFIG, killed, model=PlanarFlowVAE(), **{**args, "log": notes.append})
+    trainer.fit(CONFIG, killed, model=PlanarFlowVAE(), **{**args, "log": notes.append})
     return whole, killed, args, notes
 
 
 def _params(workdir):
-    return runner.load_checkpoint(workdir, Checkpointer(workdir).epochs()[-1], model=PlanarFlowVAE()).state.params
+    return resolve.open_run(workdir, PlanarFlowVAE(), Checkpointer(workdir).epochs()[-1])[1].state.params
 
 
 def test_a_killed_run_of_the_flow_resumes_to_the_same_parameters(flow_runs):
@@ -101,7 +102,7 @@ def test_a_killed_run_of_the_flow_resumes_to_the_same_parameters(flow_runs):
     assert any(note.startswith("resuming") for note in notes)
     for a, b in zip(jax.tree.leaves(_params(whole)), jax.tree.leaves(_params(killed))):
         np.testing.assert_array_equal(a, b)
-    lines = [json.loads(line) for line in (killed / runner.METRICS_FILE).read_text().splitlines()]
+    lines = [json.loads(line) for line in (killed / METRICS_FILE).read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     assert lines[-1]["val_active_units"] is not None and lines[-1]["val_kl_per_dim"] == []
     # About 199 and 191: learning, and below the best model without a latent (about 206) after two epochs.
@@ -110,7 +111,7 @@ def test_a_killed_run_of_the_flow_resumes_to_the_same_parameters(flow_runs):
 
 def test_the_flow_is_evaluated_carded_and_compared_like_a_preset(flow_runs, capsys):
     whole, _, args, _ = flow_runs
-    result = runner.evaluate_checkpoint(whole, "test", model=PlanarFlowVAE(), iwae_samples=20,
+    result = readback.evaluate_checkpoint(whole, "test", model=PlanarFlowVAE(), iwae_samples=20,
                                         data_dir=args["data_dir"])
     assert result["config"]["model"] == {"class": "tests.test_open_core.PlanarFlowVAE", "hidden": 16}
     assert result["config"]["optim"]["learning_rate"] == 1e-3 and result["estimator"] == "iwae"
@@ -118,7 +119,7 @@ def test_the_flow_is_evaluated_carded_and_compared_like_a_preset(flow_runs, caps
     capsys.readouterr()
     assert cli.main(["compare", str(whole)]) == 0
     table = capsys.readouterr().out
-    assert f"| {whole.name} | {result['config_hash']} | {result['nelbo']:.2f} ± " in table
+    assert f"| {whole.name} | PlanarFlowVAE | {result['config_hash']} | {result['nelbo']:.2f} ± " in table
     # Without the model object, the command line says how to get at it, in one line.
     assert cli.main(["eval", "--workdir", str(whole)]) == 2
     err = capsys.readouterr().err
@@ -128,8 +129,7 @@ def test_the_flow_is_evaluated_carded_and_compared_like_a_preset(flow_runs, caps
 def test_resuming_with_another_model_is_refused(flow_runs):
     whole, _, args, _ = flow_runs
     with pytest.raises(ConfigError, match=r"model.hidden differ"):
-        runner.train_and_evaluate(configs.apply_overrides(CONFIG, ["epochs=3"]), whole, model=PlanarFlowVAE(hidden=8),
-                                  **args)
+        trainer.fit(configs.apply_overrides(CONFIG, ["epochs=3"]), whole, model=PlanarFlowVAE(hidden=8), **args)
 
 
 def test_a_new_run_of_the_flow_starts_from_another_runs_best_checkpoint(flow_runs, tmp_path):
@@ -138,17 +138,16 @@ def test_a_new_run_of_the_flow_starts_from_another_runs_best_checkpoint(flow_run
     config = configs.apply_overrides(CONFIG, [f"init_from={whole}", "epochs=1", "objective=iwae", "num_samples=2",
                                               "optim.learning_rate=1e-30"])
     notes = []
-    record = runner.train_and_evaluate(config, tmp_path / "child", model=PlanarFlowVAE(),
-                                       **{**args, "log": notes.append})
+    record = trainer.fit(config, tmp_path / "child", model=PlanarFlowVAE(), **{**args, "log": notes.append})
     best = Checkpointer(whole).best_epoch()
     assert notes == [f"starting from the parameters of {whole}, epoch {best} (its best validation loss)"]
-    parent = runner.load_checkpoint(whole, best, model=PlanarFlowVAE()).state.params
+    parent = resolve.open_run(whole, PlanarFlowVAE(), best)[1].state.params
     for started, expected in zip(jax.tree.leaves(_params(tmp_path / "child")), jax.tree.leaves(parent)):
         np.testing.assert_array_equal(started, expected)
-    lines = [json.loads(line) for line in (whole / runner.METRICS_FILE).read_text().splitlines()]
+    lines = [json.loads(line) for line in (whole / METRICS_FILE).read_text().splitlines()]
     assert record["val_nelbo"] == lines[best - 1]["val_nelbo"] and record["val_nll_bound"] < record["val_nelbo"]
     with pytest.raises(ConfigError, match=re.escape(f"init_from={whole} holds a run of another model (")):
-        runner.train_and_evaluate(config, tmp_path / "other", model=PlanarFlowVAE(hidden=8), **args)
+        trainer.fit(config, tmp_path / "other", model=PlanarFlowVAE(hidden=8), **args)
 
 
 def _imports(module: str) -> set[str]:
@@ -166,12 +165,50 @@ def _imports(module: str) -> set[str]:
 
 def test_the_layering_reads_one_way():
     assert _imports("configs") == {"errors"}
+    assert _imports("protocol") == {"configs", "data", "errors", "__version__"}
+    assert _imports("workdir") == {"configs", "errors"}
+    assert not {"trainer", "readback", "cli"} & _imports("resolve")
     assert "data" not in _imports("objective")
     for module in ("models", "hierarchical", "priors", "objective", "train", "evaluate", "contract"):
         assert "configs" not in _imports(module), module
     figure_code = [path.name for path in (REPO / "vae_jax").glob("*.py")
                    if re.search(r"^\s*(from|import) (PIL|matplotlib)", path.read_text(), re.M)]
     assert figure_code == ["figures.py"]
+
+
+def test_one_value_per_run_and_sizes_from_the_data():
+    sources = {path.stem: path.read_text() for path in (REPO / "vae_jax").glob("*.py")}
+    # Only the resolution builds a preset's model for a run; only it and the advice after a divergence ask about it.
+    assert sorted(name for name, text in sources.items() if "build_model(" in text) == ["builders", "resolve"]
+    assert sorted(name for name, text in sources.items() if re.search(r"is_preset", text)) == [
+        "resolve", "trainer", "workdir"]
+    assert [line for line in sources["trainer"].splitlines() if "is_preset" in line] == [
+        "    if run.is_preset and run.config.model.stochastic_layers == 1:", "    if run.is_preset:"]
+    # The size of an example is stated once, in the data layer.
+    assert sorted(name for name, text in sources.items() if re.search(r"\b(784|28)\b", text)) == ["data"]
+
+
+def test_the_house_sizes():
+    too_long = []
+    for path in sorted((REPO / "vae_jax").glob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 400:
+            too_long.append(f"{path.name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno + 1 > 60:
+                too_long.append(f"{path.name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert too_long == []
+
+
+def test_compare_loads_neither_jax_nor_training_nor_evaluation(tmp_path):
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"nelbo": 100.0, "split": "test", "config": {}}) + "\n")
+    code = (f"import sys; from vae_jax import cli; cli.main(['compare', {str(tmp_path)!r}]); "
+            "print(sorted(m for m in ('jax', 'vae_jax.trainer', 'vae_jax.readback', 'vae_jax.evaluate', "
+            "'vae_jax.train', 'orbax') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "[]" and "| 100.00 |" in done.stdout
 
 
 def test_importing_vae_jax_stays_light():

@@ -8,6 +8,7 @@ import optax
 import pytest
 import torch
 
+from tests.conftest import MNIST
 from vae_jax import builders, configs, distributions, evaluate, figures, models, objective, priors, train
 from vae_jax.errors import ConfigError
 
@@ -44,7 +45,7 @@ def test_mixture_samples_have_the_mixture_moments():
 
 def _linear_vae(prior=None):
     config = configs.ModelConfig(LATENT, encoder_hidden=(), decoder_hidden=(16,))
-    model = builders.build_model(config)
+    model = builders.build_model(config, MNIST)
     model = models.VAE(model.encoder, model.decoder, prior)
     return model, model.init(jax.random.key(0), jnp.zeros(784))
 
@@ -101,7 +102,7 @@ def test_iwae_bound_with_a_standard_normal_mixture_equals_the_plain_bound(binary
 
 
 def test_vamp_prior_gradients_reach_the_pseudo_inputs_and_the_encoder(binary_pixels):
-    base = builders.build_model(configs.ModelConfig(LATENT, encoder_hidden=(16,), decoder_hidden=(16,)))
+    base = builders.build_model(configs.ModelConfig(LATENT, encoder_hidden=(16,), decoder_hidden=(16,)), MNIST)
     model = models.VAE(base.encoder, base.decoder, priors.VampPrior(num_components=6))
     params = model.init(jax.random.key(0), jnp.zeros(784))
     assert params["prior"]["params"]["pseudo_input_logits"].shape == (6, 784)
@@ -128,8 +129,8 @@ def test_vamp_prior_gradients_reach_the_pseudo_inputs_and_the_encoder(binary_pix
 @pytest.mark.parametrize("prior_name", ["mixture", "vamp"])
 def test_training_with_a_learned_prior_lowers_the_loss_and_samples_from_it(prior_name, binary_pixels):
     model = builders.build_model(configs.ModelConfig(LATENT, encoder_hidden=(32,), decoder_hidden=(32,),
-                                                     prior=prior_name, prior_components=8))
-    state = train.create_train_state(jax.random.key(0), model, optax.adam(3e-3))
+                                                     prior=prior_name, prior_components=8), MNIST)
+    state = train.create_train_state(jax.random.key(0), model, optax.adam(3e-3), (784,))
     before = np.array(jax.tree.leaves(state.params["prior"])[0])
     state, first = train.train_epoch_jit(state, jnp.asarray(binary_pixels), jax.random.key(1), batch_size=16)
     for epoch in range(2, 30):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import MNIST
 from tests.torch_reference import TorchHVAE, TorchVAE, flax_dense_layers
 from vae_jax import builders, configs, objective
 
@@ -20,7 +21,7 @@ BATCH, SAMPLES = 8, 3
 
 
 def _setup(dtype):
-    model = builders.build_model(configs.ModelConfig(LATENT, ENCODER_HIDDEN, DECODER_HIDDEN, "elu"))
+    model = builders.build_model(configs.ModelConfig(LATENT, ENCODER_HIDDEN, DECODER_HIDDEN, "elu"), MNIST)
     params = jax.tree.map(lambda p: p.astype(dtype), model.init(jax.random.key(0), jnp.zeros(784, jnp.float32)))
     rng = np.random.default_rng(1)
     x = (rng.random((BATCH, 784)) < 0.3).astype(np.float64)
@@ -146,7 +147,7 @@ def test_hierarchical_vae_log_weights_and_gradients_agree_in_float64(prior):
     config = configs.ModelConfig(latent_dim=LATENT, encoder_hidden=(24, 16), decoder_hidden=(16, 20),
                                  activation="gated", logvar_bound=6.0, prior=prior, prior_components=7,
                                  stochastic_layers=2)
-    model = builders.build_model(config)
+    model = builders.build_model(config, MNIST)
     params = model.init(jax.random.key(0), jnp.zeros(784))
     rng = np.random.default_rng(4)
     x = (rng.random((3, 784)) < 0.3).astype(np.float64)
@@ -196,7 +197,7 @@ def test_conv_encoder_and_decoder_match_pytorch():
     from tests.torch_reference import conv_decoder, conv_encoder
 
     config = configs.ModelConfig(LATENT, (24,), (24,), "elu", architecture="conv", conv_channels=(4, 8))
-    model = builders.build_model(config)
+    model = builders.build_model(config, MNIST)
     params = model.init(jax.random.key(0), jnp.zeros(784))
     with jax.enable_x64(True):
         params = jax.tree.map(lambda p: p.astype(jnp.float64), params)

@@ -7,11 +7,12 @@ import optax
 import pytest
 from jax import export
 
+from tests.conftest import MNIST
 from vae_jax import builders, configs, objective, train
 
 
 def _state(model, learning_rate=1e-2):
-    return train.create_train_state(jax.random.key(0), model, optax.adam(learning_rate))
+    return train.create_train_state(jax.random.key(0), model, optax.adam(learning_rate), (784,))
 
 
 def _five_epochs(state, pixels, **options):
@@ -28,10 +29,10 @@ def _five_epochs(state, pixels, **options):
 
 def test_epochs_lower_the_loss_and_count_steps(small_model, binary_pixels):
     state, first, result = _five_epochs(_state(small_model), jnp.asarray(binary_pixels))
-    assert result.nelbo.shape == (4,)
+    assert result.terms.nelbo.shape == (4,)
     assert int(state.step) == 5 * 4
-    assert float(result.nelbo.mean()) < float(first.nelbo.mean()) - 20
-    np.testing.assert_allclose(result.nelbo, result.rec + result.kl, rtol=1e-5)
+    assert float(result.terms.nelbo.mean()) < float(first.terms.nelbo.mean()) - 20
+    np.testing.assert_allclose(result.terms.nelbo, result.terms.rec + result.terms.kl, rtol=1e-5)
 
 
 def test_same_key_same_parameters(small_model, binary_pixels):
@@ -47,7 +48,7 @@ def test_same_key_same_parameters(small_model, binary_pixels):
 def test_epoch_drops_the_incomplete_last_batch(small_model, binary_pixels):
     state, result = train.train_epoch_jit(_state(small_model), jnp.asarray(binary_pixels[:50]), jax.random.key(0),
                                           batch_size=16)
-    assert result.nelbo.shape == (3,) and int(state.step) == 3
+    assert result.terms.nelbo.shape == (3,) and int(state.step) == 3
 
 
 def test_non_finite_step_is_not_applied_and_is_reported(small_model, binary_pixels):
@@ -117,11 +118,11 @@ def test_guarded_update_by_conditional_and_by_select_agree(small_model):
 
 
 def test_kl_warmup_is_linear():
-    from vae_jax import runner
+    from vae_jax import trainer
 
     config = configs.apply_overrides(configs.get_config("cs236"), ["kl_weight=2", "kl_warmup_epochs=4"])
-    assert [runner.kl_weight(config, epoch) for epoch in (1, 2, 4, 9)] == [0.5, 1.0, 2.0, 2.0]
-    assert runner.kl_weight(configs.get_config("cs236"), 1) == 1.0
+    assert [trainer.kl_weight(config, epoch) for epoch in (1, 2, 4, 9)] == [0.5, 1.0, 2.0, 2.0]
+    assert trainer.kl_weight(configs.get_config("cs236"), 1) == 1.0
 
 
 def test_iwae_objective_trains(small_model, binary_pixels):
@@ -130,13 +131,13 @@ def test_iwae_objective_trains(small_model, binary_pixels):
     # Training lowers the loss, the negative K = 5 bound (as much as the ELBO run above lowers its NELBO)...
     assert float(result.loss.mean()) < float(first.loss.mean()) - 20
     # ... which lies below the negative single-sample ELBO of the same samples on average.
-    assert 0 < float(result.loss.mean()) < float(result.nelbo.mean())
+    assert 0 < float(result.loss.mean()) < float(result.terms.nelbo.mean())
 
 
 def test_an_epoch_on_grey_images_binarizes_them_and_trains(small_model):
     grey = jnp.asarray(np.random.default_rng(5).integers(0, 256, (64, 784)), jnp.uint8)
     _, first, result = _five_epochs(_state(small_model), grey, dynamic_binarization=True)
-    assert float(result.nelbo.mean()) < float(first.nelbo.mean()) - 20
+    assert float(result.terms.nelbo.mean()) < float(first.terms.nelbo.mean()) - 20
 
 
 def test_logvar_bound():
@@ -170,8 +171,8 @@ def test_logvar_clip_is_the_hardtanh_of_the_reference_code():
 
 def test_bfloat16_compute_keeps_float32_parameters_and_loss(binary_pixels):
     config = configs.ModelConfig(latent_dim=3, encoder_hidden=(32,), decoder_hidden=(32,), compute_dtype="bfloat16")
-    model = builders.build_model(config)
-    state = train.create_train_state(jax.random.key(0), model, optax.adam(1e-2))
+    model = builders.build_model(config, MNIST)
+    state = train.create_train_state(jax.random.key(0), model, optax.adam(1e-2), (784,))
     mean, _ = model.posterior(state.params, jnp.ones(784))
     assert mean.dtype == jnp.float32
     for epoch in range(3):
@@ -182,7 +183,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_loss(binary_pixels):
     assert result.loss.dtype == jnp.float32 and int(result.failed_step) == -1
     # The same model in float32 reaches nearly the same loss.
     reference = train.create_train_state(jax.random.key(0), builders.build_model(
-        configs.ModelConfig(latent_dim=3, encoder_hidden=(32,), decoder_hidden=(32,))), optax.adam(1e-2))
+        configs.ModelConfig(latent_dim=3, encoder_hidden=(32,), decoder_hidden=(32,)), MNIST), optax.adam(1e-2), (784,))
     for epoch in range(3):
         reference, reference_result = train.train_epoch_jit(reference, jnp.asarray(binary_pixels),
                                                             jax.random.key(epoch), batch_size=16)
@@ -241,7 +242,7 @@ def test_adam_on_one_flattened_vector_takes_the_same_steps(small_model, binary_p
     optimizer's does, up to float32 rounding."""
     per_tensor = configs.OptimConfig(learning_rate=1e-2)
     flattened = configs.OptimConfig(learning_rate=1e-2, flatten=True)
-    states = [train.create_train_state(jax.random.key(0), small_model, builders.build_optimizer(optim, 4))
+    states = [train.create_train_state(jax.random.key(0), small_model, builders.build_optimizer(optim, 4), (784,))
               for optim in (per_tensor, flattened)]
     size = sum(leaf.size for leaf in jax.tree.leaves(states[0].params))
     assert {leaf.shape for leaf in jax.tree.leaves(states[1].opt_state)} == {(), (size,)}
@@ -276,7 +277,7 @@ def test_eval_params_are_the_average_where_the_optimizer_keeps_one(small_model, 
     plain = _state(small_model)
     assert plain.eval_params is plain.params
     tx = builders.build_optimizer(configs.OptimConfig(learning_rate=1e-2, ema_decay=0.9), 4)
-    state = train.create_train_state(jax.random.key(0), small_model, tx)
+    state = train.create_train_state(jax.random.key(0), small_model, tx, (784,))
     trained, result = train.train_epoch_jit(state, jnp.asarray(binary_pixels), jax.random.key(3), batch_size=16)
     assert int(result.failed_step) == -1
     for start, average, params in zip(*(jax.tree.leaves(s) for s in (state.params, trained.eval_params,

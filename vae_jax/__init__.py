@@ -13,9 +13,10 @@ The Python API (each name loads its module on first use, so `import vae_jax` its
   `build_optimizer`, `build_objective`;
 - evaluation: `evaluate_elbo`, `evaluate_iwae`, `summarize`; per-example inference and the amortization gaps:
   `refine_posteriors`, `amortization_gaps`;
-- data: `load_split`, `load_labels`; checkpoints: `Checkpointer`;
-- runs in a work directory, as the CLI does them, for presets and for any model: `train_and_evaluate`,
-  `evaluate_checkpoint`.
+- data: `load_split`, `load_labels`, `describe_dataset` (a `Dataset`); checkpoints: `Checkpointer`;
+- runs in a work directory, as the CLI does them, for presets and for any model: `fit` (training; its old name
+  `train_and_evaluate` stays an alias for one release), `evaluate_checkpoint`, `evaluate_gaps`,
+  `write_sample_figures`; the resolved run: `Run`, `resolve_run`, `open_run`, `check_model`.
 """
 
 from __future__ import annotations
@@ -38,18 +39,24 @@ _EXPORTS = {
     "vae_jax.builders": ("build_model", "build_optimizer", "build_objective"),
     "vae_jax.evaluate": ("evaluate_elbo", "evaluate_iwae", "summarize"),
     "vae_jax.inference": ("refine_posteriors", "amortization_gaps"),
-    "vae_jax.data": ("load_split", "load_labels"),
+    "vae_jax.data": ("load_split", "load_labels", "Dataset"),
     "vae_jax.checkpoint": ("Checkpointer",),
-    "vae_jax.runner": ("train_and_evaluate", "evaluate_checkpoint"),
+    "vae_jax.trainer": ("fit",),
+    "vae_jax.readback": ("evaluate_checkpoint", "evaluate_gaps", "write_sample_figures"),
+    "vae_jax.resolve": ("Run", "resolve_run", "open_run", "check_model"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+# Exports under another name than in their module: `train_and_evaluate`, the old name of `fit`, kept for one
+# release; `describe_dataset`, `data.describe`.
+_ALIASES = {"train_and_evaluate": ("vae_jax.trainer", "fit"), "describe_dataset": ("vae_jax.data", "describe")}
+_MODULE_OF = {name: (module, name) for module, names in _EXPORTS.items() for name in names} | _ALIASES
 __all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:
     if name not in _MODULE_OF:
         raise AttributeError(f"module 'vae_jax' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    module, attribute = _MODULE_OF[name]
+    value = getattr(importlib.import_module(module), attribute)
     globals()[name] = value
     return value
 

@@ -6,48 +6,61 @@ objects, so a model or optimizer written by hand goes through the same code.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from vae_jax import configs, models, priors
-from vae_jax.contract import FlaxModel, Model, as_model
+from vae_jax import configs, data, models, priors
+from vae_jax.contract import FlaxModel, Model
+from vae_jax.errors import ConfigError
 from vae_jax.hierarchical import HierarchicalVAE
 from vae_jax.objective import Elbo, Iwae, Objective
-from vae_jax.train import TrainState, create_train_state, params_ema, run_keys
+from vae_jax.train import TrainState, create_train_state, params_ema, run_keys, steps_per_epoch
 
 
-def build_prior(config: configs.ModelConfig) -> Any:
+def build_prior(config: configs.ModelConfig, dataset: data.Dataset) -> Any:
     """The prior that `config.prior` names: None for `normal` (N(0, I)), else a module of `vae_jax.priors`."""
     if config.prior == "mixture":
         return priors.MixturePrior(config.prior_components, config.latent_dim)
     if config.prior == "vamp":
-        return priors.VampPrior(config.prior_components, models.NUM_PIXELS)
+        return priors.VampPrior(config.prior_components, dataset.num_pixels)
     return None
 
 
-def build_model(config: configs.ModelConfig) -> Model:
-    """The model that `config` describes: `models.VAE` with MLP or convolutional networks, or, with two stochastic
-    layers, `hierarchical.HierarchicalVAE`."""
+def build_model(config: configs.ModelConfig, dataset: data.Dataset) -> Model:
+    """The model that `config` describes for examples of `dataset` (`data.describe`): `models.VAE` with MLP or
+    convolutional networks, or, with two stochastic layers, `hierarchical.HierarchicalVAE`; with `kernel_init`
+    `he_normal`, inside `HeNormalInit`."""
+    model = _build_network(config, dataset)
+    return HeNormalInit(model) if config.kernel_init == "he_normal" else model
+
+
+def _build_network(config: configs.ModelConfig, dataset: data.Dataset) -> Model:
     dtype = None if config.compute_dtype == "float32" else config.compute_dtype
     precision = config.matmul_precision if dtype is None else None  # bfloat16 compute: products are bfloat16 anyway
     encoder_hidden, decoder_hidden = tuple(config.encoder_hidden), tuple(config.decoder_hidden)
     logvar_bound = tuple(config.logvar_clip) or config.logvar_bound
-    prior = build_prior(config)
+    prior = build_prior(config, dataset)
     if config.stochastic_layers == 2:
-        return FlaxModel(HierarchicalVAE(config.latent_dim, encoder_hidden, decoder_hidden, config.activation,
-                                         logvar_bound, prior, models.NUM_PIXELS, dtype, precision))
+        return FlaxModel(HierarchicalVAE(dataset.num_pixels, config.latent_dim, encoder_hidden, decoder_hidden,
+                                         config.activation, logvar_bound, prior, dtype, precision))
     if config.architecture == "conv":
-        channels = tuple(config.conv_channels)
-        encoder = models.ConvEncoder(config.latent_dim, channels, encoder_hidden, config.activation, logvar_bound,
-                                     dtype, precision)
-        decoder = models.ConvDecoder(channels, decoder_hidden, config.activation, dtype, precision)
+        channels, shape = tuple(config.conv_channels), dataset.image_shape
+        if shape[0] != shape[1] or shape[0] % 2 ** len(channels):
+            raise ConfigError(f"model.conv_channels={channels}: {len(channels)} convolutions of stride 2 halve the "
+                              f"side of {dataset.name}'s {shape[0]}x{shape[1]} images that often, which must leave a "
+                              "whole square; use fewer")
+        encoder = models.ConvEncoder(shape, config.latent_dim, channels, encoder_hidden, config.activation,
+                                     logvar_bound, dtype, precision)
+        decoder = models.ConvDecoder(shape, channels, decoder_hidden, config.activation, dtype, precision)
     else:
         encoder = models.Encoder(config.latent_dim, encoder_hidden, config.activation, logvar_bound, dtype, precision)
-        decoder = models.Decoder(models.NUM_PIXELS, decoder_hidden, config.activation, dtype, precision)
-    return models.VAE(encoder, decoder, prior)
+        decoder = models.Decoder(dataset.num_pixels, decoder_hidden, config.activation, dtype, precision)
+    return models.VAE(encoder, decoder, prior, num_pixels=dataset.num_pixels)
 
 
 def build_optimizer(config: configs.OptimConfig, total_steps: int) -> optax.GradientTransformation:
@@ -89,22 +102,36 @@ def build_objective(config: configs.Config) -> Objective:
     return Elbo(config.num_samples, config.free_bits)
 
 
-def steps_per_epoch(config: configs.Config) -> int:
-    """Optimizer steps in one epoch of the training split."""
-    return configs.SPLIT_SIZES["train"] // config.batch_size
+def template_state(config: configs.Config, model: Any, example_shape: tuple[int, ...]) -> TrainState:
+    """The freshly initialized train state of a run of `model` (a preset's `build_model`, or yours) on examples of
+    `example_shape`: its parameters from the run's `init` key, and the optimizer that `config.optim` describes."""
+    total_steps = steps_per_epoch(configs.SPLIT_SIZES["train"], config.batch_size) * config.epochs
+    tx = build_optimizer(config.optim, total_steps=total_steps)
+    return create_train_state(run_keys(jax.random.key(config.seed)).init, model, tx, example_shape)
 
 
-def template_state(config: configs.Config, model: Any = None) -> TrainState:
-    """The freshly initialized train state of a run: the model `config.model` describes (with its `kernel_init`), or
-    `model` where given (with its own initializers), initialized with the run's `init` key."""
-    tx = build_optimizer(config.optim, total_steps=steps_per_epoch(config) * config.epochs)
-    he_normal = model is None and config.model.kernel_init == "he_normal"
-    model = build_model(config.model) if model is None else as_model(model)
-    state = create_train_state(run_keys(jax.random.key(config.seed)).init, model, tx)
-    if not he_normal:
-        return state
-    params = he_normal_kernels(state.params)
-    return state.replace(params=params, opt_state=tx.init(params))
+@dataclasses.dataclass(frozen=True)
+class HeNormalInit:
+    """A model whose initial kernels are `he_normal_kernels` of its own; otherwise the model itself.
+
+    Attributes:
+        model: the model (`vae_jax.contract`).
+    """
+
+    model: Model
+
+    def init(self, key: jax.Array, x: jax.Array) -> Any:
+        """`he_normal_kernels(model.init(key, x))`."""
+        return he_normal_kernels(self.model.init(key, x))
+
+    def joint_samples(self, params: Any, x: jax.Array, key: jax.Array, num_samples: int) -> Any:
+        """`model.joint_samples`."""
+        return self.model.joint_samples(params, x, key, num_samples)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.model, name)
 
 
 def he_normal_kernels(params: Any) -> Any:
@@ -116,7 +143,7 @@ def he_normal_kernels(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(scale, params)
 
 
-def abstract_state(config: configs.Config, model: Any = None) -> TrainState:
+def abstract_state(config: configs.Config, model: Any, example_shape: tuple[int, ...]) -> TrainState:
     """The shapes and dtypes of `template_state` (`jax.ShapeDtypeStruct` leaves), traced without initializing or
     compiling anything: what a checkpoint restores into."""
-    return jax.eval_shape(lambda: template_state(config, model))
+    return jax.eval_shape(lambda: template_state(config, model, example_shape))

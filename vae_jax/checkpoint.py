@@ -246,6 +246,12 @@ class Checkpointer:
         """Waits for the saves in progress to be written."""
         self._manager.wait_until_finished()
 
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""
         self._manager.close()

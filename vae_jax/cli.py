@@ -29,6 +29,12 @@ def _add_cache_option(parser: argparse.ArgumentParser) -> None:
                              "$XDG_CACHE_HOME or ~/.cache, /vae_jax/jax/<machine>; see vae_jax/compilation_cache.py)")
 
 
+def _add_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, metavar="MODULE:NAME",
+                        help="a model that vae_jax does not define: MODULE:NAME or FILE.py:NAME, a model object or a "
+                             "callable that returns one (a run of such a model needs it to resume and to be read)")
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=str(data.DEFAULT_DATA_DIR),
                         help="where TFDS stores prepared datasets and vae_jax caches decoded splits")
@@ -49,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train (or resume) a run in a work directory")
+    _add_model_option(train)
     train.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl")
     train.add_argument("--config", default=None,
                        help=f"preset, one of {sorted(configs.PRESETS)} (default: the stored one when resuming, "
@@ -66,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(train)
 
     evaluate = commands.add_parser("eval", help="negative ELBO of a checkpoint on a whole split (one JSON line)")
+    _add_model_option(evaluate)
     evaluate.add_argument("--workdir", required=True)
     evaluate.add_argument("--split", default="test", help=f"one of {list(data.SPLITS)}")
     evaluate.add_argument("--epoch", type=int, default=None, help="checkpoint epoch (default: best validation)")
@@ -78,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(evaluate)
 
     sample = commands.add_parser("sample", help="PNG grids: prior samples, reconstructions, interpolations, manifold")
+    _add_model_option(sample)
     sample.add_argument("--workdir", required=True)
     sample.add_argument("--out", required=True,
                         help="PNG of prior samples; the other figures go beside it as <stem>_<figure>.png")
@@ -92,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gaps = commands.add_parser("gaps", help="inference gaps: log p(x), the ELBO of per-example posteriors and of the "
                                             "encoder's, per example (Cremer et al., 2018)")
+    _add_model_option(gaps)
     gaps.add_argument("--workdir", required=True)
     gaps.add_argument("--split", default="test", help=f"one of {list(data.SPLITS)}")
     gaps.add_argument("--num-examples", type=int, default=None, help="the split's first N examples (default: all)")
@@ -115,11 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_config(args: argparse.Namespace) -> configs.Config:
-    """The preset (or the stored config of a run being resumed) with the command line's overrides."""
-    from vae_jax import runner
+def _model(args: argparse.Namespace) -> object | None:
+    from vae_jax import resolve
 
-    stored = runner.stored_config(args.workdir)
+    return None if args.model is None else resolve.load_model(args.model)
+
+
+def _train_config(args: argparse.Namespace, model: object | None) -> configs.Config:
+    """The preset (or the stored config of a run being resumed) with the command line's overrides."""
+    from vae_jax import resolve
+
+    stored = resolve.stored_config(args.workdir, model)
     if args.config is None and stored is not None:
         config = stored
     else:
@@ -139,47 +155,77 @@ def _require_workdir(workdir: str) -> None:
         raise VaeError(f"work directory {workdir} does not exist; pass the --workdir of a trained run")
 
 
-def run(args: argparse.Namespace) -> int:
-    from vae_jax import compilation_cache, parallel, runner
+def _train(args: argparse.Namespace) -> object:
+    from vae_jax import trainer
 
-    if args.command != "compare":
+    model = _model(args)
+    return trainer.fit(_train_config(args, model), args.workdir, model=model, data_dir=args.data_dir,
+                   manual_dir=args.manual_dir, progress=not args.no_progress, tensorboard=args.tensorboard,
+                   log=lambda m: print(m, file=sys.stderr))
+
+
+def _eval(args: argparse.Namespace) -> object:
+    from vae_jax import readback
+
+    _require_workdir(args.workdir)
+    return readback.evaluate_checkpoint(
+        args.workdir, args.split, model=_model(args), epoch=args.epoch, batch_size=args.batch_size,
+        iwae_samples=args.iwae_samples, iwae_chunk=args.iwae_chunk, eval_seed=args.seed, data_dir=args.data_dir,
+        manual_dir=args.manual_dir)
+
+
+def _gaps(args: argparse.Namespace) -> object:
+    from vae_jax import readback
+
+    _require_workdir(args.workdir)
+    settings = configs.GapsConfig(steps=args.steps, num_samples=args.samples, learning_rate=args.learning_rate,
+                                  eval_samples=args.eval_samples, iwae_samples=args.iwae_samples,
+                                  batch_size=args.batch_size)
+    summary, gaps = readback.evaluate_gaps(args.workdir, args.split, model=_model(args),
+                                           num_examples=args.num_examples, gaps=settings, eval_seed=args.seed,
+                                           data_dir=args.data_dir, manual_dir=args.manual_dir)
+    if args.csv:
+        readback.write_gaps_csv(args.csv, gaps)
+    return summary
+
+
+def _sample(args: argparse.Namespace) -> object:
+    from vae_jax import readback
+
+    _require_workdir(args.workdir)
+    figures = readback.write_sample_figures(args.workdir, args.out, model=_model(args), epoch=args.epoch,
+                                            num_images=args.num_images, seed=args.seed, data_dir=args.data_dir,
+                                            manual_dir=args.manual_dir, mnist_dir=args.mnist_dir)
+    return {name: str(path) for name, path in figures.items()}
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from vae_jax import protocol
+
+    print(protocol.compare_tables(protocol.read_results(args.paths)), end="")
+
+
+# Each subcommand: whether it compiles (and so needs the compilation cache), and what runs it; a command that returns
+# a result prints it as one JSON line.
+COMMANDS = {"train": (True, _train), "eval": (True, _eval), "gaps": (True, _gaps), "sample": (True, _sample),
+            "compare": (False, _compare)}
+
+
+def run(args: argparse.Namespace) -> int:
+    compiles, command = COMMANDS[args.command]
+    if compiles:
+        from vae_jax import compilation_cache
+
         if args.compilation_cache is not None:
             os.environ[compilation_cache.ENVIRONMENT_VARIABLE] = args.compilation_cache
         compilation_cache.enable()
     if getattr(args, "distributed", False):
-        parallel.initialize_distributed()
-    if args.command == "train":
-        config = _train_config(args)
-        record = runner.train_and_evaluate(config, args.workdir, data_dir=args.data_dir, manual_dir=args.manual_dir,
-                                           progress=not args.no_progress, tensorboard=args.tensorboard,
-                                           log=lambda m: print(m, file=sys.stderr))
-        print(json.dumps(record))
-    elif args.command == "eval":
-        _require_workdir(args.workdir)
-        print(json.dumps(runner.evaluate_checkpoint(
-            args.workdir, args.split, epoch=args.epoch, batch_size=args.batch_size, iwae_samples=args.iwae_samples,
-            iwae_chunk=args.iwae_chunk, eval_seed=args.seed, data_dir=args.data_dir, manual_dir=args.manual_dir)))
-    elif args.command == "gaps":
-        _require_workdir(args.workdir)
-        summary, gaps = runner.evaluate_gaps(
-            args.workdir, args.split, num_examples=args.num_examples, steps=args.steps, num_samples=args.samples,
-            learning_rate=args.learning_rate, eval_samples=args.eval_samples, iwae_samples=args.iwae_samples,
-            batch_size=args.batch_size, eval_seed=args.seed, data_dir=args.data_dir, manual_dir=args.manual_dir)
-        if args.csv:
-            runner.write_gaps_csv(args.csv, gaps)
-        print(json.dumps(summary))
-    elif args.command == "compare":
-        from vae_jax import protocol
+        from vae_jax import parallel
 
-        print(protocol.compare_tables(protocol.read_results(args.paths)), end="")
-    else:
-        _require_workdir(args.workdir)
-        if args.num_images <= 0:
-            raise VaeError(f"--num-images must be positive, got {args.num_images}")
-        figures = runner.write_sample_figures(args.workdir, args.out, epoch=args.epoch, num_images=args.num_images,
-                                              seed=args.seed, data_dir=args.data_dir, manual_dir=args.manual_dir,
-                                              mnist_dir=args.mnist_dir)
-        print(json.dumps({name: str(path) for name, path in figures.items()}))
+        parallel.initialize_distributed()
+    result = command(args)
+    if result is not None:
+        print(json.dumps(result))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""JAX's persistent compilation cache, on by default for the command line and the runs of `vae_jax.runner`.
+"""JAX's persistent compilation cache, on by default for the command line, `fit` and the `readback` commands.
 
 A compiled program (an epoch, an evaluation, even a layer's initializer) is written to disk the first time and
 loaded afterwards, so a second `train` or `eval` of the same configuration skips XLA's compilation (and, on a GPU,

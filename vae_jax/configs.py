@@ -53,7 +53,8 @@ class ModelConfig:
             `compute_dtype=bfloat16` the products are bfloat16 anyway.
         architecture: `mlp`, or `conv`: stride-2 3x3 convolutions before the encoder's dense layers and
             transposed convolutions after the decoder's (`models.ConvEncoder`, `models.ConvDecoder`).
-        conv_channels: channels of the encoder's convolutions (`conv` only); 28 must be divisible by 2 ** their number.
+        conv_channels: channels of the encoder's convolutions (`conv` only); each halves the image's side, which must
+            stay whole.
         prior: `normal` (N(0, I), closed-form KL), `mixture` (a learned mixture of Gaussians, the CS236 GMVAE) or
             `vamp` (the VampPrior); the last two use a Monte-Carlo KL (see `vae_jax.priors`). With two stochastic
             layers it is the prior of the top one.
@@ -164,7 +165,7 @@ class Config:
 
 @dataclasses.dataclass(frozen=True)
 class GapsConfig:
-    """The defaults of the inference-gap measurement (`runner.evaluate_gaps`, the `gaps` command), one place for both.
+    """The defaults of the inference-gap measurement (`readback.evaluate_gaps`, the `gaps` command), one place for both.
 
     Attributes:
         steps, num_samples, learning_rate: each example's posterior is optimized by `steps` Adam steps on the ELBO
@@ -299,10 +300,8 @@ def validate(config: Config) -> Config:
              f"unknown matmul precision {model.matmul_precision!r}; choose one of {MATMUL_PRECISIONS}")
     _require(model.architecture in ARCHITECTURES,
              f"unknown architecture {model.architecture!r}; choose one of {ARCHITECTURES}")
-    _require(len(model.conv_channels) > 0 and all(c > 0 for c in model.conv_channels)
-             and 28 % 2 ** len(model.conv_channels) == 0,
-             f"model.conv_channels must be 1 or 2 positive widths (28 pixels halve per layer), "
-             f"got {model.conv_channels}")
+    _require(len(model.conv_channels) > 0 and all(c > 0 for c in model.conv_channels),
+             f"model.conv_channels must be positive widths, got {model.conv_channels}")
     _require(model.prior in PRIORS, f"unknown prior {model.prior!r}; choose one of {PRIORS}")
     _require(model.prior_components > 0, f"model.prior_components must be positive, got {model.prior_components}")
     _require(model.stochastic_layers in (1, 2),

@@ -8,8 +8,9 @@ and, where it has them, its closed-form KL(q(z|x) || p(z)) (whole and per latent
 for counting active units. Everything else derives from these numbers (`vae_jax.objective`): the S-sample ELBO,
 beta and its warm-up, free bits, the importance-weighted bound for training and for the NLL, per-dimension KL and
 active units. The training loop, checkpoints, the guard against non-finite steps, evaluation and the protocol
-cards of `vae_jax.runner` take any model that keeps the contract: the built-in ones (`vae_jax.models.VAE`,
-`vae_jax.hierarchical.HierarchicalVAE`) and yours alike.
+cards (`vae_jax.trainer`, `vae_jax.readback`) take any model that keeps the contract: the built-in ones
+(`vae_jax.models.VAE`, `vae_jax.hierarchical.HierarchicalVAE`) and yours alike; `vae_jax.resolve.check_model`
+checks it on real examples before anything compiles.
 
 A model is either
 

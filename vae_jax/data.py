@@ -12,6 +12,8 @@ Each split is decoded once and cached as `<data_dir>/vae_jax_cache/<dataset>/<sp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import os
 import sys
 from pathlib import Path
@@ -21,7 +23,8 @@ import numpy as np
 from vae_jax.configs import DATASETS, SPLIT_SIZES
 from vae_jax.errors import DataError, first_line
 
-NUM_PIXELS = 784
+IMAGE_SHAPE = (28, 28, 1)  # (height, width, channels) of every dataset here
+NUM_PIXELS = math.prod(IMAGE_SHAPE)
 SPLITS = tuple(SPLIT_SIZES)
 DYNAMIC_DATASETS = ("mnist",)
 _TFDS_SPLITS = {
@@ -34,9 +37,36 @@ LABELED_DATASET = "mnist"
 DEFAULT_DATA_DIR = Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
 
 
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """What a dataset is, for everything outside the data layer: models read the size of an example from here.
+
+    Attributes:
+        name: the TFDS name.
+        image_shape: `(height, width, channels)` of one image; an example reaches a model flattened, `[D]`.
+        dynamic: whether it holds grey levels that are binarized dynamically (else 0/1 pixels).
+    """
+
+    name: str
+    image_shape: tuple[int, int, int]
+    dynamic: bool
+
+    @property
+    def num_pixels(self) -> int:
+        """D, the size of one flattened example."""
+        return math.prod(self.image_shape)
+
+
+def describe(dataset: str) -> Dataset:
+    """The `Dataset` called `dataset`, or a `DataError` naming the known ones."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
+    return Dataset(dataset, IMAGE_SHAPE, dataset in DYNAMIC_DATASETS)
+
+
 def is_dynamic(dataset: str) -> bool:
     """Whether `dataset` holds grey levels that are binarized dynamically."""
-    return dataset in DYNAMIC_DATASETS
+    return describe(dataset).dynamic
 
 
 def check_pixels(pixels: np.ndarray, dynamic: bool, name: str = "data") -> np.ndarray:
@@ -51,7 +81,7 @@ def check_pixels(pixels: np.ndarray, dynamic: bool, name: str = "data") -> np.nd
 
 
 def load_split(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
-               manual_dir: str | os.PathLike | None = None) -> np.ndarray:
+               manual_dir: str | os.PathLike | None = None, progress: bool = False) -> np.ndarray:
     """A whole split as a `[N, 784]` uint8 array, prepared by TFDS on first use and cached on disk.
 
     Args:
@@ -59,31 +89,31 @@ def load_split(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAUL
         split: `train`, `validation` or `test`.
         data_dir: where TFDS keeps prepared datasets, and where the decoded arrays are cached.
         manual_dir: a folder with the dataset's original files, for machines that cannot download.
+        progress: show TFDS's progress bars while it prepares the dataset (the first use only).
 
     Returns:
         `[N, 784]` uint8 pixels: 0/1 for `binarized_mnist`, 0..255 for `mnist`.
     """
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
-    pixels = _load_cached(dataset, split, "image", data_dir, manual_dir)
+    describe(dataset)
+    pixels = _load_cached(dataset, split, "image", data_dir, manual_dir, progress)
     return check_pixels(pixels, is_dynamic(dataset), name=f"the cached {dataset}/{split} in {data_dir}")
 
 
 def load_labels(split: str, *, data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
-                manual_dir: str | os.PathLike | None = None) -> np.ndarray:
+                manual_dir: str | os.PathLike | None = None, progress: bool = False) -> np.ndarray:
     """The digit labels of a split of `mnist`, `[N]` uint8 in 0..9, aligned with `load_split("mnist", split)`.
 
     `binarized_mnist` has no labels; figures that need them encode `mnist` digits instead.
 
     Args:
         split: `train`, `validation` or `test`.
-        data_dir, manual_dir: as in `load_split` (`manual_dir` holds the original MNIST files).
+        data_dir, manual_dir, progress: as in `load_split` (`manual_dir` holds the original MNIST files).
     """
-    return _load_cached(LABELED_DATASET, split, "label", data_dir, manual_dir)
+    return _load_cached(LABELED_DATASET, split, "label", data_dir, manual_dir, progress)
 
 
 def _load_cached(dataset: str, split: str, feature: str, data_dir: str | os.PathLike,
-                 manual_dir: str | os.PathLike | None) -> np.ndarray:
+                 manual_dir: str | os.PathLike | None, progress: bool) -> np.ndarray:
     """One feature (`image` or `label`) of a split, from its `.npy` cache, decoding the split with TFDS first if
     the cache is missing."""
     if split not in SPLITS:
@@ -91,7 +121,8 @@ def _load_cached(dataset: str, split: str, feature: str, data_dir: str | os.Path
     cache_dir = Path(data_dir).expanduser() / "vae_jax_cache" / dataset
     paths = {"image": cache_dir / f"{split}.npy", "label": cache_dir / f"{split}_labels.npy"}
     if not paths[feature].exists():
-        features = _decode_with_tfds(dataset, _TFDS_SPLITS[dataset][split], Path(data_dir).expanduser(), manual_dir)
+        features = _decode_with_tfds(dataset, _TFDS_SPLITS[dataset][split], Path(data_dir).expanduser(), manual_dir,
+                                     progress)
         cache_dir.mkdir(parents=True, exist_ok=True)
         for name, array in features.items():
             partial = paths[name].with_suffix(f".{os.getpid()}.partial.npy")  # two first preparations may race
@@ -103,8 +134,8 @@ def _load_cached(dataset: str, split: str, feature: str, data_dir: str | os.Path
         raise DataError(f"cannot read cached split {paths[feature]} ({error}); delete it to rebuild it") from None
 
 
-def _decode_with_tfds(dataset: str, tfds_split: str, data_dir: Path,
-                      manual_dir: str | os.PathLike | None) -> dict[str, np.ndarray]:
+def _decode_with_tfds(dataset: str, tfds_split: str, data_dir: Path, manual_dir: str | os.PathLike | None,
+                      progress: bool) -> dict[str, np.ndarray]:
     """Prepares `dataset` with TFDS (offline from `manual_dir` if given) and returns one split: `image`, `[N, 784]`
     uint8, and for a labelled dataset `label`, `[N]` uint8."""
     import tensorflow_datasets as tfds  # slow import, only needed the first time a split is used
@@ -112,11 +143,13 @@ def _decode_with_tfds(dataset: str, tfds_split: str, data_dir: Path,
     if manual_dir is not None and not Path(manual_dir).expanduser().is_dir():
         raise DataError(f"data folder {manual_dir} does not exist; pass --manual-dir a folder with the original "
                         f"{dataset} files (e.g. ../shared/data/{dataset})")
+    tfds.display_progress_bar(progress)  # TFDS's own switch, global to the process
     builder = tfds.builder(dataset, data_dir=str(data_dir))
     config = tfds.download.DownloadConfig(
         manual_dir=None if manual_dir is None else str(Path(manual_dir).expanduser()))
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # TFDS reports progress on stdout, which is for results
+        # TFDS reports on stdout, which is for results: to stderr with progress, else nowhere.
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(sys.stderr if progress else quiet):
             builder.download_and_prepare(download_config=config)
     except Exception as error:  # TFDS raises many kinds (network, checksum, missing file); all end the same way
         reason = first_line(error)

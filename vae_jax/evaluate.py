@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from vae_jax.contract import Model, Params
+from vae_jax.contract import Model, Params, as_model
 from vae_jax.objective import ElboTerms, batch_elbo_terms, iwae_bound, map_examples
 from vae_jax.parallel import shard_batch
 
@@ -63,6 +63,7 @@ def evaluate_elbo(
     Returns:
         `ElboTerms`, each with a leading `[N]` axis.
     """
+    model = as_model(model)
 
     def chunk_terms(chunk_pixels: jax.Array, chunk_indices: jax.Array) -> ElboTerms:
         return batch_elbo_terms(model, params, chunk_pixels, chunk_indices, key, num_samples, dynamic_binarization)
@@ -90,6 +91,7 @@ def evaluate_iwae(
     on `batch_size` (examples at once) or `chunk_size` (importance samples at once), which only bound memory,
     nor on the `mesh` that splits each batch over devices.
     """
+    model = as_model(model)
 
     def chunk_bounds(chunk_pixels: jax.Array, chunk_indices: jax.Array) -> jax.Array:
         def bound(x: jax.Array, noise_key: jax.Array) -> jax.Array:

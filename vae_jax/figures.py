@@ -63,8 +63,9 @@ def latent_manifold(model: Model, params: Params, grid_size: int) -> jax.Array:
     return model.decode(params, jnp.stack([z1, z2], axis=-1).reshape(-1, 2))
 
 
-def image_grid(images: np.ndarray, columns: int, image_shape: tuple[int, int] = (28, 28)) -> np.ndarray:
-    """Tiles `[N, D]` images with values in [0, 1] into a `[rows * H, columns * W]` uint8 picture (1-pixel gaps)."""
+def image_grid(images: np.ndarray, columns: int, image_shape: tuple[int, int]) -> np.ndarray:
+    """Tiles `[N, D]` greyscale images of `image_shape` `(H, W)` with values in [0, 1] into a
+    `[rows * H, columns * W]` uint8 picture (1-pixel gaps)."""
     height, width = image_shape
     rows = -(-len(images) // columns)
     grid = np.ones((rows * (height + 1) + 1, columns * (width + 1) + 1), dtype=np.float64)
@@ -95,7 +96,8 @@ def save_latent_scatter(path: str | os.PathLike, codes: np.ndarray, labels: np.n
 
 
 def sample_figures(model: Model, params: Params, out: str | os.PathLike, test_inputs: jax.Array, key: jax.Array,
-                   num_images: int = 100, labelled: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Path]:
+                   num_images: int, labelled: tuple[np.ndarray, np.ndarray] | None,
+                   image_shape: tuple[int, int]) -> dict[str, Path]:
     """Writes the figures that the model's methods allow and returns their paths: prior samples to `out`, and
     beside it (`<out stem>_<name>.png`) test digits next to their reconstructions, interpolations between pairs of
     test digits (10 steps each), and for a 2-D code the decoded manifold and the scatter of `labelled` digits.
@@ -106,30 +108,31 @@ def sample_figures(model: Model, params: Params, out: str | os.PathLike, test_in
         test_inputs: `[2 * num_images, D]` binarized test digits.
         key: the key of the prior samples.
         num_images: images per grid.
-        labelled: `(inputs [N, D] binarized, labels [N])` for the scatter of a 2-D code.
+        labelled: `(inputs [N, D] binarized, labels [N])` for the scatter of a 2-D code, or None.
+        image_shape: `(H, W)` of an image (`data.Dataset.image_shape`).
     """
     columns = int(np.ceil(np.sqrt(num_images)))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Path] = {}
 
-    def write(name: str, picture: np.ndarray) -> None:
+    def write(name: str, images: np.ndarray, grid_columns: int) -> None:
         figures[name] = out if name == "samples" else out.with_name(f"{out.stem}_{name}.png")
-        save_png(figures[name], picture)
+        save_png(figures[name], image_grid(images, grid_columns, image_shape))
 
     if _has(model, "generate"):
-        write("samples", image_grid(np.asarray(generate(model, params, key, num_images)), columns))
+        write("samples", np.asarray(generate(model, params, key, num_images)), columns)
     inputs = test_inputs[:num_images]
     if _has(model, "reconstruct"):
         pairs = np.stack([np.asarray(inputs), np.asarray(reconstruct(model, params, inputs))], axis=1)
-        write("reconstructions", image_grid(pairs.reshape(-1, inputs.shape[-1]), 2 * columns))
+        write("reconstructions", pairs.reshape(-1, inputs.shape[-1]), 2 * columns)
     if not (_has(model, "encode") and _has(model, "decode")):
         return figures
     rows = min(columns, len(test_inputs) // 2)
     lines = interpolate(model, params, test_inputs[:rows], test_inputs[rows:2 * rows], 10)
-    write("interpolations", image_grid(np.asarray(lines).reshape(rows * 10, -1), 10))
+    write("interpolations", np.asarray(lines).reshape(rows * 10, -1), 10)
     if code_size(model, params, test_inputs) == 2:
-        write("manifold", image_grid(np.asarray(latent_manifold(model, params, 20)), 20))
+        write("manifold", np.asarray(latent_manifold(model, params, 20)), 20)
         if labelled is not None:
             figures["scatter"] = out.with_name(f"{out.stem}_scatter.png")
             codes = np.asarray(jax.jit(model.encode)(params, labelled[0]))

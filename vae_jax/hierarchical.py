@@ -51,6 +51,7 @@ class HierarchicalVAE(nn.Module):
     """The two-layer HVAE (see the module's docstring), one Flax module.
 
     Attributes:
+        num_pixels: D, the size of an example.
         latent_dim: the size J of each of z1 and z2 (40 in the paper).
         encoder_hidden: widths of q(z2 | x)'s MLP; its last width is also that of q(z1 | x, z2)'s layers.
         decoder_hidden: widths of p(z1 | z2)'s MLP; its last width is also that of p(x | z1, z2)'s layers.
@@ -58,17 +59,16 @@ class HierarchicalVAE(nn.Module):
         logvar_bound: bound of every log-variance (`models.bound_logvar`); the authors' code clips to (-6, 2).
         prior: None for p(z2) = N(0, I), or a prior module of `vae_jax.priors` on z2 (the VampPrior encodes its
             pseudo-inputs with q(z2 | .)).
-        num_pixels: D.
         dtype, precision: see `models.Encoder`.
     """
 
+    num_pixels: int
     latent_dim: int = 40
     encoder_hidden: Sequence[int] = (300, 300)
     decoder_hidden: Sequence[int] = (300, 300)
     activation: str = models.GATED
     logvar_bound: models.LogvarBound = 6.0
     prior: nn.Module | None = None
-    num_pixels: int = models.NUM_PIXELS
     dtype: str | None = None
     precision: str | None = "float32"
 

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from vae_jax import evaluate
-from vae_jax.contract import Model, Params
+from vae_jax.contract import Model, Params, as_model
 from vae_jax.objective import elbo_terms_from_samples, map_examples
 
 STARTS = ("encoder", "prior")
@@ -127,6 +127,7 @@ def refine_posteriors(
     Returns:
         `Refinement`.
     """
+    model = as_model(model)
 
     def chunk(chunk_pixels: jax.Array, chunk_indices: jax.Array) -> tuple[Any, Any, jax.Array]:
         def one(x: jax.Array, noise_key: jax.Array) -> tuple[Any, Any, jax.Array]:
@@ -156,6 +157,7 @@ def evaluate_posteriors(
 ) -> jax.Array:
     """`[N]` negative ELBO of each example under its own Gaussian posterior (`mean`, `logvar`, pytrees with a leading
     `[N]`), estimated with `num_samples` fresh samples: those of step `EVALUATION_STEP`, which no refinement uses."""
+    model = as_model(model)
 
     def chunk(chunk_pixels: jax.Array, chunk_indices: jax.Array) -> jax.Array:
         phi = jax.tree.map(lambda leaf: leaf[chunk_indices], (mean, logvar))  # padding rows read a clamped index
@@ -222,6 +224,7 @@ def amortization_gaps(
     Returns:
         `Gaps`.
     """
+    model = as_model(model)
     dynamic = {"dynamic_binarization": dynamic_binarization}
     amortized = evaluate.evaluate_elbo(model, params, pixels, key, batch_size=batch_size, num_samples=eval_samples,
                                        **dynamic)

@@ -15,6 +15,7 @@ The networks hold no randomness: keys are the model's `joint_samples` business.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,9 +25,6 @@ import jax.numpy as jnp
 
 from vae_jax import distributions
 from vae_jax.contract import JointSamples, Params
-
-IMAGE_SHAPE = (28, 28)
-NUM_PIXELS = 28 * 28
 
 _ACTIVATIONS = {
     "elu": nn.elu,
@@ -144,7 +142,7 @@ class Decoder(nn.Module):
             default).
     """
 
-    output_dim: int = NUM_PIXELS
+    output_dim: int
     hidden: Sequence[int] = (300, 300)
     activation: str = "elu"
     dtype: str | None = None
@@ -158,10 +156,11 @@ class Decoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """q(z|x) from a convolutional network: 3x3 convolutions of stride 2 (28 -> 14 -> 7 pixels a side for two
-    layers), then dense layers, then the Gaussian head of `Encoder`.
+    """q(z|x) from a convolutional network: 3x3 convolutions of stride 2 (each halves the image's side), then dense
+    layers, then the Gaussian head of `Encoder`.
 
     Attributes:
+        image_shape: `(height, width, channels)` of an image (`data.Dataset.image_shape`); x is it flattened.
         latent_dim: size J of z.
         channels: output channels of each convolution.
         hidden: widths of the dense layers after the convolutions.
@@ -171,6 +170,7 @@ class ConvEncoder(nn.Module):
         precision: see `Encoder`; also of the convolutions.
     """
 
+    image_shape: tuple[int, int, int]
     latent_dim: int
     channels: Sequence[int] = (32, 64)
     hidden: Sequence[int] = (300,)
@@ -181,8 +181,8 @@ class ConvEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """`x [..., 784] -> (mean [..., J], logvar [..., J])`."""
-        h = x.reshape(*x.shape[:-1], *IMAGE_SHAPE, 1)
+        """`x [..., D] -> (mean [..., J], logvar [..., J])`, D = height * width * channels."""
+        h = x.reshape(*x.shape[:-1], *self.image_shape)
         for channels in self.channels:
             conv = nn.Conv(channels, (3, 3), strides=2, dtype=self.dtype, precision=self.precision)
             h = _activation(self.activation)(conv(h))
@@ -192,9 +192,10 @@ class ConvEncoder(nn.Module):
 
 class ConvDecoder(nn.Module):
     """p(x|z) from a transposed-convolutional network mirroring `ConvEncoder`: dense layers, a dense map to a
-    `[side, side, channels[-1]]` feature map, then 3x3 transposed convolutions of stride 2 up to 28 x 28 logits.
+    `[side, side, channels[-1]]` feature map, then 3x3 transposed convolutions of stride 2 up to one logit per pixel.
 
     Attributes:
+        image_shape: `(height, width, channels)` of an image (square, its side divisible by 2 ** len(channels)).
         channels: the encoder's convolution channels; the decoder runs through them in reverse, ending in 1.
         hidden: widths of the dense layers, latent side first.
         activation: a name in `configs.ACTIVATIONS`.
@@ -202,24 +203,31 @@ class ConvDecoder(nn.Module):
         precision: see `Decoder`; also of the transposed convolutions.
     """
 
+    image_shape: tuple[int, int, int]
     channels: Sequence[int] = (32, 64)
     hidden: Sequence[int] = (300,)
     activation: str = "elu"
     dtype: str | None = None
     precision: str | None = "float32"
 
+    @property
+    def output_dim(self) -> int:
+        """D, the number of logits."""
+        return math.prod(self.image_shape)
+
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        """`z [..., J] -> logits [..., 784]`."""
+        """`z [..., J] -> logits [..., D]`."""
         act = _activation(self.activation)
-        side = IMAGE_SHAPE[0] // 2 ** len(self.channels)
+        side = self.image_shape[0] // 2 ** len(self.channels)
         h = MLP(self.hidden, self.activation, self.dtype, self.precision)(z)
         h = act(nn.Dense(side * side * self.channels[-1], dtype=self.dtype, precision=self.precision)(h))
         h = h.reshape(*h.shape[:-1], side, side, self.channels[-1])
-        for channels in (*self.channels[-2::-1], 1):
+        out_channels = self.image_shape[-1]
+        for index, channels in enumerate((*self.channels[-2::-1], out_channels)):
             h = nn.ConvTranspose(channels, (3, 3), strides=(2, 2), dtype=self.dtype, precision=self.precision)(h)
-            h = act(h) if channels != 1 else h
-        return float32_if_reduced(h.reshape(*h.shape[:-3], NUM_PIXELS))
+            h = act(h) if index < len(self.channels) - 1 else h
+        return float32_if_reduced(h.reshape(*h.shape[:-3], self.output_dim))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,14 +256,15 @@ class VAE:
         decoder: module `z [..., J] -> out [..., D]`.
         prior: None for N(0, I), or a prior module (`vae_jax.priors`).
         likelihood: how `decoder`'s output parameterizes p(x|z); Bernoulli logits by default.
-        num_pixels: D, the size of an example.
+        num_pixels: D, the size of an example, which `generate` needs with the N(0, I) prior; None reads the
+            decoder's `output_dim` (`Decoder` and `ConvDecoder` have one).
     """
 
     encoder: nn.Module
     decoder: nn.Module
     prior: nn.Module | None = None
     likelihood: Any = Bernoulli()
-    num_pixels: int = NUM_PIXELS
+    num_pixels: int | None = None
 
     def init(self, key: jax.Array, x: jax.Array) -> Params:
         """Initial variables from `key` and a `[D]` example: the encoder and decoder from the two halves of
@@ -308,7 +317,8 @@ class VAE:
     def generate(self, params: Params, key: jax.Array, num_images: int) -> jax.Array:
         """Data means at `num_images` draws z ~ p(z); `[N, D]`."""
         if self.prior is None:
-            mean, _ = jax.eval_shape(self.posterior, params, jax.ShapeDtypeStruct((self.num_pixels,), jnp.float32))
+            num_pixels = self.decoder.output_dim if self.num_pixels is None else self.num_pixels
+            mean, _ = jax.eval_shape(self.posterior, params, jax.ShapeDtypeStruct((num_pixels,), jnp.float32))
             z = jax.random.normal(key, (num_images, *mean.shape))
         else:
             z = self.prior.apply(params["prior"], key, num_images, self._encode(params["encoder"]),

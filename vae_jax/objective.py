@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from vae_jax.contract import JointSamples, Model, Params
+from vae_jax.contract import JointSamples, Model, Params, as_model
 from vae_jax.distributions import binarize
 from vae_jax.errors import ConfigError
 
@@ -66,6 +66,7 @@ def log_weights(samples: JointSamples) -> jax.Array:
 
 def elbo_terms(model: Model, params: Params, x: jax.Array, key: jax.Array, num_samples: int = 1) -> ElboTerms:
     """Negative-ELBO terms of the `[D]` example `x` from `num_samples` joint samples drawn with `key`."""
+    model = as_model(model)
     return elbo_terms_from_samples(model.joint_samples(params, x, key, num_samples))
 
 
@@ -74,6 +75,7 @@ def importance_samples(model: Model, params: Params, x: jax.Array, key: jax.Arra
     """The joint samples numbered `sample_ids [K]` of the `[D]` example `x`, sample k drawn with `fold_in(key, k)`:
     the log-densities `[K]`, the other fields as `model.joint_samples` gives them. The encoder runs once for all K
     (vmap leaves unbatched what does not depend on k)."""
+    model = as_model(model)
 
     def one(sample_id: jax.Array) -> JointSamples:
         samples = model.joint_samples(params, x, jax.random.fold_in(key, sample_id), 1)
@@ -92,6 +94,7 @@ def iwae_bound(model: Model, params: Params, x: jax.Array, key: jax.Array, num_s
     memory is bounded whatever K is; the result does not depend on `chunk_size`. K = 1 gives a single-sample ELBO
     estimate (with a Monte-Carlo KL). A lower bound on log p(x), tight as K grows.
     """
+    model = as_model(model)
     chunk_size = min(chunk_size, num_samples)
     num_chunks = -(-num_samples // chunk_size)
 
@@ -143,6 +146,7 @@ def map_examples(
 def batch_elbo_terms(model: Model, params: Params, pixels: jax.Array, indices: jax.Array, base_key: jax.Array,
                      num_samples: int = 1, dynamic_binarization: bool = False) -> ElboTerms:
     """Per-example negative-ELBO terms of a batch: `elbo_terms` mapped by `map_examples`; each field `[B, ...]`."""
+    model = as_model(model)
     return map_examples(lambda x, key: elbo_terms(model, params, x, key, num_samples), pixels, indices, base_key,
                         dynamic_binarization)
 
@@ -164,7 +168,9 @@ def training_loss(terms: ElboTerms, kl_weight: jax.Array | float = 1.0, free_bit
 
 
 class Objective(Protocol):
-    """A training objective: per-example terms, then one batch loss (hashable: a static argument)."""
+    """A training objective: per-example terms, then one batch loss (hashable: a static argument). An objective may
+    also have `samples(model, params, x, key) -> JointSamples`, the joint samples its `per_example` draws, which the
+    diagnosis of a non-finite step reads (else it reads one joint sample)."""
 
     def per_example(self, model: Model, params: Params, x: jax.Array, key: jax.Array) -> tuple[ElboTerms, jax.Array]:
         """The example's negative-ELBO terms (for the metrics) and its own `[]` quantity for `batch_loss`."""
@@ -188,8 +194,12 @@ class Elbo:
     num_samples: int = 1
     free_bits: float = 0.0
 
+    def samples(self, model: Model, params: Params, x: jax.Array, key: jax.Array) -> JointSamples:
+        """The S joint samples of `x` that `per_example` draws."""
+        return model.joint_samples(params, x, key, self.num_samples)
+
     def per_example(self, model: Model, params: Params, x: jax.Array, key: jax.Array) -> tuple[ElboTerms, jax.Array]:
-        terms = elbo_terms(model, params, x, key, self.num_samples)
+        terms = elbo_terms_from_samples(self.samples(model, params, x, key))
         return terms, terms.nelbo
 
     def batch_loss(self, terms: ElboTerms, values: jax.Array, kl_weight: jax.Array | float) -> jax.Array:
@@ -207,8 +217,12 @@ class Iwae:
 
     num_samples: int = 5
 
+    def samples(self, model: Model, params: Params, x: jax.Array, key: jax.Array) -> JointSamples:
+        """The K importance samples of `x` that `per_example` draws."""
+        return importance_samples(model, params, x, key, jnp.arange(self.num_samples))
+
     def per_example(self, model: Model, params: Params, x: jax.Array, key: jax.Array) -> tuple[ElboTerms, jax.Array]:
-        samples = importance_samples(model, params, x, key, jnp.arange(self.num_samples))
+        samples = self.samples(model, params, x, key)
         bound = jax.nn.logsumexp(log_weights(samples)) - jnp.log(float(self.num_samples))
         return elbo_terms_from_samples(samples), -bound
 

@@ -74,7 +74,7 @@ class VampPrior(GaussianMixturePrior):
     """
 
     num_components: int
-    num_pixels: int = 784
+    num_pixels: int
 
     @nn.compact
     def components(self, encode: Encode) -> tuple[jax.Array, jax.Array]:

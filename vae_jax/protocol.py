@@ -9,15 +9,12 @@ prints one Markdown table per protocol, naming the fields in which the protocols
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
-
-import flax
-import jax
-import optax
 
 from vae_jax import configs, data
 from vae_jax.errors import ConfigError, VaeError
@@ -70,7 +67,7 @@ def protocol_card(dataset: str, split: str, num_examples: int, iwae_k: int | Non
         "config": config,
         "vae_jax_version": __version__,
         "git_commit": _git_commit(),
-        "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
+        "versions": {name: importlib.metadata.version(name) for name in ("jax", "flax", "optax")},
     }
 
 
@@ -118,9 +115,23 @@ def _protocol(result: dict[str, Any]) -> tuple:
 
 
 def _format(value: float | None, stderr: float | None = None) -> str:
+    """A measure to two decimals (± its standard error), or an empty cell where it is not defined."""
     if value is None:
-        return "–"
+        return ""
     return f"{value:.2f}" if stderr is None else f"{value:.2f} ± {stderr:.2f}"
+
+
+def model_name(config: dict[str, Any]) -> str:
+    """A short name of the model a result's config describes: the class of a model of your own, else the preset
+    networks' shape (e.g. `VAE z=10 mlp 300-300 elu`, `HVAE z=40 gated 300-300 vamp`)."""
+    model = config.get("model", {})
+    if "class" in model:
+        return model["class"].rsplit(".", 1)[-1]
+    name = "HVAE" if model.get("stochastic_layers", 1) == 2 else "VAE"
+    widths = "-".join(map(str, model.get("encoder_hidden", ())))
+    prior = model.get("prior", "normal")
+    return " ".join(part for part in (name, f"z={model.get('latent_dim')}", model.get("architecture", "mlp"), widths,
+                                      model.get("activation"), "" if prior == "normal" else prior) if part)
 
 
 def _config_hash(result: dict[str, Any]) -> str:
@@ -149,11 +160,14 @@ def compare_tables(results: list[dict[str, Any]]) -> str:
             differing = sorted({PROTOCOL_FIELDS[i] for other in others for i in range(len(PROTOCOL_FIELDS))
                                 if other[i] != protocol[i]})
             lines.append(f"Not comparable with the other tables: they differ in {', '.join(differing)}.")
-        lines += ["", "| model | config | NELBO | NLL | KL | active units |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "| run | model | config | NELBO | NLL | KL | active units |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for row in rows:
-            model = row.get("run") or Path(row["source"]).parent.name
-            lines.append(f"| {model} | {_config_hash(row)} | {_format(row['nelbo'], row.get('nelbo_stderr'))}"
+            run = row.get("run") or Path(row["source"]).parent.name
+            units = row.get("active_units")
+            lines.append(f"| {run} | {model_name(row.get('config', {}))} | {_config_hash(row)}"
+                         f" | {_format(row['nelbo'], row.get('nelbo_stderr'))}"
                          f" | {_format(row.get('nll'), row.get('nll_stderr'))} | {_format(row.get('kl'))}"
-                         f" | {row.get('active_units', '–')} |")
+                         f" | {'' if units is None else units} |")
         sections.append("\n".join(lines))
     return "\n\n".join(sections) + "\n"

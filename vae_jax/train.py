@@ -1,8 +1,8 @@
 """Training: the train state, one pure `train_step` over a batch, and one epoch as a single compiled `lax.scan` of it.
 
-Keys: the run's key is `jax.random.key(seed)`, split once into named keys (`init`, `train`, `eval`, `sample`).
-Epoch `e` uses `fold_in(train_key, e)`, split into a shuffle key and the base of the per-example keys
-`fold_in(base, index)`. A resumed run therefore replays exactly the randomness of an uninterrupted one.
+Keys: the run's key is `jax.random.key(seed)`, split once into named keys (`init`, `train`, `eval`). Epoch `e`
+uses `fold_in(train_key, e)`, split into a shuffle key and the base of the per-example keys `fold_in(base, index)`.
+A resumed run therefore replays exactly the randomness of an uninterrupted one.
 
 Nothing here reads a config: the model, the Optax optimizer and the objective are objects (`vae_jax.builders` makes
 them from a config).
@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 
 from vae_jax.contract import Model, Params, as_model
 from vae_jax.errors import ConfigError
-from vae_jax.objective import Elbo, Objective, map_examples
+from vae_jax.objective import Elbo, ElboTerms, Objective, map_examples
 from vae_jax.parallel import shard_batch
 
 ELBO = Elbo()  # the default objective: the single-sample negative ELBO
@@ -75,13 +75,14 @@ class TrainState(struct.PyTreeNode):
 
 
 def create_train_state(key: jax.Array, model: Any, tx: optax.GradientTransformation,
-                       num_pixels: int = 784) -> TrainState:
-    """A fresh train state: `model.init(key, zeros([num_pixels]))`, and the optimizer's state of it.
+                       example_shape: tuple[int, ...]) -> TrainState:
+    """A fresh train state: `model.init(key, zeros(example_shape))`, and the optimizer's state of it.
 
-    `model` is a `vae_jax.contract.Model` or a Flax module that keeps the contract (`contract.as_model`).
+    `model` is a `vae_jax.contract.Model` or a Flax module that keeps the contract (`contract.as_model`);
+    `example_shape` is that of one example as the model receives it, `(D,)` (`data.Dataset.num_pixels`).
     """
     model = as_model(model)
-    params = model.init(key, jnp.zeros((num_pixels,), jnp.float32))
+    params = model.init(key, jnp.zeros(example_shape, jnp.float32))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model=model, tx=tx)
 
 
@@ -113,22 +114,24 @@ def params_ema(decay: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch of `num_examples` (the last incomplete batch is dropped)."""
+    return num_examples // batch_size
+
+
 class StepResult(NamedTuple):
     """What one step returns besides the new state.
 
     Attributes:
         loss: `[]` the training loss (the negative ELBO for `Elbo()` at `kl_weight` 1).
-        nelbo, rec, kl: `[]` batch means of the negative-ELBO terms.
-        kl_per_dim: `[J]` batch mean of each latent dimension's KL (`[0]` where the KL does not split).
+        terms: the batch means of the examples' `ElboTerms` (`nelbo`, `rec`, `kl` `[]`; `kl_per_dim` and
+            `posterior_mean` `[J]`, `[0]` where the model gives none).
         finite: `[]` bool, whether the loss and gradient were finite (`all_finite`), i.e. whether the update
             was applied (where `update_if` held).
     """
 
     loss: jax.Array
-    nelbo: jax.Array
-    rec: jax.Array
-    kl: jax.Array
-    kl_per_dim: jax.Array
+    terms: ElboTerms
     finite: jax.Array
 
 
@@ -178,7 +181,7 @@ def train_step(
     (_, (loss, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     finite = all_finite((loss, grads))
     state = guarded_update(state, grads, finite & update_if)
-    return state, StepResult(loss, *(jnp.mean(t, axis=0) for t in terms[:4]), finite)
+    return state, StepResult(loss, jax.tree.map(lambda t: jnp.mean(t, axis=0), terms), finite)
 
 
 def _update_by_conditional(state: TrainState, grads: Params, apply: jax.Array) -> TrainState:
@@ -216,18 +219,28 @@ class EpochResult(NamedTuple):
     """What one epoch returns besides the new state.
 
     Attributes:
-        loss, nelbo, rec, kl: `[steps]` each step's `StepResult` fields.
-        kl_per_dim: `[J]` mean KL of each latent dimension over the epoch's examples.
+        loss: `[steps]` each step's loss.
+        terms: each step's `StepResult.terms`, with a leading `[steps]` axis.
         failed_step: `[]` int32 index within the epoch of the first step whose loss or gradient was not
             finite (see `all_finite`), or -1. From that step on, no update is applied.
     """
 
     loss: jax.Array
-    nelbo: jax.Array
-    rec: jax.Array
-    kl: jax.Array
-    kl_per_dim: jax.Array
+    terms: ElboTerms
     failed_step: jax.Array
+
+
+def epoch_batches(epoch_key: jax.Array, num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """An epoch's examples in batches: `fold_in(train_key, epoch)` split into a shuffle key and the base of the
+    per-example keys (returned first), and `[steps, batch_size]` int indices, a permutation of the split less its last
+    `num_examples mod batch_size`."""
+    if not 0 < batch_size <= num_examples:
+        raise ConfigError(f"batch_size={batch_size} does not fit the {num_examples} training examples; use a "
+                          f"batch size between 1 and {num_examples}")
+    shuffle_key, examples_key = jax.random.split(epoch_key)
+    num_steps = steps_per_epoch(num_examples, batch_size)
+    order = jax.random.permutation(shuffle_key, num_examples)[: num_steps * batch_size]
+    return examples_key, order.reshape(num_steps, batch_size)
 
 
 def train_epoch(
@@ -265,13 +278,8 @@ def train_epoch(
     Returns:
         The new state and the epoch's `EpochResult`.
     """
-    num_examples = pixels.shape[0]
-    if not 0 < batch_size <= num_examples:
-        raise ConfigError(f"batch_size={batch_size} does not fit the {num_examples} training examples; use a "
-                          f"batch size between 1 and {num_examples}")
-    shuffle_key, examples_key = jax.random.split(epoch_key)
-    num_steps = num_examples // batch_size
-    order = jax.random.permutation(shuffle_key, num_examples)[: num_steps * batch_size]
+    examples_key, batches = epoch_batches(epoch_key, pixels.shape[0], batch_size)
+    num_steps = batches.shape[0]
 
     def step(carry: tuple[TrainState, jax.Array, jax.Array], batch: tuple[jax.Array, jax.Array]) -> tuple[Any, Any]:
         current, failed_step, loss_sum = carry
@@ -290,13 +298,11 @@ def train_epoch(
                              lambda: jax.debug.callback(progress, steps_done, running_loss), lambda: None)
 
             jax.lax.platform_dependent(cpu=report, default=lambda: None)
-        return (current, failed_step, loss_sum), result[:5]
+        return (current, failed_step, loss_sum), (result.loss, result.terms)
 
-    batches = order.reshape(num_steps, batch_size)
     carry = (state, jnp.array(-1, jnp.int32), jnp.zeros((), jnp.float32))
-    (state, failed_step, _), (loss, nelbo, rec, kl, kl_per_dim) = jax.lax.scan(
-        step, carry, (jnp.arange(num_steps), batches))
-    return state, EpochResult(loss, nelbo, rec, kl, jnp.mean(kl_per_dim, axis=0), failed_step)
+    (state, failed_step, _), (loss, terms) = jax.lax.scan(step, carry, (jnp.arange(num_steps), batches))
+    return state, EpochResult(loss, terms, failed_step)
 
 
 train_epoch_jit = jax.jit(train_epoch, static_argnames=(

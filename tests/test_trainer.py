@@ -1,4 +1,5 @@
-"""Runs on the real binarized MNIST: learning, exact resume, divergence handling, evaluation, figures."""
+"""Runs on the real binarized MNIST (`vae_jax.trainer`, `vae_jax.readback`): learning, exact resume, divergence
+handling, evaluation, figures."""
 
 import json
 import re
@@ -7,9 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from vae_jax import builders, cli, configs, data, evaluate, runner, train
+from tests.conftest import MNIST
+from vae_jax import builders, cli, configs, data, evaluate, readback, resolve, train, trainer
 from vae_jax.checkpoint import Checkpointer
 from vae_jax.errors import ConfigError
+from vae_jax.workdir import EVAL_FILE, METRICS_FILE, TENSORBOARD_DIR
 
 EPOCHS = 3
 
@@ -25,18 +28,17 @@ def cs236_run(tmp_path_factory, run_args):
     """The cs236 preset trained for three epochs without interruption."""
     workdir = tmp_path_factory.mktemp("cs236")
     config = configs.apply_overrides(configs.get_config("cs236"), [f"epochs={EPOCHS}"])
-    runner.train_and_evaluate(config, workdir, **run_args)
+    trainer.fit(config, workdir, **run_args)
     return workdir
 
 
 def _params(workdir, epoch=None):
-    checkpointer = Checkpointer(workdir)
-    config = configs.from_dict(checkpointer.read_metadata(checkpointer.epochs()[-1]))
-    return checkpointer.restore(builders.template_state(config), jax.random.key(0), epoch=epoch).state.params
+    """The parameters of the checkpoint of `epoch` (default: the latest)."""
+    return resolve.open_run(workdir, epoch=epoch or Checkpointer(workdir).epochs()[-1])[1].state.params
 
 
 def test_cs236_learns_on_real_data(cs236_run, run_args):
-    lines = [json.loads(line) for line in (cs236_run / runner.METRICS_FILE).read_text().splitlines()]
+    lines = [json.loads(line) for line in (cs236_run / METRICS_FILE).read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2, 3]
     assert lines[-1]["step"] == EPOCHS * 500
     # Posterior collapse is visible while it happens: KL per latent dimension and active units, every epoch.
@@ -44,7 +46,7 @@ def test_cs236_learns_on_real_data(cs236_run, run_args):
     assert abs(sum(lines[-1]["val_kl_per_dim"]) - lines[-1]["val_kl"]) < 1e-3  # 10 dimensions rounded to 4 decimals
     assert 3 <= lines[-1]["val_active_units"] <= 10
     assert lines[-1]["val_nelbo"] < lines[0]["val_nelbo"]
-    result = runner.evaluate_checkpoint(cs236_run, "test", data_dir=run_args["data_dir"])
+    result = readback.evaluate_checkpoint(cs236_run, "test", data_dir=run_args["data_dir"])
     # An untrained model scores ~545 nats and the best latent-free model (independent pixel marginals) ~206;
     # three epochs of cs236 reach ~116.
     assert result["nelbo"] < 125.0
@@ -52,44 +54,44 @@ def test_cs236_learns_on_real_data(cs236_run, run_args):
     np.testing.assert_allclose(result["nelbo"], result["rec"] + result["kl"], rtol=1e-6)
     assert (result["num_examples"], result["split"], result["dataset"]) == (10_000, "test", "binarized_mnist")
     assert result["epoch"] == Checkpointer(cs236_run).best_epoch()
-    last = json.loads((cs236_run / runner.EVAL_FILE).read_text().splitlines()[-1])
+    last = json.loads((cs236_run / EVAL_FILE).read_text().splitlines()[-1])
     assert last == json.loads(json.dumps(result))
 
 
 def test_resumed_run_ends_with_the_same_parameters(cs236_run, run_args, tmp_path):
     config = configs.get_config("cs236")
-    runner.train_and_evaluate(configs.apply_overrides(config, ["epochs=2"]), tmp_path, **run_args)
-    with open(tmp_path / runner.METRICS_FILE, "a") as metrics:  # killed while writing epoch 3's line
+    trainer.fit(configs.apply_overrides(config, ["epochs=2"]), tmp_path, **run_args)
+    with open(tmp_path / METRICS_FILE, "a") as metrics:  # killed while writing epoch 3's line
         metrics.write('{"epoch": 3, "step": 15')
-    runner.train_and_evaluate(configs.apply_overrides(config, [f"epochs={EPOCHS}"]), tmp_path, **run_args)
+    trainer.fit(configs.apply_overrides(config, [f"epochs={EPOCHS}"]), tmp_path, **run_args)
     resumed, uninterrupted = _params(tmp_path), _params(cs236_run)
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted)):
         np.testing.assert_array_equal(a, b)
-    lines = (tmp_path / runner.METRICS_FILE).read_text().splitlines()
+    lines = (tmp_path / METRICS_FILE).read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
 def test_resume_refuses_a_different_model(cs236_run, run_args):
     config = configs.apply_overrides(configs.get_config("cs236"), ["model.latent_dim=20", "epochs=4"])
     with pytest.raises(ConfigError, match="model.latent_dim differ"):
-        runner.train_and_evaluate(config, cs236_run, **run_args)
+        trainer.fit(config, cs236_run, **run_args)
 
 
 def test_a_new_run_starts_from_the_best_checkpoint_of_init_from(cs236_run, run_args, tmp_path):
     best = Checkpointer(cs236_run).best_epoch()
-    lines = [json.loads(line) for line in (cs236_run / runner.METRICS_FILE).read_text().splitlines()]
+    lines = [json.loads(line) for line in (cs236_run / METRICS_FILE).read_text().splitlines()]
     # Another objective, and a learning rate too small to move a float32 parameter: the one epoch ends where it began.
     config = configs.apply_overrides(configs.get_config("cs236"), [
         f"init_from={cs236_run}", "epochs=1", "objective=iwae", "num_samples=2", "optim.learning_rate=1e-30"])
     messages = []
-    record = runner.train_and_evaluate(config, tmp_path, **{**run_args, "log": messages.append})
+    record = trainer.fit(config, tmp_path, **{**run_args, "log": messages.append})
     assert messages == [f"starting from the parameters of {cs236_run}, epoch {best} (its best validation loss)"]
     for started, parent in zip(jax.tree.leaves(_params(tmp_path)), jax.tree.leaves(_params(cs236_run, best))):
         np.testing.assert_array_equal(started, parent)
     assert record["val_nelbo"] == lines[best - 1]["val_nelbo"]
     assert record["step"] == 500  # its own optimizer and schedule, from step 0
     # An IWAE run is validated on its own bound (K = 2), the loss its best checkpoint is chosen by.
-    restored = runner.load_checkpoint(tmp_path)
+    restored = resolve.open_run(tmp_path)[1]
     val_pixels = data.load_split("binarized_mnist", "validation", data_dir=run_args["data_dir"])
     bounds = evaluate.evaluate_iwae(restored.state.model, restored.state.params, val_pixels,
                                     train.run_keys(jax.random.key(config.seed)).eval, num_samples=2, batch_size=1000)
@@ -100,7 +102,7 @@ def test_a_new_run_starts_from_the_best_checkpoint_of_init_from(cs236_run, run_a
     # Such a checkpoint written by an older vae_jax (ranked by the NELBO) is not resumed: the rankings would mix.
     (tmp_path / "checkpoints" / "1" / "metrics" / "metrics").write_text(json.dumps({"val_nelbo": record["val_nelbo"]}))
     with pytest.raises(ConfigError, match=r"ranked by validation NELBO \(epochs \[1\]\).*init_from="):
-        runner.train_and_evaluate(configs.apply_overrides(config, ["epochs=2"]), tmp_path, **run_args)
+        trainer.fit(configs.apply_overrides(config, ["epochs=2"]), tmp_path, **run_args)
 
 
 def test_init_from_refuses_a_missing_run_and_another_model(cs236_run, run_args, tmp_path):
@@ -108,11 +110,11 @@ def test_init_from_refuses_a_missing_run_and_another_model(cs236_run, run_args, 
     config = configs.apply_overrides(configs.get_config("cs236"), [f"init_from={missing}", "epochs=1"])
     with pytest.raises(ConfigError, match=re.escape(f"init_from={missing}: work directory {missing} has no "
                                                     "checkpoints")):
-        runner.train_and_evaluate(config, tmp_path / "run", **run_args)
+        trainer.fit(config, tmp_path / "run", **run_args)
     config = configs.apply_overrides(config, [f"init_from={cs236_run}", "model.latent_dim=20"])
     with pytest.raises(ConfigError, match=re.escape(f"init_from={cs236_run} holds a run of another model (")
                        + ".*; start from a run of this model, or drop init_from"):
-        runner.train_and_evaluate(config, tmp_path / "run", **run_args)
+        trainer.fit(config, tmp_path / "run", **run_args)
 
 
 def test_divergence_exits_3_and_keeps_the_good_checkpoints(run_args, tmp_path, capsys):
@@ -123,9 +125,11 @@ def test_divergence_exits_3_and_keeps_the_good_checkpoints(run_args, tmp_path, c
     assert cli.main([*train, "--epochs", "2", "optim.learning_rate=1e4"]) == 3
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("resuming ") and len(err) == 2
-    assert re.match(r"error: loss or gradient became non-finite \(NaN, Inf or past float32\) at epoch 2, "
-                    r"step \d+ .* checkpoints up to epoch 1 are kept; resume with a lower optim.learning_rate", err[1])
-    last = json.loads((tmp_path / runner.METRICS_FILE).read_text().splitlines()[-1])
+    # The failing batch is replayed: the message names the term that went non-finite, or else the gradient.
+    assert re.match(r"error: (the loss or gradient|(log p\(x\|z\)|log p\(z\)|log q\(z\|x\))(, log .*)?) became "
+                    r"non-finite .*at epoch 2, step \d+ .* checkpoints up to epoch 1 are kept; resume with a lower "
+                    r"optim.learning_rate", err[1]), err[1]
+    last = json.loads((tmp_path / METRICS_FILE).read_text().splitlines()[-1])
     assert last["status"] == "diverged" and last["epoch"] == 2
     assert Checkpointer(tmp_path).epochs() == [1]
     assert cli.main(["eval", "--workdir", str(tmp_path), "--split", "validation", *data_options[:2]]) == 0
@@ -155,8 +159,8 @@ def test_evaluation_does_not_depend_on_the_batch_size(cs236_run, run_args, capsy
 def test_sample_figures(cs236_run, run_args, tmp_path):
     from PIL import Image
 
-    figures = runner.write_sample_figures(cs236_run, tmp_path / "grid.png", num_images=16,
-                                          data_dir=run_args["data_dir"])
+    figures = readback.write_sample_figures(cs236_run, tmp_path / "grid.png", num_images=16,
+                                            data_dir=run_args["data_dir"])
     assert figures == {"samples": tmp_path / "grid.png", "reconstructions": tmp_path / "grid_reconstructions.png",
                        "interpolations": tmp_path / "grid_interpolations.png"}
     def picture(name):
@@ -169,8 +173,8 @@ def test_sample_figures(cs236_run, run_args, tmp_path):
     pixels = picture("samples")
     assert 10 < pixels.mean() < 120, "samples should be mostly dark digits with bright strokes"
     # `epoch` picks another checkpoint than the best (epoch 3 of 3, whose validation NELBO is below epoch 1's).
-    first = runner.write_sample_figures(cs236_run, tmp_path / "first.png", epoch=1, num_images=16,
-                                        data_dir=run_args["data_dir"])
+    first = readback.write_sample_figures(cs236_run, tmp_path / "first.png", epoch=1, num_images=16,
+                                          data_dir=run_args["data_dir"])
     with Image.open(first["samples"]) as image:
         assert not np.array_equal(np.asarray(image), pixels)
 
@@ -178,7 +182,7 @@ def test_sample_figures(cs236_run, run_args, tmp_path):
 def test_interpolation_ends_at_the_reconstructions_and_manifold_covers_the_prior():
     from vae_jax import figures
 
-    model = builders.build_model(configs.ModelConfig(latent_dim=2, encoder_hidden=(16,), decoder_hidden=(16,)))
+    model = builders.build_model(configs.ModelConfig(latent_dim=2, encoder_hidden=(16,), decoder_hidden=(16,)), MNIST)
     params = model.init(jax.random.key(0), np.zeros(784, np.float32))
     x = (np.random.default_rng(0).random((6, 784)) < 0.3).astype(np.float32)
     lines = figures.interpolate(model, params, x[:3], x[3:], 5)
@@ -196,9 +200,9 @@ def test_interpolation_ends_at_the_reconstructions_and_manifold_covers_the_prior
 def test_a_config_built_in_python_is_validated(run_args, tmp_path):
     config = configs.Config(batch_size=0)
     with pytest.raises(ConfigError, match="batch_size must be positive, got 0"):
-        runner.train_and_evaluate(config, tmp_path, **run_args)
+        trainer.fit(config, tmp_path, **run_args)
     with pytest.raises(ConfigError, match="batch_size=70000 exceeds the 50000 training examples"):
-        runner.train_and_evaluate(configs.Config(batch_size=70_000), tmp_path, **run_args)
+        trainer.fit(configs.Config(batch_size=70_000), tmp_path, **run_args)
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -207,9 +211,9 @@ def test_tensorboard_scalars_beside_the_metrics(run_args, tmp_path):
 
     config = configs.apply_overrides(configs.get_config("cs236"), [
         "epochs=1", "model.encoder_hidden=16", "model.decoder_hidden=16", "model.latent_dim=2"])
-    record = runner.train_and_evaluate(config, tmp_path, tensorboard=True, **run_args)
+    record = trainer.fit(config, tmp_path, tensorboard=True, **run_args)
     scalars = {}
-    for file in (tmp_path / runner.TENSORBOARD_DIR).iterdir():
+    for file in (tmp_path / TENSORBOARD_DIR).iterdir():
         for event in tf.compat.v1.train.summary_iterator(str(file)):
             for value in event.summary.value:
                 scalars[value.tag] = (event.step, value.simple_value)
@@ -224,24 +228,24 @@ def test_early_stopping_ends_a_run_whose_validation_loss_stops_improving(cs236_r
     config = configs.apply_overrides(configs.get_config("cs236"), [
         f"init_from={cs236_run}", "kl_weight=0", "patience=2", "epochs=10"])
     messages = []
-    runner.train_and_evaluate(config, tmp_path, **{**run_args, "log": messages.append})
-    lines = [json.loads(line) for line in (tmp_path / runner.METRICS_FILE).read_text().splitlines()]
+    trainer.fit(config, tmp_path, **{**run_args, "log": messages.append})
+    lines = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2, 3]
     assert messages[-1] == "stopped early after epoch 3: no lower validation loss since epoch 1 (patience=2)"
     assert Checkpointer(tmp_path).best_epoch() == 1
     # Resumed as it is, it stays stopped; with a larger patience it goes on, until that runs out too.
-    assert runner.train_and_evaluate(config, tmp_path, **{**run_args, "log": messages.append}) == {"epoch": 3}
+    assert trainer.fit(config, tmp_path, **{**run_args, "log": messages.append}) == {"epoch": 3}
     assert messages[-1] == f"{tmp_path} stopped early after epoch 3: no lower validation loss since epoch 1 " \
                            "(patience=2); nothing to train"
-    record = runner.train_and_evaluate(configs.apply_overrides(config, ["patience=3"]), tmp_path, **run_args)
+    record = trainer.fit(configs.apply_overrides(config, ["patience=3"]), tmp_path, **run_args)
     assert record["epoch"] == 4
 
 
 def test_early_stopping_waits_for_the_end_of_the_kl_warm_up():
     config = configs.apply_overrides(configs.get_config("cs236"), ["patience=5", "kl_warmup_epochs=10"])
-    assert [runner.stops_early(config, epoch, best_epoch=1) for epoch in (14, 15)] == [False, True]
-    assert [runner.stops_early(config, epoch, best_epoch=12) for epoch in (16, 17)] == [False, True]
-    assert not runner.stops_early(configs.apply_overrides(config, ["patience=0"]), 100, best_epoch=1)
+    assert [trainer.stops_early(config, epoch, best_epoch=1) for epoch in (14, 15)] == [False, True]
+    assert [trainer.stops_early(config, epoch, best_epoch=12) for epoch in (16, 17)] == [False, True]
+    assert not trainer.stops_early(configs.apply_overrides(config, ["patience=0"]), 100, best_epoch=1)
 
 
 def test_a_run_with_a_parameter_average_validates_evaluates_resumes_and_hands_on_the_average(cs236_run, run_args,
@@ -251,10 +255,10 @@ def test_a_run_with_a_parameter_average_validates_evaluates_resumes_and_hands_on
     config = configs.apply_overrides(configs.get_config("cs236"), [f"init_from={cs236_run}", "optim.ema_decay=0.99",
                                                                    "optim.learning_rate=1e-4"])
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-    record = runner.train_and_evaluate(configs.apply_overrides(config, ["epochs=2"]), uninterrupted, **run_args)
-    runner.train_and_evaluate(configs.apply_overrides(config, ["epochs=1"]), resumed, **run_args)
-    runner.train_and_evaluate(configs.apply_overrides(config, ["epochs=2"]), resumed, **run_args)
-    ends = [runner.load_checkpoint(workdir, epoch=2).state for workdir in (uninterrupted, resumed)]
+    record = trainer.fit(configs.apply_overrides(config, ["epochs=2"]), uninterrupted, **run_args)
+    trainer.fit(configs.apply_overrides(config, ["epochs=1"]), resumed, **run_args)
+    trainer.fit(configs.apply_overrides(config, ["epochs=2"]), resumed, **run_args)
+    ends = [resolve.open_run(workdir, epoch=2)[1].state for workdir in (uninterrupted, resumed)]
     for a, b in zip(jax.tree.leaves(ends[0].opt_state), jax.tree.leaves(ends[1].opt_state)):
         np.testing.assert_array_equal(a, b)
     state = ends[0]
@@ -268,12 +272,12 @@ def test_a_run_with_a_parameter_average_validates_evaluates_resumes_and_hands_on
     eval_key = train.run_keys(jax.random.key(config.seed)).eval
     np.testing.assert_allclose(record["val_nelbo"], val_nelbo(state.eval_params, eval_key), rtol=1e-12)
     assert abs(record["val_nelbo"] - val_nelbo(state.params, eval_key)) > 1e-3
-    result = runner.evaluate_checkpoint(uninterrupted, "validation", epoch=2, data_dir=run_args["data_dir"])
+    result = readback.evaluate_checkpoint(uninterrupted, "validation", epoch=2, data_dir=run_args["data_dir"])
     np.testing.assert_allclose(result["nelbo"], val_nelbo(state.eval_params, jax.random.key(0)), rtol=1e-12)
     # A run started from it starts from the average (a learning rate too small to move a float32 parameter).
     child = configs.apply_overrides(configs.get_config("cs236"), [
         f"init_from={uninterrupted}", "epochs=1", "optim.learning_rate=1e-30"])
-    runner.train_and_evaluate(child, tmp_path / "child", **run_args)
-    best = runner.load_checkpoint(uninterrupted).state.eval_params
+    trainer.fit(child, tmp_path / "child", **run_args)
+    best = resolve.open_run(uninterrupted)[1].state.eval_params
     for started, average in zip(jax.tree.leaves(_params(tmp_path / "child")), jax.tree.leaves(best)):
         np.testing.assert_array_equal(started, average)

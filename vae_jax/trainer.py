@@ -1,0 +1,324 @@
+"""Training a run in its work directory, for a preset or for any model: resume, epochs, validation, checkpoints,
+metrics, early stopping, and the diagnosis of a step that went non-finite.
+
+Each entry point turns JAX's persistent compilation cache on first (`vae_jax.compilation_cache`: set
+`VAE_JAX_COMPILATION_CACHE=off` to keep it off).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from vae_jax import builders, compilation_cache, configs, data, evaluate, parallel, train
+from vae_jax.checkpoint import AnotherModelError, Checkpointer, Restored, first_differences
+from vae_jax.errors import CheckpointError, ConfigError, DivergenceError
+from vae_jax.objective import Objective, map_examples
+from vae_jax.resolve import LOG_TERMS, Run, check_model, resolve_run
+from vae_jax.workdir import MetricsLog, check_resumable, config_of
+
+
+def kl_weight(config: configs.Config, epoch: int) -> float:
+    """The KL weight of 1-based `epoch`: `config.kl_weight`, reached linearly over `kl_warmup_epochs`."""
+    if config.kl_warmup_epochs == 0:
+        return config.kl_weight
+    return config.kl_weight * min(1.0, epoch / config.kl_warmup_epochs)
+
+
+def stops_early(config: configs.Config, epoch: int, best_epoch: int | None) -> bool:
+    """Whether a run ends after `epoch` by early stopping: `config.patience` epochs have passed since both the end of
+    the KL warm-up and `best_epoch`, the checkpoint of the lowest validation loss (`Checkpointer.best_epoch`)."""
+    return (config.patience > 0 and best_epoch is not None
+            and epoch - max(best_epoch, config.kl_warmup_epochs) >= config.patience)
+
+
+def _early_stop_notice(config: configs.Config, epoch: int, best_epoch: int | None) -> str:
+    return (f"stopped early after epoch {epoch}: no lower validation loss since epoch {best_epoch} "
+            f"(patience={config.patience})")
+
+
+def fit(
+    config: configs.Config,
+    workdir: str | os.PathLike,
+    *,
+    model: Any = None,
+    data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
+    manual_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    tensorboard: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Trains in `workdir` up to `config.epochs` epochs, resuming from its latest good checkpoint.
+
+    Each epoch is one compiled call; after it the validation split is evaluated, a line is appended to
+    `metrics.jsonl` and a checkpoint is saved (in the background). The best checkpoint is the one of the lowest
+    validation loss: the NELBO, or for `objective=iwae` the run's own importance-weighted bound (K = `num_samples`,
+    the metrics' `val_nll_bound`). Before anything compiles, the model is checked on the first training examples
+    (`resolve.check_model`). A run whose loss or gradient turns non-finite stops with `DivergenceError` naming the
+    term that did, keeping every good checkpoint and writing the failing epoch and step to the metrics.
+
+    Args:
+        config: the run's config (validated here); its `model` section is not used when `model` is given.
+        workdir: the run's work directory.
+        model: a model object (`vae_jax.contract`: a Flax module or a bundle such as `models.VAE`) to train instead
+            of the one `config.model` describes. It describes itself for the checkpoints' metadata, the resume check
+            and the protocol cards; pass the same model to resume or evaluate the run.
+        data_dir, manual_dir: where TFDS keeps prepared datasets (and vae_jax its cache), and the original files.
+        progress: show progress bars (training, and TFDS's while it first prepares a dataset).
+        tensorboard: also write the metrics as TensorBoard scalars under `workdir/tensorboard`.
+        log: where one-line notices go (resuming, skipped checkpoints, early stopping).
+
+    Returns:
+        The last epoch's metrics line, as written to `metrics.jsonl` (`epoch`, `step`, `kl_weight`, `train_*`,
+        `val_*`, `seconds`), or `{"epoch": E}` when nothing was left to train.
+    """
+    compilation_cache.enable()
+    run = resolve_run(config, workdir, model)
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    with (Checkpointer(run.workdir, keep=config.keep_checkpoints, clean_unfinished=True) as checkpointer,
+          MetricsLog(run.workdir, tensorboard) as metrics):
+        restored = _resume_or_start(run, checkpointer)
+        for epoch, reason in restored.skipped if restored else []:
+            log(f"warning: checkpoint of epoch {epoch} is unreadable ({reason}); moved aside, resuming before it")
+        state, root_key, done = ((restored.state, restored.key, restored.epoch) if restored
+                                 else (initial_state(run, log), jax.random.key(config.seed), 0))
+        metrics.truncate(done)
+        best = checkpointer.best_epoch()
+        if done >= config.epochs or stops_early(config, done, best):
+            reason = (f"already holds {done} epochs (>= --epochs {config.epochs})" if done >= config.epochs
+                      else _early_stop_notice(config, done, best))
+            log(f"{run.workdir} {reason}; nothing to train")
+            return {"epoch": done}
+        if done:
+            log(f"resuming {run.workdir} from epoch {done}")
+        loop = _Loop(run, checkpointer, metrics, log, *_splits(run, data_dir, manual_dir, progress), root_key)
+        return loop.train(state, done, progress)
+
+
+def _resume_or_start(run: Run, checkpointer: Checkpointer) -> Restored | None:
+    """The latest good checkpoint of the run, or None for a new run; a resumed run may change only
+    `workdir.RESUMABLE_FIELDS`."""
+    stored = checkpointer.latest_metadata()
+    if stored is None and checkpointer.epochs():
+        raise CheckpointError(f"no checkpoint in {run.workdir} is readable; start in a fresh --workdir")
+    if stored is None:
+        return None
+    check_resumable(stored, run.metadata, run.workdir)
+    ranked_by_nelbo = checkpointer.ranked_by_nelbo() if run.config.objective == "iwae" else []
+    if ranked_by_nelbo:
+        raise ConfigError(f"{run.workdir} holds IWAE checkpoints that an older vae_jax ranked by validation NELBO "
+                          f"(epochs {ranked_by_nelbo}), not by the run's bound; go on in a fresh --workdir with "
+                          f"init_from={run.workdir}")
+    return checkpointer.restore(run.abstract_state(), jax.random.key(0))
+
+
+def initial_state(run: Run, log: Callable[[str], None] = print) -> train.TrainState:
+    """The train state a new run starts from: `Run.template_state`, with the parameters of the best checkpoint of
+    the run in `config.init_from` where it names one (which must be a run of the same model)."""
+    state = run.template_state()
+    parent_dir = run.config.init_from
+    if not parent_dir:
+        return state
+    try:
+        if not (Path(parent_dir) / "checkpoints").is_dir():
+            raise CheckpointError(f"work directory {parent_dir} has no checkpoints")
+        with Checkpointer(parent_dir) as checkpointer:
+            parent_config = config_of(checkpointer.read_metadata(checkpointer.best_epoch()))
+            template = builders.abstract_state(parent_config, run.model, run.example_shape)
+            parent = checkpointer.restore(template, jax.random.key(0), epoch=checkpointer.best_epoch())
+    except AnotherModelError as error:
+        raise ConfigError(f"init_from={parent_dir} holds a run of another model "
+                          f"({first_differences(error.differences)}); start from a run of this model, or drop "
+                          "init_from") from None
+    except CheckpointError as error:
+        raise ConfigError(f"init_from={parent_dir}: {error}") from None
+    log(f"starting from the parameters of {parent_dir}, epoch {parent.epoch} (its best validation loss)")
+    params = parent.state.eval_params
+    return state.replace(params=params, opt_state=state.tx.init(params))
+
+
+def _splits(run: Run, data_dir: str | os.PathLike, manual_dir: str | os.PathLike | None,
+            progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The run's training and validation splits, `[N, D]` uint8 each."""
+    return tuple(data.load_split(run.config.dataset, split, data_dir=data_dir, manual_dir=manual_dir,
+                                 progress=progress) for split in ("train", "validation"))
+
+
+def mesh_for(config: configs.Config, **batch_sizes: int) -> Mesh | None:
+    """The data-parallel mesh over all devices if `config.data_parallel`, after checking the batch sizes."""
+    if not config.data_parallel:
+        return None
+    mesh = parallel.data_mesh()
+    parallel.check_divisible(mesh, **batch_sizes)
+    return mesh
+
+
+def compile_in_parallel(*lowerings: Callable[[], Any]) -> list[Any]:
+    """Traces and compiles each `lowering()` (a function returning a `jax.stages.Lowered`) in a thread of its own, so
+    that XLA compiles them side by side; returns the compiled functions in order."""
+    with concurrent.futures.ThreadPoolExecutor(len(lowerings)) as pool:
+        return list(pool.map(lambda lowering: lowering().compile(), lowerings))
+
+
+class _ProgressBar:
+    """The training progress bar (tqdm), moved by the compiled epoch's host callback on the CPU and once per epoch
+    elsewhere."""
+
+    def __init__(self, total_steps: int, first_step: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_steps, initial=first_step, desc="train", unit="step",
+                        disable=not enabled or jax.process_index() != 0, dynamic_ncols=True)
+        self.epoch, self.epoch_start = 0, first_step
+
+    def start_epoch(self, epoch: int, first_step: int) -> None:
+        self.epoch, self.epoch_start = epoch, first_step
+
+    def report(self, steps_done: jax.Array, running_loss: jax.Array) -> None:
+        """`train.train_epoch`'s `progress` callback."""
+        self.bar.update(self.epoch_start + int(steps_done) - self.bar.n)
+        self.bar.set_postfix(epoch=self.epoch, loss=f"{float(running_loss):.2f}", refresh=False)
+
+    def end_epoch(self, step: int, record: dict[str, Any]) -> None:
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix(epoch=record["epoch"], train_nelbo=f"{record['train_nelbo']:.2f}",
+                             val_nelbo=f"{record['val_nelbo']:.2f}")
+
+
+@dataclasses.dataclass
+class _Loop:
+    """The epochs of one `fit` call: the run, where it writes, and its data."""
+
+    run: Run
+    checkpointer: Checkpointer
+    metrics: MetricsLog
+    log: Callable[[str], None]
+    train_pixels: Any
+    val_pixels: Any
+    root_key: jax.Array
+
+    def train(self, state: train.TrainState, done: int, progress: bool) -> dict[str, Any]:
+        """The epochs `done + 1 .. config.epochs`; returns the last one's metrics line."""
+        config, keys = self.run.config, train.run_keys(self.root_key)
+        mesh = mesh_for(config, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
+        self.train_pixels, self.val_pixels, state = parallel.replicate((self.train_pixels, self.val_pixels, state),
+                                                                       mesh)
+        check_model(self.run, state.params, self.train_pixels, keys.eval)
+        steps = train.steps_per_epoch(self.train_pixels.shape[0], config.batch_size)
+        bar = _ProgressBar(config.epochs * steps, done * steps, progress)
+        try:
+            compiled = self._compile(state, keys, mesh, bar.report if not bar.bar.disable else None)
+            record: dict[str, Any] = {}
+            for epoch in range(done + 1, config.epochs + 1):
+                bar.start_epoch(epoch, (epoch - 1) * steps)
+                state, record = self._epoch(state, keys, epoch, *compiled)
+                bar.end_epoch(epoch * steps, record)
+                best = self.checkpointer.best_epoch()
+                if stops_early(config, epoch, best):
+                    self.log(_early_stop_notice(config, epoch, best))
+                    break
+            return record
+        finally:
+            bar.bar.close()
+
+    def _compile(self, state: train.TrainState, keys: train.RunKeys, mesh: Mesh | None,
+                 report: Callable[..., None] | None) -> list[Any]:
+        """The epoch and the validation, compiled side by side. A run trained on the IWAE bound is also validated on
+        it, and its best checkpoint is the one of the lowest validation NLL bound: the ELBO, which such a run trades
+        for the bound, would pick its first epochs."""
+        config, model, dynamic = self.run.config, self.run.model, self.run.dataset.dynamic
+        objective = builders.build_objective(config)
+        lowerings = [
+            lambda: train.train_epoch_jit.lower(
+                state, self.train_pixels, keys.train, batch_size=config.batch_size, objective=objective,
+                kl_weight=jnp.float32(1.0), dynamic_binarization=dynamic, mesh=mesh, progress=report),
+            lambda: evaluate.evaluate_elbo.lower(model, state.params, self.val_pixels, keys.eval,
+                                                 batch_size=config.eval_batch_size, dynamic_binarization=dynamic,
+                                                 mesh=mesh)]
+        if config.objective == "iwae":
+            lowerings.append(lambda: evaluate.evaluate_iwae.lower(
+                model, state.params, self.val_pixels, keys.eval, num_samples=config.num_samples,
+                batch_size=config.eval_batch_size, dynamic_binarization=dynamic, mesh=mesh))
+        run_epoch, validate, *validate_bound = compile_in_parallel(*lowerings)
+        return [run_epoch, validate, validate_bound[0] if validate_bound else None]
+
+    def _epoch(self, state: train.TrainState, keys: train.RunKeys, epoch: int, run_epoch: Any, validate: Any,
+               validate_bound: Any) -> tuple[train.TrainState, dict[str, Any]]:
+        """One epoch, its validation, its metrics line and its checkpoint."""
+        start, weight = time.perf_counter(), kl_weight(self.run.config, epoch)
+        epoch_key = jax.random.fold_in(keys.train, epoch)
+        state, result = run_epoch(state, self.train_pixels, epoch_key, kl_weight=jnp.float32(weight))
+        failed_step = int(result.failed_step)
+        if failed_step >= 0:
+            self.metrics.write({"epoch": epoch, "status": "diverged", "failed_step_in_epoch": failed_step,
+                                "failed_global_step": int(state.step)})
+            raise self._divergence(state, epoch_key, epoch, failed_step)
+        bounds = validate_bound(state.eval_params, self.val_pixels, keys.eval) if validate_bound else None
+        val = evaluate.summarize(validate(state.eval_params, self.val_pixels, keys.eval), bounds)
+        record = {
+            "epoch": epoch, "step": int(state.step), "kl_weight": weight,
+            "train_loss": float(np.mean(result.loss)), "train_nelbo": float(np.mean(result.terms.nelbo)),
+            "train_rec": float(np.mean(result.terms.rec)), "train_kl": float(np.mean(result.terms.kl)),
+            "train_kl_per_dim": evaluate.per_dimension_list(jnp.mean(result.terms.kl_per_dim, axis=0)),
+            "val_nelbo": val["nelbo"], "val_rec": val["rec"], "val_kl": val["kl"],
+            "val_kl_per_dim": val["kl_per_dim"], "val_active_units": val["active_units"],
+            **({"val_nll_bound": val["nll"]} if bounds is not None else {}),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        self.metrics.write(record)
+        self.checkpointer.save(epoch, state, self.root_key, val_loss=val.get("nll", val["nelbo"]),
+                               metadata=self.run.metadata)
+        return state, record
+
+    def _divergence(self, state: train.TrainState, epoch_key: jax.Array, epoch: int,
+                    failed_step: int) -> DivergenceError:
+        """The error of a step that went non-finite, naming the term: the failing batch is replayed at the
+        parameters it met (no later update was applied) and its joint samples checked term by term."""
+        config = self.run.config
+        examples_key, batches = train.epoch_batches(epoch_key, self.train_pixels.shape[0], config.batch_size)
+        indices = batches[failed_step]
+        objective = builders.build_objective(config)
+        terms = failing_terms(self.run.model, objective, state.params, self.train_pixels[indices], indices,
+                              examples_key, self.run.dataset.dynamic)
+        where = (f"at epoch {epoch}, step {failed_step} of the epoch (global step {int(state.step)}); "
+                 f"checkpoints up to epoch {epoch - 1} are kept")
+        if terms:
+            return DivergenceError(f"{', '.join(terms)} became non-finite {where}; {divergence_advice(self.run, True)}")
+        return DivergenceError(f"the loss or gradient became non-finite (NaN, Inf or past float32) {where}; "
+                               f"{divergence_advice(self.run, False)}")
+
+
+def failing_terms(model: Any, objective: Objective, params: Any, pixels: jax.Array, indices: jax.Array,
+                  key: jax.Array, dynamic: bool) -> list[str]:
+    """The log-densities (`log p(x|z)`, `log p(z)`, `log q(z|x)`) that are non-finite for some example of a batch
+    (`pixels [B, D]` at `indices [B]` of the split, keyed as the step keyed them: `objective.samples` where the
+    objective has it); empty where all are finite (then the gradient was not)."""
+    def samples(x: jax.Array, noise_key: jax.Array) -> Any:
+        draw = getattr(objective, "samples", None)
+        return draw(model, params, x, noise_key) if draw is not None else model.joint_samples(params, x, noise_key, 1)
+
+    drawn = jax.jit(lambda x, i: map_examples(samples, x, i, key, dynamic))(pixels, indices)
+    return [name for field, name in LOG_TERMS.items() if not np.isfinite(np.asarray(getattr(drawn, field))).all()]
+
+
+def divergence_advice(run: Run, term_non_finite: bool) -> str:
+    """What to try after a divergence, only what applies to the run's model: config fields of the preset's networks
+    for a preset, the model's own code otherwise."""
+    common = "resume with a lower optim.learning_rate or with optim.grad_clip_norm=100"
+    if not term_non_finite:
+        return common
+    if run.is_preset and run.config.model.stochastic_layers == 1:
+        return f"{common}, or with the encoder's log-variance bounded by model.logvar_bound=10"
+    if run.is_preset:
+        return f"{common}, or with the log-variances clipped by model.logvar_clip=-6,2"
+    return f"{common}, or bound the log-variances (or scales) of your model's distributions"
