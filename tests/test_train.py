@@ -297,9 +297,24 @@ def test_the_debiased_average_is_the_normalized_weighted_mean_of_the_parameters(
     assert not np.allclose(state.eval_params["w"], decay ** 4 * p0 + e, atol=1e-3)  # not the uncorrected average
 
 
+def test_a_stored_run_without_ema_debias_keeps_the_layout_of_its_checkpoints():
+    """A run stored before `optim.ema_debias` existed (with `ema_decay`) restores into the uncorrected average's state
+    (no count); a new run's state has the count."""
+    from vae_jax.checkpoint import layout
+
+    params = {"w": jnp.zeros(3)}
+    stored = configs.to_dict(configs.Config(optim=configs.OptimConfig(ema_decay=0.9999)))
+    del stored["optim"]["ema_debias"]
+    old, new = (builders.build_optimizer(config.optim, 4).init(params)
+                for config in (configs.from_dict(stored), configs.Config(optim=configs.OptimConfig(ema_decay=0.9999))))
+    assert isinstance(old[-1], train.ParamsEmaState) and isinstance(new[-1], train.DebiasedParamsEmaState)
+    assert set(layout(new)) - set(layout(old)) == {"1/count"}
+
+
 def test_eval_params_are_the_average_where_the_optimizer_keeps_one(small_model, binary_pixels):
-    """With `optim.ema_decay` the epoch moves the average behind the parameters; a skipped (non-finite) step moves
-    neither. Without it, `eval_params` are the parameters."""
+    """With `optim.ema_decay` the epoch moves the (debiased) average behind the parameters; a skipped (non-finite)
+    step moves neither, nor the average's count, whether the guard branches (CPU) or selects (elsewhere). Without
+    it, `eval_params` are the parameters."""
     plain = _state(small_model)
     assert plain.eval_params is plain.params
     tx = builders.build_optimizer(configs.OptimConfig(learning_rate=1e-2, ema_decay=0.9), 4)
@@ -315,3 +330,7 @@ def test_eval_params_are_the_average_where_the_optimizer_keeps_one(small_model, 
     assert not bool(result.finite)
     for a, b in zip(jax.tree.leaves(skipped.eval_params), jax.tree.leaves(trained.eval_params)):
         np.testing.assert_array_equal(a, b)
+    assert [int(s.opt_state[-1].count) for s in (trained, skipped)] == [4, 4]
+    grads = jax.tree.map(jnp.ones_like, trained.params)
+    for guard in (train._update_by_conditional, train._update_by_select):
+        assert [int(guard(trained, grads, jnp.asarray(apply)).opt_state[-1].count) for apply in (False, True)] == [4, 5]
