@@ -89,3 +89,26 @@ def test_logvar_clip_and_logvar_bound_are_exclusive():
     config = configs.apply_overrides(configs.get_config("hvae_vampprior"),
                                      ["model.logvar_bound=0", "model.logvar_clip=-6,2"])
     assert config.model.logvar_clip == (-6.0, 2.0)
+
+
+def test_a_stored_average_without_ema_debias_keeps_the_uncorrected_average_and_its_hash():
+    """A run stored before `optim.ema_debias` existed: with `ema_decay` > 0 it averaged uncorrected and reads back
+    so, its hash the one it was stored with ("438965a68f" is hvae_vampprior_authors_ema's, in docs/results.md); with
+    `ema_decay` = 0 it gets the default, and its hash is unchanged too."""
+    stored = configs.to_dict(configs.apply_overrides(configs.get_config("hvae_vampprior"), [
+        "optim.name=adam_normgrad", "model.kernel_init=he_normal", "model.logvar_bound=0", "model.logvar_clip=-6,2",
+        "optim.learning_rate=5e-4", "optim.schedule=constant", "kl_warmup_epochs=0", "optim.ema_decay=0.9999",
+        "epochs=60", "init_from=runs/hvae_vampprior_authors"]))
+    del stored["optim"]["ema_debias"]
+    old = configs.from_dict(stored)
+    assert old.optim.ema_debias is False and old.optim.ema_decay == 0.9999
+    assert configs.config_hash(old) == configs.dict_hash(stored) == "438965a68f"
+    assert configs.from_dict(configs.to_dict(old)) == old
+    new = dataclasses.replace(old, optim=dataclasses.replace(old.optim, ema_debias=True))
+    assert configs.from_dict(configs.to_dict(new)) == new and configs.config_hash(new) != configs.config_hash(old)
+    for name in sorted(configs.PRESETS):
+        config = configs.get_config(name)
+        older = configs.to_dict(config)
+        del older["optim"]["ema_debias"]
+        assert configs.from_dict(older) == config and config.optim.ema_debias is True
+        assert configs.config_hash(configs.from_dict(older)) == configs.dict_hash(older) == configs.config_hash(config)

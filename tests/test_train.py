@@ -271,9 +271,51 @@ def test_params_ema_averages_the_parameters_after_each_step():
         tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}))
 
 
+@pytest.mark.parametrize("decay", [0.75, 0.9999])
+def test_the_debiased_average_is_the_normalized_weighted_mean_of_the_parameters(decay):
+    """`params_ema(decay, debias=True)` over four SGD steps of rate 1, against float64 by hand: e_t = d e_{t-1} +
+    (1 - d) x_t from e_0 = 0 and m_t = e_t / (1 - d^t); m_1 is x_1 exactly, the count is t, the updates are left
+    alone. (The uncorrected average with d = 0.9999 would still be the initial parameters to 4 digits.)"""
+    p0 = np.array([1.0, -2.0, 0.5])
+    grads = [np.array([0.5, 0.25, -1.5]), np.array([-1.0, 2.0, 0.125]), np.array([0.3, -0.7, 2.0]),
+             np.array([1.25, 0.5, -0.25])]
+    tx = optax.chain(optax.sgd(1.0), train.params_ema(decay, debias=True))
+    params = {"w": jnp.asarray(p0, jnp.float32)}
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model=None,
+                             tx=tx)
+    assert isinstance(state.opt_state[-1], train.DebiasedParamsEmaState) and int(state.opt_state[-1].count) == 0
+    np.testing.assert_array_equal(state.eval_params["w"], p0.astype(np.float32))
+    x, e = p0.astype(np.float32).astype(np.float64), np.zeros(3)
+    for t, g in enumerate(grads, start=1):
+        state = state.apply_gradients({"w": jnp.asarray(g, jnp.float32)})
+        x = x - g
+        e = decay * e + (1 - decay) * x
+        np.testing.assert_allclose(state.params["w"], x, rtol=1e-6)
+        assert int(state.opt_state[-1].count) == t
+        np.testing.assert_allclose(state.eval_params["w"], e / (1 - decay ** t), rtol=1e-6, atol=1e-6)
+        if t == 1:
+            np.testing.assert_array_equal(state.eval_params["w"], state.params["w"])
+    assert not np.allclose(state.eval_params["w"], decay ** 4 * p0 + e, atol=1e-3)  # not the uncorrected average
+
+
+def test_a_stored_run_without_ema_debias_keeps_the_layout_of_its_checkpoints():
+    """A run stored before `optim.ema_debias` existed (with `ema_decay`) restores into the uncorrected average's state
+    (no count); a new run's state has the count."""
+    from vae_jax.checkpoint import layout
+
+    params = {"w": jnp.zeros(3)}
+    stored = configs.to_dict(configs.Config(optim=configs.OptimConfig(ema_decay=0.9999)))
+    del stored["optim"]["ema_debias"]
+    old, new = (builders.build_optimizer(config.optim, 4).init(params)
+                for config in (configs.from_dict(stored), configs.Config(optim=configs.OptimConfig(ema_decay=0.9999))))
+    assert isinstance(old[-1], train.ParamsEmaState) and isinstance(new[-1], train.DebiasedParamsEmaState)
+    assert set(layout(new)) - set(layout(old)) == {"1/count"}
+
+
 def test_eval_params_are_the_average_where_the_optimizer_keeps_one(small_model, binary_pixels):
-    """With `optim.ema_decay` the epoch moves the average behind the parameters; a skipped (non-finite) step moves
-    neither. Without it, `eval_params` are the parameters."""
+    """With `optim.ema_decay` the epoch moves the (debiased) average behind the parameters; a skipped (non-finite)
+    step moves neither, nor the average's count, whether the guard branches (CPU) or selects (elsewhere). Without
+    it, `eval_params` are the parameters."""
     plain = _state(small_model)
     assert plain.eval_params is plain.params
     tx = builders.build_optimizer(configs.OptimConfig(learning_rate=1e-2, ema_decay=0.9), 4)
@@ -289,3 +331,7 @@ def test_eval_params_are_the_average_where_the_optimizer_keeps_one(small_model, 
     assert not bool(result.finite)
     for a, b in zip(jax.tree.leaves(skipped.eval_params), jax.tree.leaves(trained.eval_params)):
         np.testing.assert_array_equal(a, b)
+    assert [int(s.opt_state[-1].count) for s in (trained, skipped)] == [4, 4]
+    grads = jax.tree.map(jnp.ones_like, trained.params)
+    for guard in (train._update_by_conditional, train._update_by_select):
+        assert [int(guard(trained, grads, jnp.asarray(apply)).opt_state[-1].count) for apply in (False, True)] == [4, 5]

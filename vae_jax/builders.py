@@ -66,11 +66,13 @@ def _build_network(config: configs.ModelConfig, dataset: data.Dataset) -> Model:
 def build_optimizer(config: configs.OptimConfig, total_steps: int) -> optax.GradientTransformation:
     """The Optax optimizer that `config` describes; `total_steps` sets the length of a cosine schedule.
 
-    With `config.ema_decay` > 0, `train.params_ema` keeps the moving average of the parameters, chained last.
+    With `config.ema_decay` > 0, `train.params_ema` keeps the moving average of the parameters (debiased where
+    `config.ema_debias`), chained last.
 
-    The state's structure depends only on `config.name`, `config.flatten` and whether `ema_decay` (and, for
-    `adam_normgrad`, `weight_decay`) is 0: clipping and schedule are always present (as `identity` and a constant
-    schedule when off), so a run can resume with another learning rate, schedule or clipping norm.
+    The state's structure depends only on `config.name`, `config.flatten`, whether `ema_decay` (and, for
+    `adam_normgrad`, `weight_decay`) is 0 and, with an average, `ema_debias` (a step count): clipping and schedule
+    are always present (as `identity` and a constant schedule when off), so a run can resume with another learning
+    rate, schedule or clipping norm.
     """
     if config.schedule == "cosine":
         learning_rate = optax.cosine_decay_schedule(config.learning_rate, total_steps, config.final_lr_fraction)
@@ -86,7 +88,7 @@ def build_optimizer(config: configs.OptimConfig, total_steps: int) -> optax.Grad
     clip = optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm > 0 else optax.identity()
     chain = optax.chain(clip, optimizer)
     chain = optax.flatten(chain) if config.flatten else chain
-    return optax.chain(chain, params_ema(config.ema_decay)) if config.ema_decay > 0 else chain
+    return optax.chain(chain, params_ema(config.ema_decay, config.ema_debias)) if config.ema_decay > 0 else chain
 
 
 def normalize_each_tensor(eps: float = 1e-7) -> optax.GradientTransformation:

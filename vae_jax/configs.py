@@ -46,11 +46,10 @@ class ModelConfig:
             variance 1 / fan_in) or `he_normal` (variance 2 / fan_in, as in Tomczak & Welling's code).
         compute_dtype: `float32`, or `bfloat16` for mixed precision: the layers compute in bfloat16 while
             parameters, optimizer state and the loss stay float32.
-        matmul_precision: how accelerators compute the float32 matrix products and convolutions of the layers:
-            `float32` (true float32, on every platform, as PyTorch does by default), `tensorfloat32` (NVIDIA
-            tensor cores, inputs rounded to 10 mantissa bits; JAX's own default on recent GPUs) or `bfloat16`
-            (one bfloat16 pass; JAX's default on TPUs). CPUs compute in float32 whatever it says, and with
-            `compute_dtype=bfloat16` the products are bfloat16 anyway.
+        matmul_precision: how accelerators compute the layers' float32 matrix products and convolutions: `float32`
+            (true float32, on every platform, as PyTorch does by default), `tensorfloat32` (NVIDIA tensor cores,
+            inputs rounded to 10 mantissa bits; JAX's default on recent GPUs) or `bfloat16` (one bfloat16 pass; JAX's
+            default on TPUs). CPUs compute in float32 regardless; with `compute_dtype=bfloat16` products are bfloat16.
         architecture: `mlp`, or `conv`: stride-2 3x3 convolutions before the encoder's dense layers and
             transposed convolutions after the decoder's (`models.ConvEncoder`, `models.ConvDecoder`).
         conv_channels: channels of the encoder's convolutions (`conv` only); each halves the image's side, which must
@@ -98,6 +97,8 @@ class OptimConfig:
         ema_decay: if positive, the parameters' exponential moving average with this decay per step (Polyak
             averaging, `train.params_ema`) is what validation, the best checkpoint, evaluation, samples and `init_from`
             use; 0 is off. 0.999 averages over about 1,000 steps.
+        ema_debias: the average is debiased (`params_ema(decay, debias=True)`): none of its weight stays on the initial
+            parameters. False: it starts from them, as in stored runs with `ema_decay` made before this field existed.
         flatten: run the optimizer on one vector of all parameters (`optax.flatten`): a few large element-wise
             operations per step instead of a few per parameter tensor, for accelerators, where each is a kernel
             launch. The same update up to float32 rounding; a checkpoint keeps the layout it was saved with.
@@ -111,6 +112,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     ema_decay: float = 0.0
+    ema_debias: bool = True
     flatten: bool = False
 
 
@@ -201,9 +203,8 @@ def _default() -> Config:
 def _tomczak_welling(stochastic_layers: int, prior: str) -> Config:
     """The models of Tomczak & Welling (2018) on static MNIST: z (each layer) of 40, gated dense layers of 300, every
     log-variance bounded (by 6), 500 pseudo-inputs, Adam, batch 100, the KL weight warmed up over 100 epochs. Their
-    learning rate (5e-4, early stopping over up to 2000 epochs) is replaced here by a cosine decay from 1e-3 to
-    1e-5 over 200 epochs, a budget that fits a CPU; their code's optimizer, AdamNormGrad, is `optim.name=adam_normgrad`
-    (these presets use plain Adam)."""
+    learning rate (5e-4, early stopping over up to 2000 epochs) becomes a cosine decay from 1e-3 to 1e-5 over 200
+    epochs, a budget that fits a CPU; their code's AdamNormGrad is `optim.name=adam_normgrad`, not used here."""
     return Config(
         model=ModelConfig(latent_dim=40, encoder_hidden=(300, 300), decoder_hidden=(300, 300), activation="gated",
                           logvar_bound=6.0, prior=prior, prior_components=500, stochastic_layers=stochastic_layers),
@@ -314,12 +315,10 @@ def validate(config: Config) -> Config:
     _require(config.objective in OBJECTIVES, f"unknown objective {config.objective!r}; choose one of {OBJECTIVES}")
     for name in ("kl_weight", "kl_warmup_epochs", "free_bits", "patience"):
         _require(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
-    ignored = [f"{name}={getattr(config, name)}" for name, default in (("kl_weight", 1.0), ("kl_warmup_epochs", 0),
-                                                                      ("free_bits", 0.0))
-               if getattr(config, name) != default]
+    ignored = [f"{name}={getattr(config, name)}" for name, default in
+               (("kl_weight", 1.0), ("kl_warmup_epochs", 0), ("free_bits", 0.0)) if getattr(config, name) != default]
     _require(config.objective == "elbo" or not ignored,
-             f"objective=iwae has no KL term, so it would ignore {', '.join(ignored)}; drop them or use "
-             "objective=elbo")
+             f"objective=iwae has no KL term, so it would ignore {', '.join(ignored)}; drop them or use objective=elbo")
     _require(config.free_bits == 0 or (model.prior == "normal" and model.stochastic_layers == 1),
              "free_bits needs a KL that splits by dimension (model.prior=normal, one stochastic layer); "
              "set free_bits=0")
@@ -354,25 +353,30 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    """Inverse of `to_dict`; unknown keys raise `ConfigError`."""
+    """Inverse of `to_dict`; unknown keys raise `ConfigError`. A stored `optim` with `ema_decay` > 0 and no
+    `ema_debias` (made before it existed) gets `ema_debias=False`, the average it was run with."""
     try:
+        optim = {"ema_debias": not data["optim"].get("ema_decay", 0) > 0, **data["optim"]}
         return validate(
             Config(
                 **{k: v for k, v in data.items() if k not in ("model", "optim")},
                 model=ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["model"].items()}),
-                optim=OptimConfig(**data["optim"]),
+                optim=OptimConfig(**optim),
             )
         )
-    except (TypeError, KeyError) as error:
+    except (TypeError, KeyError, AttributeError) as error:
         raise ConfigError(f"stored config does not match this version of vae_jax: {error}") from None
 
 
 def dict_hash(config: dict[str, Any]) -> str:
     """A short hash of a JSON-ready config dict (a `to_dict`, or a run's metadata with a model's own description), to
     tell runs apart in result tables: of the entries that differ from `Config()`'s, so that a field added later, whose
-    default keeps the old behaviour, changes no hash."""
+    default keeps the old behaviour, changes no hash. `optim.ema_debias`, whose default does not, is compared with
+    False, the old behaviour, where `optim.ema_decay` > 0 (a debiased average hashes apart from an older run's)."""
     # Through JSON, so that a tuple and the list it is stored as compare equal.
-    changed = _changed_entries(*(json.loads(json.dumps(tree)) for tree in (config, to_dict(Config()))))
+    config, defaults = (json.loads(json.dumps(tree)) for tree in (config, to_dict(Config())))
+    defaults["optim"]["ema_debias"] = not (config.get("optim") or {}).get("ema_decay", 0) > 0
+    changed = _changed_entries(config, defaults)
     return hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:10]
 
 
