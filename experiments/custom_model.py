@@ -1,7 +1,7 @@
 """A model that vae_jax does not define, trained and evaluated through the same path as the presets.
 
 The encoder and decoder are residual MLPs written here; nothing under `vae_jax/` knows them. `vae_jax.VAE` bundles
-them with the N(0, I) prior and the Bernoulli likelihood, and `train_and_evaluate` gives the bundle what a preset
+them with the N(0, I) prior and the Bernoulli likelihood, and `fit` gives the bundle what a preset
 gets: resume, checkpoints (latest and best), `metrics.jsonl`, the guard against non-finite steps, and
 `evaluate_checkpoint`'s eval line with its protocol card, which `compare` reads.
 
@@ -74,7 +74,7 @@ def main() -> None:
 
     model = vae_jax.VAE(ResidualEncoder(), ResidualDecoder())
     config = dataclasses.replace(vae_jax.get_config("cs236"), epochs=args.epochs)
-    vae_jax.train_and_evaluate(config, args.workdir, model=model, manual_dir=args.manual_dir, progress=False)
+    vae_jax.fit(config, args.workdir, model=model, manual_dir=args.manual_dir, progress=False)
     (Path(args.workdir) / "eval.jsonl").unlink(missing_ok=True)
     print(vae_jax.evaluate_checkpoint(args.workdir, "test", model=model, iwae_samples=args.iwae_samples))
     Path(args.results).mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from vae_jax import configs, data
 from vae_jax.errors import DivergenceError, VaeError
@@ -53,7 +54,16 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="python -m vae_jax", description="Variational autoencoders on MNIST.")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_train_command(commands)
+    _add_eval_command(commands)
+    _add_sample_command(commands)
+    _add_gaps_command(commands)
+    _add_compare_command(commands)
+    return parser
 
+
+def _add_train_command(commands: Any) -> None:
+    """The `train` subcommand."""
     train = commands.add_parser("train", help="train (or resume) a run in a work directory")
     _add_model_option(train)
     train.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl")
@@ -72,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="config overrides, e.g. model.latent_dim=20 optim.learning_rate=3e-4")
     _add_data_options(train)
 
+
+def _add_eval_command(commands: Any) -> None:
+    """The `eval` subcommand."""
     evaluate = commands.add_parser("eval", help="negative ELBO of a checkpoint on a whole split (one JSON line)")
     _add_model_option(evaluate)
     evaluate.add_argument("--workdir", required=True)
@@ -85,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_options(evaluate)
     _add_data_options(evaluate)
 
+
+def _add_sample_command(commands: Any) -> None:
+    """The `sample` subcommand."""
     sample = commands.add_parser("sample", help="PNG grids: prior samples, reconstructions, interpolations, manifold")
     _add_model_option(sample)
     sample.add_argument("--workdir", required=True)
@@ -99,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(sample)
     _add_cache_option(sample)
 
+
+def _add_gaps_command(commands: Any) -> None:
+    """The `gaps` subcommand."""
     gaps = commands.add_parser("gaps", help="inference gaps: log p(x), the ELBO of per-example posteriors and of the "
                                             "encoder's, per example (Cremer et al., 2018)")
     _add_model_option(gaps)
@@ -120,9 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(gaps)
     _add_cache_option(gaps)
 
+
+def _add_compare_command(commands: Any) -> None:
+    """The `compare` subcommand."""
     compare = commands.add_parser("compare", help="Markdown tables of eval results, one table per protocol")
     compare.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="eval.jsonl files or folders holding them")
-    return parser
 
 
 def _model(args: argparse.Namespace) -> object | None:

@@ -193,11 +193,8 @@ def _cs236() -> Config:
 
 def _default() -> Config:
     """The best standard (Gaussian, MLP) VAE that trains well on a CPU in about an hour."""
-    return Config(
-        model=ModelConfig(latent_dim=32, encoder_hidden=(512, 512), decoder_hidden=(512, 512)),
-        optim=OptimConfig(learning_rate=1e-3, schedule="cosine", final_lr_fraction=0.01),
-        epochs=100,
-    )
+    return Config(model=ModelConfig(latent_dim=32, encoder_hidden=(512, 512), decoder_hidden=(512, 512)),
+                  optim=OptimConfig(learning_rate=1e-3, schedule="cosine", final_lr_fraction=0.01), epochs=100)
 
 
 def _tomczak_welling(stochastic_layers: int, prior: str) -> Config:
@@ -208,19 +205,12 @@ def _tomczak_welling(stochastic_layers: int, prior: str) -> Config:
     return Config(
         model=ModelConfig(latent_dim=40, encoder_hidden=(300, 300), decoder_hidden=(300, 300), activation="gated",
                           logvar_bound=6.0, prior=prior, prior_components=500, stochastic_layers=stochastic_layers),
-        optim=OptimConfig(learning_rate=1e-3, schedule="cosine", final_lr_fraction=0.01),
-        epochs=200,
-        kl_warmup_epochs=100,
-    )
+        optim=OptimConfig(learning_rate=1e-3, schedule="cosine", final_lr_fraction=0.01), epochs=200,
+        kl_warmup_epochs=100)
 
 
-PRESETS = {
-    "cs236": _cs236,
-    "default": _default,
-    "vampprior": lambda: _tomczak_welling(1, "vamp"),
-    "hvae": lambda: _tomczak_welling(2, "normal"),
-    "hvae_vampprior": lambda: _tomczak_welling(2, "vamp"),
-}
+PRESETS = {"cs236": _cs236, "default": _default, "vampprior": lambda: _tomczak_welling(1, "vamp"),
+           "hvae": lambda: _tomczak_welling(2, "normal"), "hvae_vampprior": lambda: _tomczak_welling(2, "vamp")}
 
 
 def get_config(name: str) -> Config:
@@ -279,31 +269,29 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(config: Config) -> Config:
-    """Returns `config` unchanged, or raises `ConfigError` naming the first bad field."""
-    model, optim = config.model, config.optim
-    _require(config.dataset in DATASETS, f"unknown dataset {config.dataset!r}; choose one of {list(DATASETS)}")
+def _require_choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    _require(value in choices, f"unknown {name} {value!r}; choose one of {choices}")
+
+
+def _validate_model(model: ModelConfig) -> None:
     _require(model.latent_dim > 0, f"model.latent_dim must be positive, got {model.latent_dim}")
     for name in ("encoder_hidden", "decoder_hidden"):
         widths = getattr(model, name)
         _require(all(w > 0 for w in widths), f"model.{name} widths must be positive, got {widths}")
-    _require(model.activation in ACTIVATIONS, f"unknown activation {model.activation!r}; choose one of {ACTIVATIONS}")
+    _require_choice(model.activation, ACTIVATIONS, "activation")
     _require(model.logvar_bound >= 0, f"model.logvar_bound must be >= 0, got {model.logvar_bound}")
     _require(not model.logvar_clip or (len(model.logvar_clip) == 2 and model.logvar_clip[0] < model.logvar_clip[1]),
              f"model.logvar_clip must be two numbers low,high with low < high (e.g. -6,2), got {model.logvar_clip}")
     _require(not (model.logvar_clip and model.logvar_bound),
              "model.logvar_clip and model.logvar_bound both bound the log-variance; set model.logvar_bound=0")
-    _require(model.kernel_init in KERNEL_INITS,
-             f"unknown kernel_init {model.kernel_init!r}; choose one of {KERNEL_INITS}")
-    _require(model.compute_dtype in COMPUTE_DTYPES,
-             f"unknown compute dtype {model.compute_dtype!r}; choose one of {COMPUTE_DTYPES}")
-    _require(model.matmul_precision in MATMUL_PRECISIONS,
-             f"unknown matmul precision {model.matmul_precision!r}; choose one of {MATMUL_PRECISIONS}")
-    _require(model.architecture in ARCHITECTURES,
-             f"unknown architecture {model.architecture!r}; choose one of {ARCHITECTURES}")
+    for value, choices, name in ((model.kernel_init, KERNEL_INITS, "kernel_init"),
+                                 (model.compute_dtype, COMPUTE_DTYPES, "compute dtype"),
+                                 (model.matmul_precision, MATMUL_PRECISIONS, "matmul precision"),
+                                 (model.architecture, ARCHITECTURES, "architecture")):
+        _require_choice(value, choices, name)
     _require(len(model.conv_channels) > 0 and all(c > 0 for c in model.conv_channels),
              f"model.conv_channels must be positive widths, got {model.conv_channels}")
-    _require(model.prior in PRIORS, f"unknown prior {model.prior!r}; choose one of {PRIORS}")
+    _require_choice(model.prior, PRIORS, "prior")
     _require(model.prior_components > 0, f"model.prior_components must be positive, got {model.prior_components}")
     _require(model.stochastic_layers in (1, 2),
              f"model.stochastic_layers must be 1 or 2, got {model.stochastic_layers}")
@@ -312,18 +300,11 @@ def validate(config: Config) -> Config:
     _require(model.stochastic_layers == 1 or (model.encoder_hidden and model.decoder_hidden),
              "two stochastic layers (model.stochastic_layers=2) need at least one hidden layer in "
              "model.encoder_hidden and model.decoder_hidden (e.g. 300,300)")
-    _require(config.objective in OBJECTIVES, f"unknown objective {config.objective!r}; choose one of {OBJECTIVES}")
-    for name in ("kl_weight", "kl_warmup_epochs", "free_bits", "patience"):
-        _require(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
-    ignored = [f"{name}={getattr(config, name)}" for name, default in
-               (("kl_weight", 1.0), ("kl_warmup_epochs", 0), ("free_bits", 0.0)) if getattr(config, name) != default]
-    _require(config.objective == "elbo" or not ignored,
-             f"objective=iwae has no KL term, so it would ignore {', '.join(ignored)}; drop them or use objective=elbo")
-    _require(config.free_bits == 0 or (model.prior == "normal" and model.stochastic_layers == 1),
-             "free_bits needs a KL that splits by dimension (model.prior=normal, one stochastic layer); "
-             "set free_bits=0")
-    _require(optim.name in OPTIMIZERS, f"unknown optimizer {optim.name!r}; choose one of {OPTIMIZERS}")
-    _require(optim.schedule in SCHEDULES, f"unknown schedule {optim.schedule!r}; choose one of {SCHEDULES}")
+
+
+def _validate_optim(optim: OptimConfig) -> None:
+    _require_choice(optim.name, OPTIMIZERS, "optimizer")
+    _require_choice(optim.schedule, SCHEDULES, "schedule")
     _require(optim.learning_rate > 0, f"optim.learning_rate must be positive, got {optim.learning_rate}")
     _require(0 <= optim.final_lr_fraction <= 1, "optim.final_lr_fraction must lie in [0, 1]")
     _require(optim.grad_clip_norm >= 0, f"optim.grad_clip_norm must be >= 0, got {optim.grad_clip_norm}")
@@ -338,6 +319,23 @@ def validate(config: Config) -> Config:
     _require(0 <= optim.momentum < 1, f"optim.momentum must lie in [0, 1), got {optim.momentum}")
     _require(optim.momentum == OptimConfig.momentum or optim.name == "sgd",
              f"optim.name={optim.name} would ignore optim.momentum={optim.momentum}; it is the momentum of sgd")
+
+
+def validate(config: Config) -> Config:
+    """Returns `config` unchanged, or raises `ConfigError` naming the first bad field."""
+    _require(config.dataset in DATASETS, f"unknown dataset {config.dataset!r}; choose one of {list(DATASETS)}")
+    _validate_model(config.model)
+    _require_choice(config.objective, OBJECTIVES, "objective")
+    for name in ("kl_weight", "kl_warmup_epochs", "free_bits", "patience"):
+        _require(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
+    ignored = [f"{name}={getattr(config, name)}" for name, default in
+               (("kl_weight", 1.0), ("kl_warmup_epochs", 0), ("free_bits", 0.0)) if getattr(config, name) != default]
+    _require(config.objective == "elbo" or not ignored,
+             f"objective=iwae has no KL term, so it would ignore {', '.join(ignored)}; drop them or use objective=elbo")
+    _require(config.free_bits == 0 or (config.model.prior == "normal" and config.model.stochastic_layers == 1),
+             "free_bits needs a KL that splits by dimension (model.prior=normal, one stochastic layer); "
+             "set free_bits=0")
+    _validate_optim(config.optim)
     for name in ("batch_size", "epochs", "num_samples", "eval_batch_size", "keep_checkpoints"):
         value = getattr(config, name)
         _require(value > 0, f"{name} must be positive, got {value}")
@@ -356,14 +354,10 @@ def from_dict(data: dict[str, Any]) -> Config:
     """Inverse of `to_dict`; unknown keys raise `ConfigError`. A stored `optim` with `ema_decay` > 0 and no
     `ema_debias` (made before it existed) gets `ema_debias=False`, the average it was run with."""
     try:
-        optim = {"ema_debias": not data["optim"].get("ema_decay", 0) > 0, **data["optim"]}
-        return validate(
-            Config(
-                **{k: v for k, v in data.items() if k not in ("model", "optim")},
-                model=ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["model"].items()}),
-                optim=OptimConfig(**optim),
-            )
-        )
+        optim = OptimConfig(**{"ema_debias": not data["optim"].get("ema_decay", 0) > 0, **data["optim"]})
+        model = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["model"].items()})
+        return validate(Config(**{k: v for k, v in data.items() if k not in ("model", "optim")}, model=model,
+                               optim=optim))
     except (TypeError, KeyError, AttributeError) as error:
         raise ConfigError(f"stored config does not match this version of vae_jax: {error}") from None
 
