@@ -52,7 +52,7 @@ def _linear_vae(prior=None):
 
 def _standard_normal_vamp():
     """A VampPrior whose pseudo-inputs (all 0.5) the bias-shifted linear encoder maps to exactly mean 0, logvar 0."""
-    model, params = _linear_vae(priors.VampPrior(num_components=4))
+    model, params = _linear_vae(priors.VampPrior(num_components=4, num_pixels=784))
     params["prior"] = jax.tree.map(jnp.zeros_like, params["prior"])
     kernel = params["encoder"]["params"]["Dense_0"]["kernel"]
     params["encoder"]["params"]["Dense_0"]["bias"] = -0.5 * jnp.sum(kernel, axis=0)
@@ -103,7 +103,7 @@ def test_iwae_bound_with_a_standard_normal_mixture_equals_the_plain_bound(binary
 
 def test_vamp_prior_gradients_reach_the_pseudo_inputs_and_the_encoder(binary_pixels):
     base = builders.build_model(configs.ModelConfig(LATENT, encoder_hidden=(16,), decoder_hidden=(16,)), MNIST)
-    model = models.VAE(base.encoder, base.decoder, priors.VampPrior(num_components=6))
+    model = models.VAE(base.encoder, base.decoder, priors.VampPrior(num_components=6, num_pixels=784))
     params = model.init(jax.random.key(0), jnp.zeros(784))
     assert params["prior"]["params"]["pseudo_input_logits"].shape == (6, 784)
     x = jnp.asarray(binary_pixels[2], jnp.float32)
@@ -136,8 +136,8 @@ def test_training_with_a_learned_prior_lowers_the_loss_and_samples_from_it(prior
     for epoch in range(2, 30):
         state, last = train.train_epoch_jit(state, jnp.asarray(binary_pixels), jax.random.key(epoch), batch_size=16)
     assert int(last.failed_step) == -1
-    assert float(np.mean(last.nelbo)) < float(np.mean(first.nelbo)) - 20
-    assert float(np.min(last.kl)) > 0  # a Monte-Carlo KL of a batch mean: positive once the encoder has learned
+    assert float(np.mean(last.terms.nelbo)) < float(np.mean(first.terms.nelbo)) - 20
+    assert float(np.min(last.terms.kl)) > 0  # a Monte-Carlo KL of a batch mean: positive once the encoder has learned
     assert not np.allclose(before, np.asarray(jax.tree.leaves(state.params["prior"])[0])), "the prior did not learn"
     samples = figures.generate(state.model, state.params, jax.random.key(5), 9)
     assert samples.shape == (9, 784) and 0 <= float(samples.min()) and float(samples.max()) <= 1

@@ -22,7 +22,7 @@ def test_the_readme_fits_one_sitting_and_leads_with_install_commands_and_api():
     assert len(README.encode()) <= 12_000
     first_screen = "\n".join(README.splitlines()[:60])
     for needle in ("pip install -r requirements.txt", "python -m vae_jax train --workdir", "python -m pytest -q",
-                   "```python", "vae_jax.train_and_evaluate("):
+                   "```python", "vae_jax.fit("):
         assert needle in first_screen, needle
     for page in ("api", "protocol", "results", "studies", "performance", "scaling", "architecture"):
         assert f"docs/{page}.md" in README and (REPO / "docs" / f"{page}.md").is_file(), page

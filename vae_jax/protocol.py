@@ -125,6 +125,8 @@ def model_name(config: dict[str, Any]) -> str:
     """A short name of the model a result's config describes: the class of a model of your own, else the preset
     networks' shape (e.g. `VAE z=10 mlp 300-300 elu`, `HVAE z=40 gated 300-300 vamp`)."""
     model = config.get("model", {})
+    if not isinstance(model, dict):  # a description other than vae_jax's
+        return str(model)
     if "class" in model:
         return model["class"].rsplit(".", 1)[-1]
     name = "HVAE" if model.get("stochastic_layers", 1) == 2 else "VAE"

@@ -287,9 +287,12 @@ def train_epoch(
     mesh: Mesh | None = None,
     progress: Callable[[jax.Array, jax.Array], None] | None = None,
     progress_every: int = 50,
+    first_step: jax.Array | int = 0,
+    num_steps: int | None = None,
 ) -> tuple[TrainState, EpochResult]:
-    """One epoch: shuffle and batch the split, then `train_step` on each batch, all inside one `lax.scan` (jit this
-    function, or use `train_epoch_jit`).
+    """One epoch, or its steps `first_step .. first_step + num_steps - 1`: shuffle and batch the split, then
+    `train_step` on each batch, all inside one `lax.scan` (jit this function, or use `train_epoch_jit`). An epoch run
+    in pieces ends bit for bit where it ends run whole, and the pieces' results concatenate to the whole's.
 
     The last `N mod batch_size` examples of the shuffled split are dropped. A step whose loss or gradient is
     not finite is not applied, nor is any later one; `EpochResult.failed_step` says where it happened.
@@ -301,35 +304,32 @@ def train_epoch(
         batch_size: examples per step; at most N.
         objective, kl_weight, dynamic_binarization, mesh: see `train_step`; with a `mesh`, `state` and `pixels`
             should be replicated on it.
-        progress: if given, called on the host as `progress(steps_done, running_mean_loss)` every
-            `progress_every` steps from inside the compiled epoch (`jax.debug.callback`), e.g. for a progress bar.
-            Only where the epoch is compiled for the CPU: elsewhere the conditional it needs at every step would
-            stall the device (see `guarded_update`).
-        progress_every: steps between two `progress` calls.
+        progress, progress_every: if given, `progress(steps_done, running_mean_loss)` is called on the host every
+            `progress_every` steps from inside the compiled epoch (`jax.debug.callback`), e.g. for a progress bar;
+            only on the CPU: elsewhere its conditional would stall the device at every step (see `guarded_update`).
+        first_step: the epoch's step to start from (traced: any start compiles once per `num_steps`).
+        num_steps: how many steps to run (static); None runs all the epoch's steps (from `first_step` 0).
 
     Returns:
-        The new state and the epoch's `EpochResult`.
+        The new state and the `EpochResult` of the steps run (`failed_step` counts within the epoch).
     """
     examples_key, batches = epoch_batches(epoch_key, pixels.shape[0], batch_size)
-    num_steps = batches.shape[0]
+    num_steps = batches.shape[0] if num_steps is None else num_steps
+    if not 0 < num_steps <= batches.shape[0]:
+        raise ConfigError(f"num_steps={num_steps} does not fit an epoch of {batches.shape[0]} steps")
+    batches = jax.lax.dynamic_slice_in_dim(batches, first_step, num_steps)
 
     def step(carry: tuple[TrainState, jax.Array, jax.Array], batch: tuple[jax.Array, jax.Array]) -> tuple[Any, Any]:
         current, failed_step, loss_sum = carry
-        index_in_epoch, indices = batch
+        local_step, indices = batch
+        index_in_epoch = first_step + local_step
         current, result = train_step(current, pixels[indices], indices, examples_key, objective=objective,
                                      kl_weight=kl_weight, dynamic_binarization=dynamic_binarization, mesh=mesh,
                                      update_if=failed_step < 0)
         failed_step = jnp.where((failed_step < 0) & ~result.finite, index_in_epoch, failed_step)
         loss_sum = loss_sum + result.loss
         if progress is not None:
-            steps_done = index_in_epoch + 1
-
-            def report() -> None:
-                running_loss = loss_sum / steps_done.astype(loss_sum.dtype)
-                jax.lax.cond(steps_done % progress_every == 0,
-                             lambda: jax.debug.callback(progress, steps_done, running_loss), lambda: None)
-
-            jax.lax.platform_dependent(cpu=report, default=lambda: None)
+            _report(progress, progress_every, index_in_epoch + 1, loss_sum / (local_step + 1).astype(loss_sum.dtype))
         return (current, failed_step, loss_sum), (result.loss, result.terms)
 
     carry = (state, jnp.array(-1, jnp.int32), jnp.zeros((), jnp.float32))
@@ -337,5 +337,16 @@ def train_epoch(
     return state, EpochResult(loss, terms, failed_step)
 
 
+def _report(progress: Callable[[jax.Array, jax.Array], None], every: int, steps_done: jax.Array,
+            running_loss: jax.Array) -> None:
+    """Calls `progress(steps_done, running_loss)` on the host every `every` steps, from a compiled epoch on the CPU
+    only (see `train_epoch`)."""
+    def report() -> None:
+        jax.lax.cond(steps_done % every == 0, lambda: jax.debug.callback(progress, steps_done, running_loss),
+                     lambda: None)
+
+    jax.lax.platform_dependent(cpu=report, default=lambda: None)
+
+
 train_epoch_jit = jax.jit(train_epoch, static_argnames=(
-    "batch_size", "objective", "dynamic_binarization", "mesh", "progress", "progress_every"))
+    "batch_size", "objective", "dynamic_binarization", "mesh", "progress", "progress_every", "num_steps"))
