@@ -76,7 +76,7 @@ def tmpfs(tmp_path) -> Iterator[Tmpfs]:
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=9m", "tmpfs", str(path)], capture_output=True,
                              text=True)
     if mounted.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {mounted.stderr.strip()}")
+        pytest.skip(f"mounting a tmpfs is not permitted here: {(mounted.stderr.strip().splitlines() or ['?'])[0]}")
     try:
         yield Tmpfs(path)
     finally:
