@@ -6,8 +6,11 @@ to supply them; with VAE_JAX_REQUIRE_DATA=1 (as `.ci/run` sets) they fail instea
 """
 
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import flax.linen as nn
@@ -58,6 +61,36 @@ def shared_data() -> Path:
 def data_dir(tmp_path_factory) -> Path:
     """A TFDS data directory shared by the whole test session (datasets are prepared once)."""
     return tmp_path_factory.mktemp("tensorflow_datasets")
+
+
+class Tmpfs:
+    """A mounted tmpfs: `path`, and `remount("ro")` or `remount("size=64m")` to make it read-only or larger."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def remount(self, options: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{options}", str(self.path)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path) -> Iterator[Tmpfs]:
+    """A real 9 MB file system (tmpfs) at `tmp_path/tmpfs`, to fill or make read-only; unmounted after the test.
+    Skipped where mounting is not permitted (not root, or a container without the capability)."""
+    path = tmp_path / "tmpfs"
+    path.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs (a real full or read-only disk) needs root and mount(8)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=9m", "tmpfs", str(path)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {(mounted.stderr.strip().splitlines() or ['?'])[0]}")
+    try:
+        yield Tmpfs(path)
+    finally:
+        # Lazily where still busy (a background thread's open file): the mount goes as soon as it is released.
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=True, capture_output=True)
 
 
 @pytest.fixture

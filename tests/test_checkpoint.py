@@ -1,17 +1,20 @@
 """Orbax checkpoints: exact round trip, independent retention of latest and best, damaged checkpoints."""
 
+import errno
 import json
+import threading
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from tests.conftest import preset_state
-from vae_jax import configs, train
+from vae_jax import checkpoint, configs, train
 from vae_jax.checkpoint import Checkpointer
-from vae_jax.errors import CheckpointError
+from vae_jax.errors import CheckpointError, StorageError
 
 CONFIG = configs.apply_overrides(configs.get_config("cs236"),
                                  ["model.encoder_hidden=8", "model.decoder_hidden=8", "model.latent_dim=2"])
@@ -101,13 +104,12 @@ def test_unfinished_save_is_ignored(tmp_path, binary_pixels):
     reader = Checkpointer(tmp_path)
     assert reader.epochs() == [1]
     assert reader.restore(preset_state(CONFIG), jax.random.key(0)).epoch == 1
-    # A reader leaves the unfinished save alone (it may be in progress); the training process cleans it up
-    # (in the background, finished before its next save).
+    # A reader leaves the unfinished save alone (it may be in progress); the training process removes it on opening.
     assert unfinished.is_dir()
-    writer = Checkpointer(tmp_path, clean_unfinished=True)
-    writer.save(2, state, jax.random.key(0), val_loss=0.5, metadata=configs.to_dict(CONFIG))
-    writer.close()  # waits for the background save
-    assert not unfinished.exists() and Checkpointer(tmp_path).epochs() == [1, 2]
+    with Checkpointer(tmp_path, clean_unfinished=True) as writer:
+        assert not unfinished.exists()
+        writer.save(2, state, jax.random.key(0), val_loss=0.5, metadata=configs.to_dict(CONFIG))
+    assert Checkpointer(tmp_path).epochs() == [1, 2]
 
 
 def test_empty_workdir_has_nothing_to_restore(tmp_path):
@@ -117,10 +119,10 @@ def test_empty_workdir_has_nothing_to_restore(tmp_path):
 
 def test_damaged_metadata_is_skipped_or_reported_in_one_line(tmp_path, binary_pixels):
     state = _trained_state(binary_pixels)
+    with Checkpointer(tmp_path, keep=3) as checkpointer:
+        for epoch in (1, 2):
+            checkpointer.save(epoch, state, jax.random.key(0), val_loss=1.0, metadata={"epoch": epoch})
     checkpointer = Checkpointer(tmp_path, keep=3)
-    for epoch in (1, 2):
-        checkpointer.save(epoch, state, jax.random.key(0), val_loss=1.0, metadata={"epoch": epoch})
-    checkpointer.wait_until_finished()
     for file in (tmp_path / "checkpoints" / "2" / "metadata").rglob("*"):
         if file.is_file():
             file.write_bytes(b"{broken")
@@ -162,3 +164,181 @@ def test_setting_aside_twice_keeps_both_damaged_copies(tmp_path, binary_pixels):
 
             shutil.rmtree(tmp_path / "checkpoints" / "1")
     assert (tmp_path / "checkpoints" / "corrupt-2").is_dir() and (tmp_path / "checkpoints" / "corrupt-2-2").is_dir()
+
+
+# I/O faults: a real full or read-only disk (the `tmpfs` fixture, 9 MB), or an injected error where mounting is not
+# permitted.
+BIG = configs.apply_overrides(CONFIG, ["model.encoder_hidden=600"])
+
+
+def _incompressible_state(seed):
+    """A train state of `BIG` whose parameters and Adam moments are random (Orbax compresses zeros to nothing): about
+    5.6 MB a checkpoint, so that the 9 MB tmpfs holds one and not two."""
+    state = preset_state(BIG)
+    leaves, treedef = jax.tree.flatten((state.params, state.opt_state))
+    rng = np.random.default_rng(seed)
+    leaves = [rng.standard_normal(leaf.shape).astype(leaf.dtype) if jnp.issubdtype(leaf.dtype, jnp.floating)
+              else leaf for leaf in leaves]
+    params, opt_state = jax.tree.unflatten(treedef, leaves)
+    return state.replace(params=params, opt_state=opt_state)
+
+
+def _assert_restores(checkpointer, epoch, state):
+    restored = checkpointer.restore(preset_state(BIG), jax.random.key(0))
+    assert restored.epoch == epoch and restored.metadata == {"epoch": epoch}
+    _assert_trees_equal(restored.state.params, state.params)
+    _assert_trees_equal(restored.state.opt_state, state.opt_state)
+
+
+def _unfinished(directory):
+    return sorted(path.name for path in (directory / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
+
+
+def test_a_full_disk_fails_the_next_save_in_one_line_and_loses_nothing(tmpfs):
+    first, second = _incompressible_state(1), _incompressible_state(2)
+    folder = tmpfs.path / "checkpoints"
+    with Checkpointer(tmpfs.path, keep=3, clean_unfinished=True) as checkpointer:
+        checkpointer.save(1, first, jax.random.key(0), val_loss=2.0, metadata={"epoch": 1})
+        checkpointer.save(2, second, jax.random.key(0), val_loss=1.0, metadata={"epoch": 2})  # fails in the background
+        with pytest.raises(StorageError) as raised:
+            checkpointer.save(3, second, jax.random.key(0), val_loss=0.5, metadata={"epoch": 3})
+        assert str(raised.value) == (
+            f"cannot write the checkpoint of epoch 2 to {folder} (No space left on device), so epoch 3 was not saved "
+            "either; nothing else was lost: the checkpoints of epochs [1] are intact; free space or make the folder "
+            "writable, then run again")
+        # The half-written folder is gone at once (it would hold the space), the last good checkpoint restores.
+        assert _unfinished(tmpfs.path) == [] and checkpointer.epochs() == [1]
+        _assert_restores(checkpointer, 1, first)
+        tmpfs.remount("size=64m")
+        checkpointer.save(2, second, jax.random.key(0), val_loss=1.0, metadata={"epoch": 2})
+    reader = Checkpointer(tmpfs.path)
+    assert reader.epochs() == [1, 2] and _unfinished(tmpfs.path) == []
+    _assert_restores(reader, 2, second)
+
+
+def test_a_failed_last_save_surfaces_when_the_checkpointer_closes(tmpfs):
+    first = _incompressible_state(1)
+    with pytest.raises(StorageError, match=r"^cannot write the checkpoint of epoch 2 to .*checkpoints \(No space left "
+                                           r"on device\); nothing else was lost: the checkpoints of epochs \[1\]"):
+        with Checkpointer(tmpfs.path, clean_unfinished=True) as checkpointer:
+            checkpointer.save(1, first, jax.random.key(0), val_loss=2.0, metadata={"epoch": 1})
+            checkpointer.save(2, _incompressible_state(2), jax.random.key(0), val_loss=1.0, metadata={"epoch": 2})
+    checkpointer.close()  # closed already: does nothing
+    tmpfs.remount("size=64m")
+    # A fresh writer on the enlarged disk: nothing unfinished, the first checkpoint intact, saving works.
+    with Checkpointer(tmpfs.path, clean_unfinished=True) as writer:
+        assert _unfinished(tmpfs.path) == [] and writer.epochs() == [1]
+        _assert_restores(writer, 1, first)
+        writer.save(2, first, jax.random.key(0), val_loss=1.0, metadata={"epoch": 2})
+    assert Checkpointer(tmpfs.path).epochs() == [1, 2]
+
+
+def test_a_read_only_disk_refuses_the_writer_in_one_line_and_still_reads(tmpfs, binary_pixels):
+    state = _trained_state(binary_pixels)
+    with Checkpointer(tmpfs.path, clean_unfinished=True) as writer:
+        for epoch in (1, 2):
+            writer.save(epoch, state, jax.random.key(epoch), val_loss=1.0, metadata={"epoch": epoch})
+    unfinished = tmpfs.path / "checkpoints" / "3.orbax-checkpoint-tmp"
+    (unfinished / "state").mkdir(parents=True)
+    tmpfs.remount("ro")
+    folder = tmpfs.path / "checkpoints"
+    with pytest.raises(StorageError) as raised:
+        Checkpointer(tmpfs.path, clean_unfinished=True)
+    assert str(raised.value) == f"cannot open {folder} for writing (Read-only file system); nothing was written there"
+    reader = Checkpointer(tmpfs.path)
+    assert reader.epochs() == [1, 2] and reader.latest_metadata() == {"epoch": 2}
+    restored = reader.restore(preset_state(CONFIG), jax.random.key(0))
+    assert restored.epoch == 2 and restored.skipped == []
+    _assert_trees_equal(restored.state.params, state.params)
+    np.testing.assert_array_equal(jax.random.key_data(restored.key), jax.random.key_data(jax.random.key(2)))
+    # A save through a reader fails too (at the latest when it closes), naming the folder and the cause.
+    with pytest.raises(StorageError, match=rf"^cannot write the checkpoint of epoch 3 to {folder} \(Read-only file "
+                                           r"system\); nothing else was lost: the checkpoints of epochs \[1, 2\]"):
+        with reader:
+            reader.save(3, state, jax.random.key(0), val_loss=1.0, metadata={"epoch": 3})
+    assert unfinished.is_dir() and Checkpointer(tmpfs.path).epochs() == [1, 2]
+    # No writer thread is left waiting for folders that could not be made (it would hold up the process's exit).
+    assert [thread.name for thread in threading.enumerate() if not thread.daemon and thread.name != "MainThread"] == []
+    # A damaged checkpoint cannot be set aside on a read-only disk: one line, and it stays where it was.
+    for file in (tmpfs.path / "checkpoints" / "2" / "state").rglob("*"):
+        if file.is_file():
+            tmpfs.remount("rw")
+            file.write_bytes(b"garbage")
+    tmpfs.remount("ro")
+    with pytest.raises(StorageError, match=rf"^cannot move the unreadable checkpoint of epoch 2 aside in {folder} "
+                                           r"\(Read-only file system\); it was left as it was"):
+        Checkpointer(tmpfs.path).restore(preset_state(CONFIG), jax.random.key(0))
+    assert Checkpointer(tmpfs.path).restore(preset_state(CONFIG), jax.random.key(0), epoch=1).epoch == 1
+
+
+# What Orbax raised at the save after one that filled a tmpfs (the paths shortened).
+ORBAX_FULL_DISK = ('RESOURCE_EXHAUSTED: Error writing "params.encoder.params.MLP_0.Dense_0.kernel/0.0" in OCDBT '
+                   'database at local file "/run/checkpoints/2.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/'
+                   'ocdbt.process_0/": Failed writing: "/run/...": Failed to write 2706136 bytes to file 4: No space '
+                   "left on device [os_error_code='28']")
+
+
+def test_io_faults_are_told_from_other_errors():
+    assert checkpoint.io_fault_cause(ValueError(ORBAX_FULL_DISK)) == "No space left on device"
+    read_only = OSError(errno.EROFS, "Read-only file system", "/run/checkpoints/2.orbax-checkpoint-tmp")
+    assert checkpoint.io_fault_cause(read_only) == "Read-only file system"
+    try:
+        try:
+            raise read_only
+        except OSError as error:
+            raise RuntimeError("a save failed") from error
+    except RuntimeError as error:
+        assert checkpoint.io_fault_cause(error) == "Read-only file system"  # found among the causes
+    assert checkpoint.io_fault_cause(ValueError("Destination /run/checkpoints/2 already exists.")) is None
+    assert checkpoint.io_fault_cause(KeyError("params")) is None
+
+
+def test_an_injected_background_failure_is_one_line_and_keeps_the_last_checkpoint(tmp_path, binary_pixels,
+                                                                                    monkeypatch):
+    """Where a real full disk cannot be mounted: the save of epoch 3 fails in the background (its half-written folder
+    left behind), and Orbax raises TensorStore's error of a full disk when the next save waits for it."""
+    real_save, real_wait = ocp.CheckpointManager.save, ocp.CheckpointManager.wait_until_finished
+    failed = []
+
+    def save(manager, step, *args, **kwargs):
+        if step != 3:
+            return real_save(manager, step, *args, **kwargs)
+        (tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
+        failed.append(step)
+        return True
+
+    def wait_until_finished(manager):
+        real_wait(manager)
+        if failed:
+            failed.clear()
+            raise ValueError(ORBAX_FULL_DISK)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", wait_until_finished)
+    state = _trained_state(binary_pixels)
+    with Checkpointer(tmp_path, clean_unfinished=True) as checkpointer:
+        for epoch in (1, 2, 3):
+            checkpointer.save(epoch, state, jax.random.key(epoch), val_loss=1.0, metadata={"epoch": epoch})
+        with pytest.raises(StorageError) as raised:
+            checkpointer.save(4, state, jax.random.key(4), val_loss=1.0)
+    assert str(raised.value) == (
+        f"cannot write the checkpoint of epoch 3 to {tmp_path / 'checkpoints'} (No space left on device), so epoch 4 "
+        "was not saved either; nothing else was lost: the checkpoints of epochs [1, 2] are intact; free space or make "
+        "the folder writable, then run again")
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+    restored = Checkpointer(tmp_path).restore(preset_state(CONFIG), jax.random.key(0))
+    assert restored.epoch == 2
+    np.testing.assert_array_equal(jax.random.key_data(restored.key), jax.random.key_data(jax.random.key(2)))
+
+
+def test_an_unwritable_folder_refuses_the_writer_in_one_line(tmp_path, monkeypatch):
+    """A permission error (which root, running these tests, never meets on a local disk), injected."""
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "checkpoints" / ".write-test-x"))
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", denied)
+    with pytest.raises(StorageError) as raised:
+        Checkpointer(tmp_path, clean_unfinished=True)
+    assert str(raised.value) == (f"cannot open {tmp_path / 'checkpoints'} for writing (Permission denied); nothing "
+                                 "was written there")
+    assert Checkpointer(tmp_path).epochs() == []  # a reader needs no write access

@@ -1,16 +1,19 @@
 """Loading the real datasets offline through TFDS, caching, and the errors a user can meet."""
 
+import errno
 import gzip
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import REPO
 from vae_jax import data
-from vae_jax.errors import DataError
+from vae_jax.errors import DataError, StorageError
 
 
 def test_binarized_mnist_splits(shared_data, data_dir):
@@ -107,3 +110,48 @@ def test_damaged_cache_is_reported(tmp_path):
 def test_check_pixels(pixels, message):
     with pytest.raises(DataError, match=message):
         data.check_pixels(pixels, dynamic=False)
+
+
+def _fake_split(monkeypatch, rows):
+    """TFDS replaced by a split of `rows` random 0/1 images; returns them."""
+    pixels = (np.random.default_rng(0).random((rows, 784)) < 0.5).astype(np.uint8)
+    monkeypatch.setattr(data, "_decode_with_tfds", lambda *args: {"image": pixels})
+    return pixels
+
+
+def test_a_full_disk_fails_the_cache_in_one_line_without_a_partial_file(tmpfs, monkeypatch):
+    pixels = _fake_split(monkeypatch, 13_000)  # 10.2 MB, more than the 9 MiB disk holds
+    cache = tmpfs.path / "vae_jax_cache" / "binarized_mnist"
+    with pytest.raises(StorageError) as raised:
+        data.load_split("binarized_mnist", "test", data_dir=tmpfs.path)
+    # numpy's short write carries no errno; the free space shows why.
+    assert re.fullmatch(rf"cannot write the cache {re.escape(str(cache / 'test.npy'))} \(No space left on device: "
+                        r"10192000 requested and \d+ written\); no partial file was left and the split is decoded "
+                        r"again next time; free space, or pass a writable --data-dir", str(raised.value))
+    assert list(cache.iterdir()) == []
+    tmpfs.remount("size=64m")
+    np.testing.assert_array_equal(data.load_split("binarized_mnist", "test", data_dir=tmpfs.path), pixels)
+    assert [path.name for path in cache.iterdir()] == ["test.npy"]
+
+
+def test_a_read_only_data_dir_fails_the_cache_in_one_line(tmpfs, monkeypatch):
+    _fake_split(monkeypatch, 10)
+    tmpfs.remount("ro")
+    with pytest.raises(StorageError, match=r"^cannot write the cache .*/vae_jax_cache/binarized_mnist/test.npy "
+                                           r"\(Read-only file system\); no partial file was left"):
+        data.load_split("binarized_mnist", "test", data_dir=tmpfs.path)
+    assert list(tmpfs.path.iterdir()) == []
+
+
+def test_an_injected_write_failure_leaves_no_partial_file(tmp_path, monkeypatch):
+    """Where a real full disk cannot be mounted: the disk fills halfway through the write."""
+    _fake_split(monkeypatch, 10)
+
+    def half_written(path, array):
+        Path(path).write_bytes(b"\x93NUMPY half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data.np, "save", half_written)
+    with pytest.raises(StorageError, match=r"test.npy \(No space left on device\); no partial file was left"):
+        data.load_split("binarized_mnist", "test", data_dir=tmp_path)
+    assert list((tmp_path / "vae_jax_cache" / "binarized_mnist").iterdir()) == []

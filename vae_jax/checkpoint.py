@@ -8,12 +8,26 @@ checkpoints intact. Restoring compares the saved structure (parameter paths, sha
 first: a checkpoint of another model or of a vae_jax version with other parameter names is refused with the
 differences named, and left alone. A checkpoint whose files cannot be read is moved to
 `<workdir>/checkpoints/corrupt-<epoch>/` and the next older one is used.
+
+I/O faults (a full disk, a read-only, missing or unwritable folder, a permission) while opening for writing, saving,
+closing or setting a checkpoint aside raise `StorageError`: one line naming the folder, the cause and the epoch not
+written. A save is written in the background, so its failure surfaces at the latest at the next `save` or at `close`
+(`Checkpointer` is a context manager: leaving the `with` block closes it, on every path). Nothing else is lost: the
+earlier checkpoints stay as they were and restorable, and the failed save's half-written folder
+(`<epoch>.orbax-checkpoint-tmp`) is removed at once where the disk allows it, else when the next writer opens; readers
+never list it. The writer (`clean_unfinished=True`, the one process that trains, see `lock.WorkdirLock`) also checks
+on opening that it can create files, so that a read-only folder is reported before an epoch is trained. Reading is
+unchanged: an unreadable checkpoint is set aside as above, whatever the cause.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from types import TracebackType
 from typing import Any, NamedTuple
 
 import jax
@@ -21,7 +35,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from vae_jax.errors import CheckpointError, first_line
+from vae_jax.errors import CheckpointError, StorageError, first_line, os_cause
+from vae_jax.storage import drop_logged_io_faults, io_fault_cause
 from vae_jax.train import TrainState
 
 VALIDATION_METRIC = "val_loss"
@@ -30,6 +45,8 @@ VALIDATION_METRIC = "val_loss"
 OLD_VALIDATION_METRIC = "val_nelbo"
 # What Orbax raises for missing or damaged files (JSON and TensorStore errors are ValueErrors).
 UNREADABLE = (OSError, ValueError, KeyError, TypeError)
+# Orbax's name for a checkpoint being written: `<epoch>.orbax-checkpoint-tmp` (older versions add `-<timestamp>`).
+UNFINISHED = ".orbax-checkpoint-tmp"
 
 
 class AnotherModelError(CheckpointError):
@@ -62,7 +79,23 @@ def _validation_loss(metrics: dict[str, float]) -> float:
     return metrics[VALIDATION_METRIC] if VALIDATION_METRIC in metrics else metrics[OLD_VALIDATION_METRIC]
 
 
-def _manager(workdir: str | os.PathLike, keep: int, clean_unfinished: bool) -> ocp.CheckpointManager:
+def _remove_unfinished(directory: Path, epoch: int | None = None) -> None:
+    """Removes the half-written folder of the save of `epoch` (of every unfinished save if None) in `directory`."""
+    for folder in directory.glob(f"{'*' if epoch is None else epoch}{UNFINISHED}*"):
+        shutil.rmtree(folder)
+
+
+def _prepare_for_writing(directory: Path) -> None:
+    """Creates `directory`, removes the unfinished saves of a killed or failed writer, and creates and deletes a file
+    there (a read-only or unwritable folder then fails now, not at the first background save)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove_unfinished(directory)
+    handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
+    os.close(handle)
+    os.unlink(probe)
+
+
+def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
     policy = preservation_policy.AnyPreservationPolicy([
         preservation_policy.LatestN(n=keep),
         preservation_policy.BestN(get_metric_fn=_validation_loss, reverse=True, n=1),
@@ -72,10 +105,16 @@ def _manager(workdir: str | os.PathLike, keep: int, clean_unfinished: bool) -> o
         best_mode="min",
         preservation_policy=policy,
         enable_async_checkpointing=True,
-        cleanup_tmp_directories=clean_unfinished,
+        # The folders of a save are made before `save` returns: made in the background, a failure to make them (a
+        # read-only folder) would leave Orbax's other writer threads waiting 20 minutes for them, and the process
+        # with them, as it exits.
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
+        # `_prepare_for_writing` removes unfinished saves itself: Orbax's cleanup runs in the background, and where it
+        # fails (a read-only folder) it raises again at every save, naming a bare folder name.
+        cleanup_tmp_directories=False,
     )
     handlers = {"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options, item_handlers=handlers)
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def _state_tree(state: TrainState, key: jax.Array) -> dict[str, Any]:
@@ -114,7 +153,12 @@ def first_differences(differences: list[str], shown: int = 3) -> str:
 
 
 class Checkpointer:
-    """Saves and restores the checkpoints of one work directory."""
+    """Saves and restores the checkpoints of one work directory.
+
+    A context manager: leaving the `with` block closes it, on every path. Where the block ends in an error and the
+    last save failed as well, its `StorageError` is what leaves the block (chained to that error): the missing
+    checkpoint is what the user must know.
+    """
 
     def __init__(self, workdir: str | os.PathLike, keep: int = 3, clean_unfinished: bool = False) -> None:
         """Opens `<workdir>/checkpoints`.
@@ -122,11 +166,32 @@ class Checkpointer:
         Args:
             workdir: the run's work directory.
             keep: number of latest checkpoints kept by `save` (the best one is kept as well).
-            clean_unfinished: delete the temporary folders of saves that never finished. Only the process that
-                trains should ask for it: a reader (`eval` beside a running `train`) would delete a save in progress.
+            clean_unfinished: open as the writer: delete the temporary folders of saves that never finished, and
+                check that the folder is writable. Only the process that trains should ask for it (holding
+                `lock.WorkdirLock`): a reader (`eval` beside a running `train`) would delete a save in progress.
+
+        Raises:
+            StorageError: the folder cannot be created, or the writer cannot write there.
         """
         self.workdir = Path(workdir)
-        self._manager = _manager(self.workdir, keep, clean_unfinished)
+        self.directory = self.workdir.absolute() / "checkpoints"
+        self._pending: int | None = None  # the epoch whose save may still be written in the background
+        self._closed = False
+        drop_logged_io_faults()
+        try:
+            if clean_unfinished:
+                _prepare_for_writing(self.directory)
+            self._manager = _manager(self.directory, keep)
+        except OSError as error:
+            raise StorageError(f"cannot open {self.directory} for {'writing' if clean_unfinished else 'reading'} "
+                               f"({os_cause(error)}); nothing was written there") from None
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
 
     def epochs(self) -> list[int]:
         """Epochs with a checkpoint, oldest first."""
@@ -150,12 +215,49 @@ class Checkpointer:
         """Saves the state after `epoch` completed epochs, with its validation loss (what `best_epoch` minimizes)
         and JSON-ready metadata.
 
-        Returns once the arrays are copied to the host; the files are written in the background (`close` waits)."""
+        Returns once the previous save is written and the arrays are copied to the host; the files are written in
+        the background (the next `save` or `close` waits for them).
+
+        Raises:
+            StorageError: this save, or the previous one, failed on an I/O fault; the message names the epoch not
+                written and the epochs whose checkpoints are intact.
+        """
+        self._finish_pending(unsaved=epoch)
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(_state_tree(state, key)),
             metadata=ocp.args.JsonSave(metadata or {}),
         )
-        self._manager.save(epoch, args=args, metrics={VALIDATION_METRIC: float(val_loss)})
+        try:
+            self._manager.save(epoch, args=args, metrics={VALIDATION_METRIC: float(val_loss)})
+        except Exception as error:
+            self._raise_if_io_fault(error, epoch)
+            raise
+        self._pending = epoch
+
+    def _finish_pending(self, unsaved: int | None = None) -> None:
+        """Waits for the save in the background; raises `StorageError` if it failed on an I/O fault (naming
+        `unsaved` as well, the epoch whose save then does not start)."""
+        pending, self._pending = self._pending, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:
+            self._raise_if_io_fault(error, pending, unsaved)
+            raise
+
+    def _raise_if_io_fault(self, error: Exception, failed: int | None, unsaved: int | None = None) -> None:
+        """Raises `StorageError` if `error` is an I/O fault in saving epoch `failed`, after removing the half-written
+        folder where it can (else the next writer does); returns for any other error."""
+        cause = io_fault_cause(error)
+        if cause is None:
+            return
+        with contextlib.suppress(OSError):
+            _remove_unfinished(self.directory, failed)
+        what = "a checkpoint" if failed is None else f"the checkpoint of epoch {failed}"
+        also = "" if unsaved is None else f", so epoch {unsaved} was not saved either"
+        epochs = self.epochs()
+        kept = f"the checkpoints of epochs {epochs} are intact" if epochs else "there was no earlier checkpoint"
+        raise StorageError(f"cannot write {what} to {self.directory} ({cause}){also}; nothing else was lost: "
+                           f"{kept}; free space or make the folder writable, then run again") from None
 
     def read_metadata(self, epoch: int) -> dict[str, Any]:
         """The metadata stored with the checkpoint of `epoch`."""
@@ -233,25 +335,34 @@ class Checkpointer:
 
     def _set_aside(self, epoch: int) -> None:
         """Moves the checkpoint of `epoch` to `corrupt-<epoch>` (or `corrupt-<epoch>-<n>` if that exists)."""
-        folder = self.workdir / "checkpoints" / str(epoch)
-        if folder.exists():
-            target, number = folder.with_name(f"corrupt-{epoch}"), 1
-            while target.exists():
-                number += 1
-                target = folder.with_name(f"corrupt-{epoch}-{number}")
-            folder.rename(target)
-        self._manager.reload()
-
-    def wait_until_finished(self) -> None:
-        """Waits for the saves in progress to be written."""
-        self._manager.wait_until_finished()
-
-    def __enter__(self) -> Checkpointer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        folder = self.directory / str(epoch)
+        try:
+            if folder.exists():
+                target, number = folder.with_name(f"corrupt-{epoch}"), 1
+                while target.exists():
+                    number += 1
+                    target = folder.with_name(f"corrupt-{epoch}-{number}")
+                folder.rename(target)
+            self._manager.reload()
+        except OSError as error:
+            raise StorageError(f"cannot move the unreadable checkpoint of epoch {epoch} aside in {self.directory} "
+                               f"({os_cause(error)}); it was left as it was; make the folder writable, or restore "
+                               "another epoch") from None
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager."""
-        self._manager.close()
+        """Waits for the save in the background and releases the manager; closing again does nothing.
+
+        Raises:
+            StorageError: the last save failed on an I/O fault (the manager is released all the same).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._finish_pending()
+        finally:
+            try:
+                self._manager.close()  # after a failed save too: Orbax's own close stops at the failure
+            except Exception as error:
+                self._raise_if_io_fault(error, None)
+                raise

@@ -15,13 +15,14 @@ import contextlib
 import dataclasses
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from vae_jax.configs import DATASETS, SPLIT_SIZES
-from vae_jax.errors import DataError, first_line
+from vae_jax.errors import DataError, StorageError, first_line, os_cause
 
 IMAGE_SHAPE = (28, 28, 1)  # (height, width, channels) of every dataset here
 NUM_PIXELS = math.prod(IMAGE_SHAPE)
@@ -123,15 +124,33 @@ def _load_cached(dataset: str, split: str, feature: str, data_dir: str | os.Path
     if not paths[feature].exists():
         features = _decode_with_tfds(dataset, _TFDS_SPLITS[dataset][split], Path(data_dir).expanduser(), manual_dir,
                                      progress)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        for name, array in features.items():
-            partial = paths[name].with_suffix(f".{os.getpid()}.partial.npy")  # two first preparations may race
-            np.save(partial, array)
-            partial.replace(paths[name])
+        _write_cache(features, paths)
     try:
         return np.load(paths[feature])
     except (OSError, ValueError) as error:
         raise DataError(f"cannot read cached split {paths[feature]} ({error}); delete it to rebuild it") from None
+
+
+def _write_cache(features: dict[str, np.ndarray], paths: dict[str, Path]) -> None:
+    """Writes each feature to its `.npy` path (through a partial file, renamed when complete); on an I/O fault, raises
+    `StorageError` and leaves no partial file."""
+    for name, array in features.items():
+        partial = paths[name].with_suffix(f".{os.getpid()}.partial.npy")  # two first preparations may race
+        try:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            np.save(partial, array)
+            partial.replace(paths[name])
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            cause = os_cause(error)
+            # numpy's short write has no errno ("10192000 requested and 9437056 written"): the free space tells why.
+            with contextlib.suppress(OSError):
+                if error.errno is None and shutil.disk_usage(partial.parent).free < array.nbytes:
+                    cause = f"No space left on device: {cause}"
+            raise StorageError(f"cannot write the cache {paths[name]} ({cause}); no partial file was left "
+                               "and the split is decoded again next time; free space, or pass a writable "
+                               "--data-dir") from None
 
 
 def _decode_with_tfds(dataset: str, tfds_split: str, data_dir: Path, manual_dir: str | os.PathLike | None,

@@ -21,6 +21,20 @@ class DivergenceError(VaeError):
     """Training produced a non-finite loss or gradient; the message names the epoch and step."""
 
 
+class StorageError(VaeError):
+    """An I/O fault (a full disk, a read-only or missing directory, a permission): the one-line message names the path
+    and the cause (the system's `strerror`) and what was not written; nothing else was lost."""
+
+
+class RunLockedError(VaeError):
+    """A second writer in a work directory: the message names the run holding it (pid and host) and the fix."""
+
+
 def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (its type name if empty), cut to `limit` characters."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
+
+
+def os_cause(error: OSError) -> str:
+    """What an `OSError` says went wrong, e.g. "No space left on device" (its `strerror`, else its first line)."""
+    return error.strerror or first_line(error)
