@@ -40,6 +40,7 @@ from vae_jax.storage import drop_logged_io_faults, io_fault_cause
 from vae_jax.train import TrainState
 
 VALIDATION_METRIC = "val_loss"
+RECORD = "record"  # the epoch's metrics line, kept with its checkpoint for `metrics.jsonl` to be repaired from
 # What older checkpoints store instead (before the IWAE objective was validated on its own bound): the validation
 # NELBO, whatever the objective.
 OLD_VALIDATION_METRIC = "val_nelbo"
@@ -206,14 +207,19 @@ class Checkpointer:
         own validation loss, which differs for an IWAE run)."""
         return [epoch for epoch in self.epochs() if OLD_VALIDATION_METRIC in (self._manager.metrics(epoch) or {})]
 
+    def record(self, epoch: int) -> dict[str, Any] | None:
+        """The metrics record saved with the checkpoint of `epoch` (the run's `metrics.jsonl` line of that epoch), or
+        None for a checkpoint saved without one."""
+        return (self._manager.metrics(epoch) or {}).get(RECORD)
+
     def validation_loss(self, epoch: int) -> float:
         """The validation loss saved with the checkpoint of `epoch` (the NELBO in a checkpoint of an older vae_jax)."""
         return _validation_loss(self._manager.metrics(epoch))
 
     def save(self, epoch: int, state: TrainState, key: jax.Array, val_loss: float,
-             metadata: dict[str, Any] | None = None) -> None:
-        """Saves the state after `epoch` completed epochs, with its validation loss (what `best_epoch` minimizes)
-        and JSON-ready metadata.
+             metadata: dict[str, Any] | None = None, record: dict[str, Any] | None = None) -> None:
+        """Saves the state after `epoch` completed epochs, with its validation loss (what `best_epoch` minimizes),
+        JSON-ready metadata and, if given, the epoch's JSON-ready metrics `record` (`record(epoch)` reads it back).
 
         Returns once the previous save is written and the arrays are copied to the host; the files are written in
         the background (the next `save` or `close` waits for them).
@@ -228,7 +234,8 @@ class Checkpointer:
             metadata=ocp.args.JsonSave(metadata or {}),
         )
         try:
-            self._manager.save(epoch, args=args, metrics={VALIDATION_METRIC: float(val_loss)})
+            metrics = {VALIDATION_METRIC: float(val_loss), **({RECORD: record} if record is not None else {})}
+            self._manager.save(epoch, args=args, metrics=metrics)
         except Exception as error:
             self._raise_if_io_fault(error, epoch)
             raise

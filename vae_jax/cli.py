@@ -1,7 +1,9 @@
 """Command line: `python -m vae_jax train|eval|gaps|sample|compare`. The only place that prints errors and exits.
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 3 training diverged (non-finite loss or gradient),
-130 interrupted.
+Exit codes: 0 success; 2 bad input, or a work directory in use by another `train` (one line on stderr); 3 training
+diverged (non-finite loss or gradient); 4 a storage fault (a full disk, a read-only or unwritable folder: one line
+naming the path, the last good checkpoint kept); 143 stopped by SIGTERM and 130 by SIGINT (Ctrl-C), each after
+keeping a checkpoint of the finished work; a second signal ends the process at once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from vae_jax import configs, data
-from vae_jax.errors import DivergenceError, VaeError
+from vae_jax.errors import DivergenceError, StorageError, VaeError
+from vae_jax.interrupt import StopRequested
 
 
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +76,9 @@ def _add_train_command(commands: Any) -> None:
     train.add_argument("--dataset", default=None, help=f"one of {list(configs.DATASETS)}")
     train.add_argument("--epochs", type=int, default=None, help="total epochs; a larger N continues a finished run")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--stop-check-steps", type=int, default=None, metavar="N",
+                       help="optimizer steps between two checks for SIGTERM/SIGINT, which bounds how long a graceful "
+                            "stop takes (default: once per epoch); changes no number")
     train.add_argument("--tensorboard", action="store_true",
                        help="also write the per-epoch metrics as TensorBoard scalars to <workdir>/tensorboard")
     train.add_argument("--data-parallel", action="store_true",
@@ -182,7 +188,7 @@ def _train(args: argparse.Namespace) -> object:
     model = _model(args)
     return trainer.fit(_train_config(args, model), args.workdir, model=model, data_dir=args.data_dir,
                    manual_dir=args.manual_dir, progress=not args.no_progress, tensorboard=args.tensorboard,
-                   log=lambda m: print(m, file=sys.stderr))
+                   log=lambda m: print(m, file=sys.stderr), stop_check_steps=args.stop_check_steps)
 
 
 def _eval(args: argparse.Namespace) -> object:
@@ -261,14 +267,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _drop_closed_loop_noise(unraisable: sys.UnraisableHookArgs) -> None:
+    """After a failed write, TensorStore's callbacks may find their event loop closed and print it as an ignored
+    exception; that is the storage fault's echo, which its one-line error already names."""
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.unraisablehook = _drop_closed_loop_noise
     args = parse_args(argv)
     try:
         return run(args)
+    except StopRequested as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_code
     except DivergenceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
+    except StorageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
     except VaeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -23,8 +24,12 @@ from jax.sharding import Mesh
 from vae_jax import builders, compilation_cache, configs, data, evaluate, parallel, train
 from vae_jax.checkpoint import AnotherModelError, Checkpointer, Restored, first_differences
 from vae_jax.errors import CheckpointError, ConfigError, DivergenceError
+from vae_jax.interrupt import StopRequested, StopSignals
+from vae_jax.lock import WorkdirLock
 from vae_jax.objective import Objective, map_examples
+from vae_jax.partial import PARTIAL_DIR, Partial, clear_partial, concatenate, load_partial, save_partial
 from vae_jax.resolve import LOG_TERMS, Run, check_model, resolve_run
+from vae_jax.train import EpochResult
 from vae_jax.workdir import MetricsLog, check_resumable, config_of
 
 
@@ -57,15 +62,20 @@ def fit(
     progress: bool = True,
     tensorboard: bool = False,
     log: Callable[[str], None] = print,
+    stop_check_steps: int | None = None,
 ) -> dict[str, Any]:
     """Trains in `workdir` up to `config.epochs` epochs, resuming from its latest good checkpoint.
 
-    Each epoch is one compiled call; after it the validation split is evaluated, a line is appended to
-    `metrics.jsonl` and a checkpoint is saved (in the background). The best checkpoint is the one of the lowest
-    validation loss: the NELBO, or for `objective=iwae` the run's own importance-weighted bound (K = `num_samples`,
-    the metrics' `val_nll_bound`). Before anything compiles, the model is checked on the first training examples
-    (`resolve.check_model`). A run whose loss or gradient turns non-finite stops with `DivergenceError` naming the
-    term that did, keeping every good checkpoint and writing the failing epoch and step to the metrics.
+    The run holds the work directory's lock (`lock.WorkdirLock`) for its whole life: a second `fit` there is refused.
+    Each epoch is one compiled call (or one per `stop_check_steps` steps); after it the validation split is
+    evaluated, a line is appended to `metrics.jsonl` (and flushed to disk) and then a checkpoint is saved (in the
+    background). SIGTERM or SIGINT stops the run at the next check (`interrupt`): it keeps a checkpoint of the work it
+    finished, mid-epoch if need be (`partial`), and raises `interrupt.StopRequested`. The best checkpoint is the
+    one of the lowest validation loss: the NELBO, or for `objective=iwae` the run's own importance-weighted bound
+    (K = `num_samples`, the metrics' `val_nll_bound`). Before anything compiles, the model is checked on the first
+    training examples (`resolve.check_model`). A run whose loss or gradient turns non-finite stops with
+    `DivergenceError` naming the term that did, keeping every good checkpoint and writing the failing epoch and step
+    to the metrics.
 
     Args:
         config: the run's config (validated here); its `model` section is not used when `model` is given.
@@ -77,6 +87,8 @@ def fit(
         progress: show progress bars (training, and TFDS's while it first prepares a dataset).
         tensorboard: also write the metrics as TensorBoard scalars under `workdir/tensorboard`.
         log: where one-line notices go (resuming, skipped checkpoints, early stopping).
+        stop_check_steps: optimizer steps between two checks for a stop signal (the time a stop may take); None
+            checks once per epoch. It changes no number: an epoch run in pieces is the epoch run whole.
 
     Returns:
         The last epoch's metrics line, as written to `metrics.jsonl` (`epoch`, `step`, `kl_weight`, `train_*`,
@@ -84,25 +96,46 @@ def fit(
     """
     compilation_cache.enable()
     run = resolve_run(config, workdir, model)
-    run.workdir.mkdir(parents=True, exist_ok=True)
-    with (Checkpointer(run.workdir, keep=config.keep_checkpoints, clean_unfinished=True) as checkpointer,
+    if stop_check_steps is not None and stop_check_steps <= 0:
+        raise ConfigError(f"--stop-check-steps must be positive, got {stop_check_steps}")
+    with (StopSignals() as stop, WorkdirLock(run.workdir),
+          Checkpointer(run.workdir, keep=config.keep_checkpoints, clean_unfinished=True) as checkpointer,
           MetricsLog(run.workdir, tensorboard) as metrics):
-        restored = _resume_or_start(run, checkpointer)
-        for epoch, reason in restored.skipped if restored else []:
-            log(f"warning: checkpoint of epoch {epoch} is unreadable ({reason}); moved aside, resuming before it")
-        state, root_key, done = ((restored.state, restored.key, restored.epoch) if restored
-                                 else (initial_state(run, log), jax.random.key(config.seed), 0))
-        metrics.truncate(done)
-        best = checkpointer.best_epoch()
-        if done >= config.epochs or stops_early(config, done, best):
-            reason = (f"already holds {done} epochs (>= --epochs {config.epochs})" if done >= config.epochs
-                      else _early_stop_notice(config, done, best))
-            log(f"{run.workdir} {reason}; nothing to train")
+        done, start = _start(run, checkpointer, metrics, log)
+        if start is None:
             return {"epoch": done}
-        if done:
-            log(f"resuming {run.workdir} from epoch {done}")
-        loop = _Loop(run, checkpointer, metrics, log, *_splits(run, data_dir, manual_dir, progress), root_key)
-        return loop.train(state, done, progress)
+        loop = _Loop(run, checkpointer, metrics, log, *_splits(run, data_dir, manual_dir, progress), start.key, stop,
+                     stop_check_steps)
+        return loop.train(start, progress)
+
+
+def _start(run: Run, checkpointer: Checkpointer, metrics: MetricsLog,
+           log: Callable[[str], None]) -> tuple[int, Partial | None]:
+    """The epochs done, and where the run goes on from as a `Partial` (`step` 0 at an epoch's start): the latest good
+    checkpoint, or the epoch stopped part-way after it, or a new run's initial state; None if there is nothing left
+    to train. The metrics are made to match the checkpoint (`MetricsLog.repair`)."""
+    config = run.config
+    restored = _resume_or_start(run, checkpointer)
+    for epoch, reason in restored.skipped if restored else []:
+        log(f"warning: checkpoint of epoch {epoch} is unreadable ({reason}); moved aside, resuming before it")
+    done = restored.epoch if restored else 0
+    metrics.repair(done, checkpointer.record(done) if restored else None)
+    best = checkpointer.best_epoch()
+    if done >= config.epochs or stops_early(config, done, best):
+        clear_partial(run.workdir)
+        reason = (f"already holds {done} epochs (>= --epochs {config.epochs})" if done >= config.epochs
+                  else _early_stop_notice(config, done, best))
+        log(f"{run.workdir} {reason}; nothing to train")
+        return done, None
+    partial = load_partial(run.workdir, run.abstract_state(), done)
+    if partial is not None:
+        log(f"resuming {run.workdir} from step {partial.step} of epoch {partial.epoch}")
+        return done, partial
+    if done:
+        log(f"resuming {run.workdir} from epoch {done}")
+    state, key = ((restored.state, restored.key) if restored
+                  else (initial_state(run, log), jax.random.key(config.seed)))
+    return done, Partial(done + 1, 0, state, key, None)
 
 
 def _resume_or_start(run: Run, checkpointer: Checkpointer) -> Restored | None:
@@ -197,7 +230,7 @@ class _ProgressBar:
 
 @dataclasses.dataclass
 class _Loop:
-    """The epochs of one `fit` call: the run, where it writes, and its data."""
+    """The epochs of one `fit` call: the run, where it writes, its data, and the stop it listens for."""
 
     run: Run
     checkpointer: Checkpointer
@@ -206,42 +239,53 @@ class _Loop:
     train_pixels: Any
     val_pixels: Any
     root_key: jax.Array
+    stop: StopSignals
+    stop_check_steps: int | None
+    _pieces: dict[int, Any] = dataclasses.field(default_factory=dict)  # compiled pieces of an epoch, by length
 
-    def train(self, state: train.TrainState, done: int, progress: bool) -> dict[str, Any]:
-        """The epochs `done + 1 .. config.epochs`; returns the last one's metrics line."""
+    def train(self, start: Partial, progress: bool) -> dict[str, Any]:
+        """The epochs from `start` to `config.epochs`; returns the last one's metrics line."""
         config, keys = self.run.config, train.run_keys(self.root_key)
         mesh = mesh_for(config, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
-        self.train_pixels, self.val_pixels, state = parallel.replicate((self.train_pixels, self.val_pixels, state),
-                                                                       mesh)
+        self.train_pixels, self.val_pixels, state = parallel.replicate(
+            (self.train_pixels, self.val_pixels, start.state), mesh)
         check_model(self.run, state.params, self.train_pixels, keys.eval)
-        steps = train.steps_per_epoch(self.train_pixels.shape[0], config.batch_size)
-        bar = _ProgressBar(config.epochs * steps, done * steps, progress)
+        self.steps = train.steps_per_epoch(self.train_pixels.shape[0], config.batch_size)
+        bar = _ProgressBar(config.epochs * self.steps, (start.epoch - 1) * self.steps + start.step, progress)
         try:
-            compiled = self._compile(state, keys, mesh, bar.report if not bar.bar.disable else None)
+            validate, validate_bound = self._compile(state, keys, mesh, bar.report if not bar.bar.disable else None)
             record: dict[str, Any] = {}
-            for epoch in range(done + 1, config.epochs + 1):
-                bar.start_epoch(epoch, (epoch - 1) * steps)
-                state, record = self._epoch(state, keys, epoch, *compiled)
-                bar.end_epoch(epoch * steps, record)
+            for epoch in range(start.epoch, config.epochs + 1):
+                bar.start_epoch(epoch, (epoch - 1) * self.steps)
+                first, before = (start.step, start.result) if epoch == start.epoch else (0, None)
+                started = time.perf_counter()
+                state, result = self._steps(state, keys, epoch, first, before)
+                record = self._close_epoch(state, keys, epoch, result, validate, validate_bound, started)
+                bar.end_epoch(epoch * self.steps, record)
                 best = self.checkpointer.best_epoch()
                 if stops_early(config, epoch, best):
                     self.log(_early_stop_notice(config, epoch, best))
                     break
+                if self.stop.received and epoch < config.epochs:
+                    raise StopRequested(f"stopped by {self.stop.name} after epoch {epoch}, whose checkpoint is kept; "
+                                        "re-run the same command to resume", self.stop.received)
             return record
         finally:
             bar.bar.close()
 
     def _compile(self, state: train.TrainState, keys: train.RunKeys, mesh: Mesh | None,
-                 report: Callable[..., None] | None) -> list[Any]:
-        """The epoch and the validation, compiled side by side. A run trained on the IWAE bound is also validated on
-        it, and its best checkpoint is the one of the lowest validation NLL bound: the ELBO, which such a run trades
-        for the bound, would pick its first epochs."""
+                 report: Callable[..., None] | None) -> tuple[Any, Any]:
+        """A piece of an epoch (`stop_check_steps` steps, or all) and the validation, compiled side by side. A run
+        trained on the IWAE bound is also validated on it, and its best checkpoint is the one of the lowest
+        validation NLL bound: the ELBO, which such a run trades for the bound, would pick its first epochs."""
         config, model, dynamic = self.run.config, self.run.model, self.run.dataset.dynamic
-        objective = builders.build_objective(config)
+        self._lower_piece = functools.partial(
+            train.train_epoch_jit.lower, state, self.train_pixels, keys.train, batch_size=config.batch_size,
+            objective=builders.build_objective(config), kl_weight=jnp.float32(1.0), dynamic_binarization=dynamic,
+            mesh=mesh, progress=report, first_step=jnp.int32(0))
+        piece_steps = min(self.stop_check_steps or self.steps, self.steps)
         lowerings = [
-            lambda: train.train_epoch_jit.lower(
-                state, self.train_pixels, keys.train, batch_size=config.batch_size, objective=objective,
-                kl_weight=jnp.float32(1.0), dynamic_binarization=dynamic, mesh=mesh, progress=report),
+            lambda: self._lower_piece(num_steps=piece_steps),
             lambda: evaluate.evaluate_elbo.lower(model, state.params, self.val_pixels, keys.eval,
                                                  batch_size=config.eval_batch_size, dynamic_binarization=dynamic,
                                                  mesh=mesh)]
@@ -249,36 +293,60 @@ class _Loop:
             lowerings.append(lambda: evaluate.evaluate_iwae.lower(
                 model, state.params, self.val_pixels, keys.eval, num_samples=config.num_samples,
                 batch_size=config.eval_batch_size, dynamic_binarization=dynamic, mesh=mesh))
-        run_epoch, validate, *validate_bound = compile_in_parallel(*lowerings)
-        return [run_epoch, validate, validate_bound[0] if validate_bound else None]
+        self._pieces[piece_steps], validate, *validate_bound = compile_in_parallel(*lowerings)
+        return validate, validate_bound[0] if validate_bound else None
 
-    def _epoch(self, state: train.TrainState, keys: train.RunKeys, epoch: int, run_epoch: Any, validate: Any,
-               validate_bound: Any) -> tuple[train.TrainState, dict[str, Any]]:
-        """One epoch, its validation, its metrics line and its checkpoint."""
-        start, weight = time.perf_counter(), kl_weight(self.run.config, epoch)
-        epoch_key = jax.random.fold_in(keys.train, epoch)
-        state, result = run_epoch(state, self.train_pixels, epoch_key, kl_weight=jnp.float32(weight))
-        failed_step = int(result.failed_step)
-        if failed_step >= 0:
-            self.metrics.write({"epoch": epoch, "status": "diverged", "failed_step_in_epoch": failed_step,
-                                "failed_global_step": int(state.step)})
-            raise self._divergence(state, epoch_key, epoch, failed_step)
+    def _piece(self, num_steps: int) -> Any:
+        """The compiled piece of `num_steps` steps (compiled on first use for a length other than the usual)."""
+        if num_steps not in self._pieces:
+            self._pieces[num_steps] = self._lower_piece(num_steps=num_steps).compile()
+        return self._pieces[num_steps]
+
+    def _steps(self, state: train.TrainState, keys: train.RunKeys, epoch: int, first: int,
+               before: EpochResult | None) -> tuple[train.TrainState, EpochResult]:
+        """The steps `first ..` of `epoch`, in pieces of `stop_check_steps`, after the results `before` of its
+        steps before `first`; a stop signal between two pieces keeps the epoch's state so far (`partial`)."""
+        epoch_key, weight = jax.random.fold_in(keys.train, epoch), kl_weight(self.run.config, epoch)
+        step, result = first, before
+        while step < self.steps:
+            num_steps = min(self.stop_check_steps or self.steps, self.steps - step)
+            state, piece = self._piece(num_steps)(state, self.train_pixels, epoch_key, kl_weight=jnp.float32(weight),
+                                                  first_step=jnp.int32(step))
+            failed_step = int(piece.failed_step)
+            if failed_step >= 0:
+                self.metrics.write({"epoch": epoch, "status": "diverged", "failed_step_in_epoch": failed_step,
+                                    "failed_global_step": int(state.step)})
+                raise self._divergence(state, epoch_key, epoch, failed_step)
+            step, result = step + num_steps, concatenate(result, piece)
+            if self.stop.received and step < self.steps:
+                save_partial(self.run.workdir, Partial(epoch, step, state, self.root_key, result), self.run.metadata)
+                raise StopRequested(f"stopped by {self.stop.name} at step {step} of epoch {epoch} (global step "
+                                    f"{int(state.step)}), whose state is kept in {self.run.workdir / PARTIAL_DIR}; "
+                                    "re-run the same command to resume", self.stop.received)
+        return state, result
+
+    def _close_epoch(self, state: train.TrainState, keys: train.RunKeys, epoch: int, result: EpochResult,
+                     validate: Any, validate_bound: Any, started: float) -> dict[str, Any]:
+        """The epoch's validation, its metrics line (written and flushed first) and its checkpoint; `started` is the
+        time its steps began."""
         bounds = validate_bound(state.eval_params, self.val_pixels, keys.eval) if validate_bound else None
         val = evaluate.summarize(validate(state.eval_params, self.val_pixels, keys.eval), bounds)
         record = {
-            "epoch": epoch, "step": int(state.step), "kl_weight": weight,
-            "train_loss": float(np.mean(result.loss)), "train_nelbo": float(np.mean(result.terms.nelbo)),
-            "train_rec": float(np.mean(result.terms.rec)), "train_kl": float(np.mean(result.terms.kl)),
+            "epoch": epoch, "step": int(state.step), "kl_weight": kl_weight(self.run.config, epoch),
+            # XLA's means (as NumPy's of a JAX array are): the same whether the epoch ran whole or in pieces.
+            "train_loss": float(jnp.mean(result.loss)), "train_nelbo": float(jnp.mean(result.terms.nelbo)),
+            "train_rec": float(jnp.mean(result.terms.rec)), "train_kl": float(jnp.mean(result.terms.kl)),
             "train_kl_per_dim": evaluate.per_dimension_list(jnp.mean(result.terms.kl_per_dim, axis=0)),
             "val_nelbo": val["nelbo"], "val_rec": val["rec"], "val_kl": val["kl"],
             "val_kl_per_dim": val["kl_per_dim"], "val_active_units": val["active_units"],
             **({"val_nll_bound": val["nll"]} if bounds is not None else {}),
-            "seconds": round(time.perf_counter() - start, 3),
+            "seconds": round(time.perf_counter() - started, 3),
         }
         self.metrics.write(record)
         self.checkpointer.save(epoch, state, self.root_key, val_loss=val.get("nll", val["nelbo"]),
-                               metadata=self.run.metadata)
-        return state, record
+                               metadata=self.run.metadata, record=record)
+        clear_partial(self.run.workdir)
+        return record
 
     def _divergence(self, state: train.TrainState, epoch_key: jax.Array, epoch: int,
                     failed_step: int) -> DivergenceError:

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 
 from vae_jax import configs
-from vae_jax.errors import ConfigError
+from vae_jax.errors import ConfigError, StorageError, os_cause
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -33,15 +33,20 @@ RESUMABLE_FIELDS = ("epochs", "eval_batch_size", "keep_checkpoints", "optim.lear
 
 def append_json_line(path: Path, record: dict[str, Any]) -> None:
     """Appends `record` as one JSON line in a single write to a file opened for appending, so that two processes
-    appending at once (an `eval` beside another) never interleave their lines. Only the first process of a
-    multi-host run writes."""
+    appending at once (an `eval` beside another) never interleave their lines, and flushes it to the disk. Only the
+    first process of a multi-host run writes. A fault is a one-line `StorageError` naming the file."""
     if jax.process_index() != 0:
         return
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(descriptor, (json.dumps(record) + "\n").encode())
-    finally:
-        os.close(descriptor)
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, (json.dumps(record) + "\n").encode())
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        raise StorageError(f"cannot write {path} ({os_cause(error)}); free space or fix the permissions, then re-run "
+                           "the same command: the checkpoints written so far are kept") from None
 
 
 def _epoch_of(line: str) -> float:
@@ -74,12 +79,26 @@ class MetricsLog:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def truncate(self, last_epoch: int) -> None:
-        """Drops the lines of epochs after `last_epoch` (work after the last checkpoint, which a resume redoes), and a
-        line cut short by a kill mid-write."""
-        if self.path.exists() and jax.process_index() == 0:
-            lines = [line for line in self.path.read_text().splitlines() if _epoch_of(line) <= last_epoch]
-            self.path.write_text("".join(line + "\n" for line in lines))
+    def repair(self, last_epoch: int, record: dict[str, Any] | None = None) -> None:
+        """Makes the file match the checkpoint of `last_epoch`: drops the lines of later epochs (work after that
+        checkpoint, which a resume redoes) and lines cut short by a kill mid-write, and puts back the line of
+        `last_epoch` from `record` (the one its checkpoint keeps) where it is missing or was cut short. Each epoch
+        then has one line, as in an uninterrupted run. The file is replaced whole (a new file renamed over it)."""
+        if jax.process_index() != 0 or not (self.path.exists() or record):
+            return
+        text = self.path.read_text() if self.path.exists() else ""
+        lines = [line for line in text.splitlines() if _epoch_of(line) <= last_epoch]
+        if record is not None and last_epoch not in map(_epoch_of, lines):
+            lines.append(json.dumps(record))
+        repaired = "".join(line + "\n" for line in lines)
+        if repaired != text:
+            partial = self.path.with_suffix(f".{os.getpid()}.partial")
+            try:
+                partial.write_text(repaired)
+                partial.replace(self.path)
+            except OSError as error:
+                raise StorageError(f"cannot repair {self.path} ({os_cause(error)}); free space or fix the "
+                                   "permissions, then re-run the same command") from None
 
     def write(self, record: dict[str, Any]) -> None:
         """Appends `record`, and writes its numbers to TensorBoard at its `step`."""
