@@ -155,3 +155,18 @@ def test_an_injected_write_failure_leaves_no_partial_file(tmp_path, monkeypatch)
     with pytest.raises(StorageError, match=r"test.npy \(No space left on device\); no partial file was left"):
         data.load_split("binarized_mnist", "test", data_dir=tmp_path)
     assert list((tmp_path / "vae_jax_cache" / "binarized_mnist").iterdir()) == []
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_tfds_progress_bars_follow_progress(progress, tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def no_builder(*args, **kwargs):
+        raise RuntimeError("no builder here")  # what matters is what was switched before it
+
+    shown = []
+    monkeypatch.setattr(tfds, "display_progress_bar", shown.append)
+    monkeypatch.setattr(tfds, "builder", no_builder)
+    with pytest.raises(DataError, match="cannot prepare binarized_mnist"):
+        data._decode_with_tfds("binarized_mnist", "test", tmp_path / "tfds", tmp_path, progress)
+    assert shown == [progress]

@@ -73,3 +73,16 @@ def test_one_model_has_one_hash_whichever_version_wrote_its_config(tmp_path, cap
     cs236 = "VAE z=10 mlp 300-300 elu"  # the model column: the preset networks' shape, whichever version wrote it
     assert f"| new | {cs236} | {expected} |" in out and f"| old | {cs236} | {expected} |" in out
     assert f"| custom | a residual MLP | {configs.dict_hash(custom)} |" in out
+
+
+def test_compare_names_the_model_and_leaves_undefined_measures_empty(tmp_path, capsys):
+    flow = {**CS236, "model": {"class": "my_models.PlanarFlowVAE", "hidden": 16}}
+    vamp = json.loads(json.dumps(CS236))
+    vamp["model"].update(latent_dim=40, activation="gated", prior="vamp", stochastic_layers=2)
+    lines = [_result("flow", 95.0, config=flow, active_units=None, nll=None, nll_stderr=None),
+             _result("hvae", 90.0, config=vamp)]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert cli.main(["compare", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| flow") or "| hvae" in line]
+    assert rows[0].startswith("| hvae | HVAE z=40 mlp 300-300 gated vamp | ")
+    assert rows[1].startswith("| flow | PlanarFlowVAE | ") and rows[1].endswith(" | 95.00 ± 0.30 |  | 20.00 |  |")

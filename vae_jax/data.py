@@ -163,10 +163,10 @@ def _decode_with_tfds(dataset: str, tfds_split: str, data_dir: Path, manual_dir:
         raise DataError(f"data folder {manual_dir} does not exist; pass --manual-dir a folder with the original "
                         f"{dataset} files (e.g. ../shared/data/{dataset})")
     tfds.display_progress_bar(progress)  # TFDS's own switch, global to the process
-    builder = tfds.builder(dataset, data_dir=str(data_dir))
     config = tfds.download.DownloadConfig(
         manual_dir=None if manual_dir is None else str(Path(manual_dir).expanduser()))
     try:
+        builder = tfds.builder(dataset, data_dir=str(data_dir))
         # TFDS reports on stdout, which is for results: to stderr with progress, else nowhere.
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(sys.stderr if progress else quiet):
             builder.download_and_prepare(download_config=config)
