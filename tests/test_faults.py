@@ -107,6 +107,10 @@ def test_a_second_trainer_is_refused_and_sigterm_stops_mid_epoch(straight, data_
     assert re.fullmatch(rf"stopped by SIGTERM at step 20 of epoch 1 \(global step 20\), whose state is kept in "
                         rf"{re.escape(str(workdir / PARTIAL_DIR))}; re-run the same command to resume", line), line
     assert Checkpointer(workdir).epochs() == [] and not (workdir / METRICS_FILE).exists()
+    # The epoch stopped part-way is resumed only by the same run, as an epoch's checkpoint is.
+    capsys.readouterr()
+    assert cli.main([*argv, "--epochs", str(EPOCHS), "model.latent_dim=20"]) == 2
+    assert "holds a run whose model.latent_dim differ" in capsys.readouterr().err
     _resume_and_compare(workdir, straight, data_options, tmp_path)
 
 

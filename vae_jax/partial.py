@@ -19,6 +19,7 @@ import numpy as np
 from vae_jax.checkpoint import Checkpointer
 from vae_jax.objective import ElboTerms
 from vae_jax.train import EpochResult, TrainState
+from vae_jax.workdir import check_resumable
 
 PARTIAL_DIR = "interrupted"
 SCALARS = ("nelbo", "rec", "kl")  # the terms with one number per step; the others have one per latent dimension
@@ -57,9 +58,11 @@ def save_partial(workdir: Path, partial: Partial, metadata: dict[str, Any]) -> N
         checkpointer.save(int(partial.state.step), partial.state, partial.key, val_loss=0.0, metadata=record)
 
 
-def load_partial(workdir: Path, template: TrainState, after_epoch: int) -> Partial | None:
+def load_partial(workdir: Path, template: TrainState, after_epoch: int, metadata: dict[str, Any]) -> Partial | None:
     """The epoch stopped part-way that follows the checkpoint of `after_epoch`, restored into `template`; None if
-    there is none. One that does not follow it (stale: a later epoch was finished) is removed."""
+    there is none. One that does not follow it (stale: a later epoch was finished) is removed; one of a run that
+    differs from `metadata` (the resuming run's) in more than `workdir.RESUMABLE_FIELDS` is refused, as a resume
+    from an epoch's checkpoint is."""
     folder = _folder(workdir)
     if not (folder / "checkpoints").is_dir():
         return None
@@ -68,6 +71,7 @@ def load_partial(workdir: Path, template: TrainState, after_epoch: int) -> Parti
     if restored is None or restored.metadata["epoch"] != after_epoch + 1:
         clear_partial(workdir)
         return None
+    check_resumable(restored.metadata["run"], metadata, Path(workdir))
     stored, steps = restored.metadata["result"], restored.metadata["step"]
     per_step = {field: np.asarray(stored[field], np.float32).reshape(steps, *(() if field in SCALARS else (-1,)))
                 for field in ElboTerms._fields}

@@ -127,7 +127,7 @@ def _start(run: Run, checkpointer: Checkpointer, metrics: MetricsLog,
                   else _early_stop_notice(config, done, best))
         log(f"{run.workdir} {reason}; nothing to train")
         return done, None
-    partial = load_partial(run.workdir, run.abstract_state(), done)
+    partial = load_partial(run.workdir, run.abstract_state(), done, run.metadata)
     if partial is not None:
         log(f"resuming {run.workdir} from step {partial.step} of epoch {partial.epoch}")
         return done, partial
