@@ -67,11 +67,14 @@ def load_partial(workdir: Path, template: TrainState, after_epoch: int, metadata
     if not (folder / "checkpoints").is_dir():
         return None
     with Checkpointer(folder) as checkpointer:
-        restored = checkpointer.restore(template, jax.random.key(0)) if checkpointer.epochs() else None
-    if restored is None or restored.metadata["epoch"] != after_epoch + 1:
+        stored = checkpointer.latest_metadata()
+        follows = stored is not None and stored["epoch"] == after_epoch + 1
+        if follows:
+            check_resumable(stored["run"], metadata, Path(workdir))
+            restored = checkpointer.restore(template, jax.random.key(0))
+    if not follows:
         clear_partial(workdir)
         return None
-    check_resumable(restored.metadata["run"], metadata, Path(workdir))
     stored, steps = restored.metadata["result"], restored.metadata["step"]
     per_step = {field: np.asarray(stored[field], np.float32).reshape(steps, *(() if field in SCALARS else (-1,)))
                 for field in ElboTerms._fields}
