@@ -118,6 +118,16 @@ def test_the_edge_levels_take_the_tails(mean, log_scale):
         assert p[0 if mean < 0 else 255] > 1 - 1e-3
 
 
+@pytest.mark.parametrize("log_scale", [-7.0, -7.5, -10.0, -1e3])
+def test_log_scales_are_clamped_at_minus_7(log_scale):
+    # The mean at the centre of level 128's bin: P(128) = sigma(h / s) - sigma(-h / s) = tanh(h / 2s), h = 1/255,
+    # with s = exp(-7) for any log-scale at or below the clamp (PixelCNN++'s).
+    likelihood = likelihoods.DiscretizedLogistic((1, 1, 1))
+    with jax.enable_x64(True):
+        got = likelihood.log_prob(jnp.asarray([128.0]), jnp.asarray([128 / 127.5 - 1, log_scale]))
+    np.testing.assert_allclose(float(got), math.log(math.tanh(math.exp(7.0) / 510)), rtol=1e-12)
+
+
 EXTREME_MEANS = [-1e6, -5.0, -1.0, 0.0, 0.3, 1.0, 5.0, 1e6]
 EXTREME_LOG_SCALES = [-1e3, -7.0, -3.0, 0.0, 20.0, 80.0, 1e3]
 
