@@ -3,8 +3,9 @@
 The Python API (each name loads its module on first use, so `import vae_jax` itself is light):
 
 - the model contract: `JointSamples`, `Model`, `FlaxModel`, `as_model` (`vae_jax.contract`);
-- models: `VAE` with `Encoder`, `Decoder`, `ConvEncoder`, `ConvDecoder`, `MLP`, `Bernoulli`; the priors
-  `MixturePrior`, `VampPrior`; the two-layer `HierarchicalVAE`;
+- models: `VAE` with `Encoder`, `Decoder`, `ConvEncoder`, `ConvDecoder`, `MLP`; the priors `MixturePrior`,
+  `VampPrior`; the two-layer `HierarchicalVAE`; the likelihoods `Bernoulli`, `DiscretizedLogistic`,
+  `DiscretizedLogisticMixture` and `bits_per_dim` (`vae_jax.likelihoods`);
 - objectives and bounds: `Elbo`, `Iwae`, `ElboTerms`, `elbo_terms`, `batch_elbo_terms`, `iwae_bound`,
   `training_loss`, `map_examples`;
 - training: `TrainState`, `create_train_state`, `train_step`, `train_epoch` (jit it, or use `train_epoch_jit`),
@@ -28,7 +29,8 @@ __version__ = "0.3.0"
 
 _EXPORTS = {
     "vae_jax.contract": ("JointSamples", "Model", "FlaxModel", "as_model"),
-    "vae_jax.models": ("VAE", "Encoder", "Decoder", "ConvEncoder", "ConvDecoder", "MLP", "Bernoulli"),
+    "vae_jax.models": ("VAE", "Encoder", "Decoder", "ConvEncoder", "ConvDecoder", "MLP"),
+    "vae_jax.likelihoods": ("Bernoulli", "DiscretizedLogistic", "DiscretizedLogisticMixture", "bits_per_dim"),
     "vae_jax.priors": ("MixturePrior", "VampPrior"),
     "vae_jax.hierarchical": ("HierarchicalVAE",),
     "vae_jax.objective": ("Elbo", "Iwae", "ElboTerms", "elbo_terms", "batch_elbo_terms", "iwae_bound",

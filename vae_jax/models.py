@@ -5,9 +5,10 @@ activation, or gated as in Tomczak & Welling, 2018) and convolutional.
 Any modules with these call signatures work in it:
 
 - encoder: `x [..., D] float -> (mean [..., J], logvar [..., J])`, the Gaussian q(z|x);
-- decoder: `z [..., J] -> out [..., D]`, the parameters of p(x|z) (Bernoulli logits for `Bernoulli`);
+- decoder: `z [..., J] -> out [..., P]`, the parameters of p(x|z) (P = D Bernoulli logits for `Bernoulli`);
 - prior: None for N(0, I), or a module of the kind described in `vae_jax.priors`;
-- likelihood: an object with `log_prob(x [..., D], out [..., D]) -> [...]` and `mean(out) -> [..., D]`.
+- likelihood: an object with `log_prob(x [..., D], out [..., P]) -> [...]` and `mean(out) -> [..., D]`
+  (`vae_jax.likelihoods`).
 
 The networks hold no randomness: keys are the model's `joint_samples` business.
 """
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 
 from vae_jax import distributions
 from vae_jax.contract import JointSamples, Params
+from vae_jax.likelihoods import Bernoulli  # re-exported: `vae_jax.models.Bernoulli` stays importable
 
 _ACTIVATIONS = {
     "elu": nn.elu,
@@ -231,19 +233,6 @@ class ConvDecoder(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class Bernoulli:
-    """p(x|z) = prod_d Bernoulli(x_d; sigmoid(l_d)), the decoder's output `l` being the logits."""
-
-    def log_prob(self, x: jax.Array, logits: jax.Array) -> jax.Array:
-        """`[..., D], [..., D] -> [...]` (`distributions.bernoulli_log_prob`)."""
-        return distributions.bernoulli_log_prob(x, logits)
-
-    def mean(self, logits: jax.Array) -> jax.Array:
-        """The pixel probabilities sigmoid(logits), `[..., D]`."""
-        return jax.nn.sigmoid(logits)
-
-
-@dataclasses.dataclass(frozen=True)
 class VAE:
     """The VAE with one stochastic layer (Kingma & Welling, 2013), as a model of `vae_jax.contract`:
     q(z|x) = N(mean(x), diag exp(logvar(x))) from `encoder`, p(x|z) from `decoder` and `likelihood`, p(z) = N(0, I)
@@ -253,11 +242,13 @@ class VAE:
 
     Attributes:
         encoder: module `x [..., D] -> (mean, logvar) [..., J]`.
-        decoder: module `z [..., J] -> out [..., D]`.
+        decoder: module `z [..., J] -> out [..., P]`, P = `likelihood.num_params()` for the 8-bit likelihoods.
         prior: None for N(0, I), or a prior module (`vae_jax.priors`).
-        likelihood: how `decoder`'s output parameterizes p(x|z); Bernoulli logits by default.
+        likelihood: how `decoder`'s output parameterizes p(x|z) (`vae_jax.likelihoods`); Bernoulli logits by
+            default. It receives `x` as the model does (grey levels 0..255 for the 8-bit likelihoods).
         num_pixels: D, the size of an example, which `generate` needs with the N(0, I) prior; None reads the
-            decoder's `output_dim` (`Decoder` and `ConvDecoder` have one).
+            decoder's `output_dim` (`Decoder` and `ConvDecoder` have one; it is P, not D, for the 8-bit
+            likelihoods, which need `num_pixels`).
     """
 
     encoder: nn.Module
