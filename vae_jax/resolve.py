@@ -157,7 +157,8 @@ def load_model(spec: str) -> Any:
             sys.modules[module_spec.name] = module
             module_spec.loader.exec_module(module)
         else:
-            sys.path.insert(0, str(Path.cwd()))
+            if str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
             module = importlib.import_module(location)
         found = getattr(module, name)
     except (ImportError, AttributeError, OSError, SyntaxError) as error:

@@ -241,6 +241,8 @@ class _Loop:
     root_key: jax.Array
     stop: StopSignals
     stop_check_steps: int | None
+    steps: int = dataclasses.field(init=False, default=0)  # steps per epoch, set by `train`
+    _lower_piece: Callable[..., Any] = dataclasses.field(init=False, default=None)  # set by `_compile`
     _pieces: dict[int, Any] = dataclasses.field(default_factory=dict)  # compiled pieces of an epoch, by length
 
     def train(self, start: Partial, progress: bool) -> dict[str, Any]:

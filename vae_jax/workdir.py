@@ -142,12 +142,19 @@ def _normalized(metadata: dict[str, Any]) -> dict[str, Any]:
     return _flatten(normalized if is_preset_model(metadata) else {**normalized, "model": metadata["model"]})
 
 
+def _differing(stored: dict[str, Any], given: dict[str, Any], prefix: str = "") -> tuple[list[str], dict, dict]:
+    """The fields (starting with `prefix`) but `RESUMABLE_FIELDS` in which two runs' metadata differ, sorted, and
+    the two flattened metadata."""
+    stored, given = _normalized(stored), _normalized(given)
+    differing = sorted(name for name in set(given) | set(stored) if name.startswith(prefix)
+                       and name not in RESUMABLE_FIELDS and given.get(name) != stored.get(name))
+    return differing, stored, given
+
+
 def check_resumable(stored: dict[str, Any], given: dict[str, Any], workdir: Path) -> None:
     """Raises `ConfigError` if the run in `workdir` (metadata `stored`) differs from `given` in a field that a resumed
     run may not change (any but `RESUMABLE_FIELDS`, the model's description included)."""
-    stored, given = _normalized(stored), _normalized(given)
-    differing = sorted(name for name in set(given) | set(stored)
-                       if name not in RESUMABLE_FIELDS and given.get(name) != stored.get(name))
+    differing, _, _ = _differing(stored, given)
     if differing:
         raise ConfigError(f"{workdir} holds a run whose {', '.join(differing)} differ from this one; "
                           f"a resumed run may change only {', '.join(RESUMABLE_FIELDS)}; use a fresh --workdir")
@@ -156,10 +163,7 @@ def check_resumable(stored: dict[str, Any], given: dict[str, Any], workdir: Path
 def check_same_model(stored: dict[str, Any], given: dict[str, Any], workdir: Path) -> None:
     """Raises `ConfigError` if the model described by `given` (a run's metadata) is not the one the run in `workdir`
     (metadata `stored`) was trained with: reading a run back needs the model it was trained with."""
-    stored_model, given_model = (_normalized(metadata) for metadata in (stored, given))
-    differing = sorted(name for name in set(stored_model) | set(given_model)
-                       if name.startswith("model.") and name not in RESUMABLE_FIELDS
-                       and stored_model.get(name) != given_model.get(name))
+    differing, stored_model, given_model = _differing(stored, given, "model.")
     if differing:
         shown = ", ".join(f"{name}={given_model.get(name)!r} (stored: {stored_model.get(name)!r})"
                           for name in differing[:3])
