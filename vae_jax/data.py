@@ -204,8 +204,11 @@ def _decode_with_tfds(dataset: str, tfds_split: str, data_dir: Path, manual_dir:
         raise DataError(f"data folder {manual_dir} does not exist; pass --manual-dir a folder with the original "
                         f"{dataset} files (e.g. ../shared/data/{dataset})")
     tfds.display_progress_bar(progress)  # TFDS's own switch, global to the process
+    # TFDS extracts a manual file to downloads/extracted/GZIP.<file name>, shared by datasets: mnist and fashion_mnist
+    # have the same file names, so the second prepared would read the first's files. One folder per dataset.
     config = tfds.download.DownloadConfig(
-        manual_dir=None if manual_dir is None else str(Path(manual_dir).expanduser()))
+        manual_dir=None if manual_dir is None else str(Path(manual_dir).expanduser()),
+        extract_dir=str(data_dir / "downloads" / "extracted" / dataset))
     try:
         builder = tfds.builder(dataset, data_dir=str(data_dir))
         # TFDS reports on stdout, which is for results: to stderr with progress, else nowhere.
