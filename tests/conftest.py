@@ -45,16 +45,28 @@ def strict_promotion():
         yield
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The offline copies of the original dataset files (see ../shared/data/README.md)."""
-    if not (SHARED_DATA / "binarized_mnist").is_dir() or not (SHARED_DATA / "mnist").is_dir():
-        message = (f"needs the original MNIST files in {SHARED_DATA}: set {DATA_ENV} to a folder holding "
-                   "binarized_mnist/ and mnist/ like ../shared/data (its README lists the files)")
+def _require_folders(*names: str) -> Path:
+    """`SHARED_DATA` if it holds the folders `names`; else skips the test, or fails it under VAE_JAX_REQUIRE_DATA=1."""
+    missing = [name for name in names if not (SHARED_DATA / name).is_dir()]
+    if missing:
+        message = (f"needs the original dataset files in {SHARED_DATA} (missing {', '.join(missing)}): set "
+                   f"{DATA_ENV} to a folder holding {'/, '.join(names)}/ like ../shared/data (see its README)")
         if os.environ.get("VAE_JAX_REQUIRE_DATA") == "1":
             pytest.fail(message)
         pytest.skip(message)
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The offline copies of the original MNIST files (see ../shared/data/README.md)."""
+    return _require_folders("binarized_mnist", "mnist")
+
+
+@pytest.fixture(scope="session")
+def fashion_data() -> Path:
+    """The offline copies of the original Fashion-MNIST files, `fashion_mnist/` (see ../shared/data/README.md)."""
+    return _require_folders("fashion_mnist")
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 import errno
 import gzip
+import hashlib
 import os
 import re
 import subprocess
@@ -60,6 +61,73 @@ def test_mnist_labels_are_aligned_with_the_images(shared_data, data_dir):
     order = {row.tobytes(): i for i, row in enumerate(raw.reshape(-1, 784))}
     positions = np.array([order[row.tobytes()] for row in images[:200]])
     np.testing.assert_array_equal(labels[:200], raw_labels[positions])
+
+
+def test_fashion_mnist_grey_levels_held_out_validation_and_labels(fashion_data, shared_data, data_dir):
+    manual_dir = fashion_data / "fashion_mnist"
+    splits = {split: data.load_split("fashion_mnist", split, data_dir=data_dir, manual_dir=manual_dir)
+              for split in data.SPLITS}
+    for split, pixels in splits.items():
+        assert pixels.shape == (data.SPLIT_SIZES[split], 784) and pixels.dtype == np.uint8
+    assert data.describe("fashion_mnist").dynamic and splits["train"].max() == 255
+    assert len(np.unique(splits["train"])) == 256
+    # The mean grey level of Fashion-MNIST's training images is 0.286 (MNIST's is 0.131).
+    assert 0.28 < splits["train"].mean() / 255 < 0.30
+    # Validation is the last 10,000 images of TFDS's full training split, train its first 50,000.
+    import tensorflow_datasets as tfds
+
+    full = tfds.as_numpy(tfds.builder("fashion_mnist", data_dir=str(data_dir)).as_dataset(split="train",
+                                                                                          batch_size=-1))
+    full_images = full["image"].reshape(60_000, 784)
+    np.testing.assert_array_equal(splits["validation"], full_images[50_000:])
+    np.testing.assert_array_equal(splits["train"], full_images[:50_000])
+    train_labels = data.load_labels("train", "fashion_mnist", data_dir=data_dir)
+    np.testing.assert_array_equal(train_labels, full["label"][:50_000])
+    # The test labels: 10 classes of 1,000 images, each the label the original IDX files give that image.
+    labels = data.load_labels("test", "fashion_mnist", data_dir=data_dir)
+    assert labels.shape == (10_000,) and labels.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [1000] * 10
+    raw = np.frombuffer(gzip.open(manual_dir / "t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
+    raw_labels = np.frombuffer(gzip.open(manual_dir / "t10k-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
+    order = {row.tobytes(): i for i, row in enumerate(raw.reshape(-1, 784))}
+    positions = np.array([order[row.tobytes()] for row in splits["test"][:200]])
+    np.testing.assert_array_equal(labels[:200], raw_labels[positions])
+    # Not MNIST's files: no test image of MNIST is among them.
+    mnist = np.frombuffer(gzip.open(shared_data / "mnist" / "t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
+    assert not any(row.tobytes() in order for row in mnist.reshape(-1, 784)[:1000])
+    # Each split's content hash is the sha256 of its bytes, one per split.
+    hashes = {split: data.split_hash("fashion_mnist", split, data_dir=data_dir) for split in data.SPLITS}
+    for split, pixels in splits.items():
+        assert hashes[split] == hashlib.sha256(pixels.tobytes()).hexdigest()[:16]
+    assert len(set(hashes.values())) == 3
+
+
+def test_binarized_mnist_has_no_labels(tmp_path):
+    with pytest.raises(DataError, match=r"binarized_mnist has no labels; choose one of \['mnist', 'fashion_mnist'\]"):
+        data.load_labels("test", "binarized_mnist", data_dir=tmp_path)
+
+
+def test_split_hash_is_the_sha256_of_the_split_computed_once(tmp_path, monkeypatch):
+    """Fake splits, one per dataset and split: the hash of each, its cache, and its renewal with the split."""
+    rng = np.random.default_rng(0)
+    fakes = {(dataset, split): rng.integers(0, 2, (20, 784), dtype=np.uint8)
+             for dataset in data.DATASETS for split in data.SPLITS}
+    monkeypatch.setattr(data, "_decode_with_tfds", lambda dataset, tfds_split, *args: {
+        "image": fakes[dataset, next(s for s, t in data._TFDS_SPLITS[dataset].items() if t == tfds_split)]})
+    hashes = {key: data.split_hash(*key, data_dir=tmp_path) for key in fakes}
+    for key, pixels in fakes.items():
+        assert hashes[key] == hashlib.sha256(pixels.tobytes()).hexdigest()[:16]
+    assert len(set(hashes.values())) == len(fakes)  # different across splits and datasets
+    assert data.split_hash("fashion_mnist", "test", data_dir=tmp_path) == hashes["fashion_mnist", "test"]
+    cached = tmp_path / "vae_jax_cache" / "fashion_mnist" / "test.sha256"
+    assert cached.read_text() == hashes["fashion_mnist", "test"] + "\n"
+    cached.write_text("0123456789abcdef\n")  # read back, not recomputed
+    assert data.split_hash("fashion_mnist", "test", data_dir=tmp_path) == "0123456789abcdef"
+    # A split decoded again gets its hash anew.
+    (tmp_path / "vae_jax_cache" / "fashion_mnist" / "test.npy").unlink()
+    fakes["fashion_mnist", "test"] = 1 - fakes["fashion_mnist", "test"]
+    assert (data.split_hash("fashion_mnist", "test", data_dir=tmp_path)
+            == hashlib.sha256(fakes["fashion_mnist", "test"].tobytes()).hexdigest()[:16])
 
 
 def test_missing_manual_dir(tmp_path):

@@ -86,3 +86,21 @@ def test_compare_names_the_model_and_leaves_undefined_measures_empty(tmp_path, c
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| flow") or "| hvae" in line]
     assert rows[0].startswith("| hvae | HVAE z=40 mlp 300-300 gated vamp | ")
     assert rows[1].startswith("| flow | PlanarFlowVAE | ") and rows[1].endswith(" | 95.00 ± 0.30 |  | 20.00 |  |")
+
+
+def test_results_on_different_data_never_share_a_table(tmp_path, capsys):
+    """Two lines that differ only in their split's content hash, and an old line without one: three tables."""
+    card = protocol.protocol_card("fashion_mnist", "test", 10_000, None, 0, CS236, data_hash="00112233aabbccdd")
+    assert card["data_hash"] == "00112233aabbccdd" and card["binarization"] == "dynamic"
+    assert card["train_set"] == "fashion_mnist/train (50000 examples)" and card["split_size"] == 10_000
+    lines = [_result("a", 95.0, data_hash="00112233aabbccdd"), _result("b", 90.0, data_hash="ffeeddccbbaa9988"),
+             _result("c", 92.0, data_hash="00112233aabbccdd"), _result("old", 91.0)]
+    del lines[-1]["data_hash"]  # written before the field existed
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert cli.main(["compare", str(tmp_path)]) == 0
+    tables = capsys.readouterr().out.split("### Protocol ")[1:]
+    assert len(tables) == 3
+    by_run = {run: [i for i, table in enumerate(tables) if f"| {run} |" in table] for run in ("a", "b", "c", "old")}
+    assert by_run["a"] == by_run["c"] and len({by_run[run][0] for run in ("a", "b", "old")}) == 3
+    assert all("differ in data_hash." in table for table in tables)
+    assert "data_hash=None" in tables[by_run["old"][0]] and "data_hash=ffeeddccbbaa9988" in tables[by_run["b"][0]]

@@ -14,8 +14,8 @@ from typing import Any
 
 from vae_jax.errors import ConfigError
 
-# The datasets (TFDS names) and their split sizes, the same for both (see `vae_jax.data`).
-DATASETS = ("binarized_mnist", "mnist")
+# The datasets (TFDS names) and their split sizes, the same for all (see `vae_jax.data`).
+DATASETS = ("binarized_mnist", "mnist", "fashion_mnist")
 SPLIT_SIZES = {"train": 50_000, "validation": 10_000, "test": 10_000}
 ACTIVATIONS = ("elu", "relu", "gelu", "tanh", "softplus", "swish", "gated")
 OPTIMIZERS = ("adam", "adamw", "sgd", "adam_normgrad")
@@ -121,7 +121,7 @@ class Config:
     """Everything that defines a training run; data locations are not part of it.
 
     Attributes:
-        dataset: `binarized_mnist` (static binarization) or `mnist` (grey levels,
+        dataset: `binarized_mnist` (static binarization), or `mnist` or `fashion_mnist` (grey levels,
             binarized dynamically by a fresh Bernoulli draw each time an example is used).
         model: encoder/decoder sizes.
         optim: optimizer settings.

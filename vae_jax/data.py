@@ -1,18 +1,19 @@
 """Datasets as whole-split uint8 arrays. The only module that touches TFDS.
 
 `binarized_mnist` holds the static binarization of Larochelle & Murray (2011): pixels already in {0, 1},
-splits train 50,000 / validation 10,000 / test 10,000. `mnist` holds grey levels 0..255; it is binarized
-dynamically (a fresh Bernoulli draw per use) and its last 10,000 training images are held out as validation,
-so its splits have the same sizes.
+splits train 50,000 / validation 10,000 / test 10,000. `mnist` and `fashion_mnist` (Xiao et al., 2017) hold grey
+levels 0..255; they are binarized dynamically (a fresh Bernoulli draw per use) and their last 10,000 training
+images are held out as validation, so their splits have the same sizes.
 
-Each split is decoded once and cached as `<data_dir>/vae_jax_cache/<dataset>/<split>.npy` (and the labels of
-`mnist` as `<split>_labels.npy`).
+Each split is decoded once and cached as `<data_dir>/vae_jax_cache/<dataset>/<split>.npy` (the labels of a labelled
+dataset as `<split>_labels.npy`, and the split's content hash, `split_hash`, as `<split>.sha256`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 import os
 import shutil
@@ -27,13 +28,17 @@ from vae_jax.errors import DataError, StorageError, first_line, os_cause
 IMAGE_SHAPE = (28, 28, 1)  # (height, width, channels) of every dataset here
 NUM_PIXELS = math.prod(IMAGE_SHAPE)
 SPLITS = tuple(SPLIT_SIZES)
-DYNAMIC_DATASETS = ("mnist",)
+DYNAMIC_DATASETS = ("mnist", "fashion_mnist")
+_HELD_OUT = {"train": "train[:50000]", "validation": "train[50000:]", "test": "test"}  # validation: the last 10,000
 _TFDS_SPLITS = {
     "binarized_mnist": {"train": "train", "validation": "validation", "test": "test"},
-    "mnist": {"train": "train[:50000]", "validation": "train[50000:]", "test": "test"},
+    "mnist": _HELD_OUT,
+    "fashion_mnist": _HELD_OUT,
 }
 assert tuple(_TFDS_SPLITS) == DATASETS
-LABELED_DATASET = "mnist"
+LABELED_DATASETS = ("mnist", "fashion_mnist")
+LABELED_DATASET = "mnist"  # the labels of the latent scatter figure
+HASH_CHARS = 16  # hex characters kept of a split's sha256
 # TFDS's own default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
 DEFAULT_DATA_DIR = Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
 
@@ -86,31 +91,65 @@ def load_split(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAUL
     """A whole split as a `[N, 784]` uint8 array, prepared by TFDS on first use and cached on disk.
 
     Args:
-        dataset: `binarized_mnist` or `mnist`.
+        dataset: `binarized_mnist`, `mnist` or `fashion_mnist`.
         split: `train`, `validation` or `test`.
         data_dir: where TFDS keeps prepared datasets, and where the decoded arrays are cached.
         manual_dir: a folder with the dataset's original files, for machines that cannot download.
         progress: show TFDS's progress bars while it prepares the dataset (the first use only).
 
     Returns:
-        `[N, 784]` uint8 pixels: 0/1 for `binarized_mnist`, 0..255 for `mnist`.
+        `[N, 784]` uint8 pixels: 0/1 for `binarized_mnist`, 0..255 for `mnist` and `fashion_mnist`.
     """
     describe(dataset)
     pixels = _load_cached(dataset, split, "image", data_dir, manual_dir, progress)
     return check_pixels(pixels, is_dynamic(dataset), name=f"the cached {dataset}/{split} in {data_dir}")
 
 
-def load_labels(split: str, *, data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+def load_labels(split: str, dataset: str = LABELED_DATASET, *, data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
                 manual_dir: str | os.PathLike | None = None, progress: bool = False) -> np.ndarray:
-    """The digit labels of a split of `mnist`, `[N]` uint8 in 0..9, aligned with `load_split("mnist", split)`.
+    """The class labels of a split, `[N]` uint8 in 0..9, aligned with `load_split(dataset, split)`.
 
     `binarized_mnist` has no labels; figures that need them encode `mnist` digits instead.
 
     Args:
         split: `train`, `validation` or `test`.
-        data_dir, manual_dir, progress: as in `load_split` (`manual_dir` holds the original MNIST files).
+        dataset: `mnist` (digits) or `fashion_mnist` (the 10 garment classes of Xiao et al., 2017).
+        data_dir, manual_dir, progress: as in `load_split` (`manual_dir` holds the dataset's original files).
     """
-    return _load_cached(LABELED_DATASET, split, "label", data_dir, manual_dir, progress)
+    describe(dataset)
+    if dataset not in LABELED_DATASETS:
+        raise DataError(f"{dataset} has no labels; choose one of {list(LABELED_DATASETS)}")
+    return _load_cached(dataset, split, "label", data_dir, manual_dir, progress)
+
+
+def split_hash(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+               manual_dir: str | os.PathLike | None = None, progress: bool = False) -> str:
+    """The content hash of a split: sha256 of the bytes of `load_split(dataset, split)` (`[N, 784]` uint8, row
+    by row in the order used), its first 16 hex characters.
+
+    Computed once and kept beside the cached split as `<split>.sha256` (rebuilt with the split; where that file
+    cannot be written, the hash is computed again on each call). Two results share data iff they share this hash.
+
+    Args:
+        dataset, split, data_dir, manual_dir, progress: as in `load_split`.
+    """
+    pixels = load_split(dataset, split, data_dir=data_dir, manual_dir=manual_dir, progress=progress)
+    path = _cache_dir(dataset, data_dir) / f"{split}.sha256"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        stored = path.read_text().strip()
+        if len(stored) == HASH_CHARS and all(c in "0123456789abcdef" for c in stored):
+            return stored
+    digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()[:HASH_CHARS]
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    with contextlib.suppress(OSError):  # the hash is a convenience: a read-only cache still evaluates
+        partial.write_text(digest + "\n")
+        partial.replace(path)
+    return digest
+
+
+def _cache_dir(dataset: str, data_dir: str | os.PathLike) -> Path:
+    """`<data_dir>/vae_jax_cache/<dataset>`, where a dataset's decoded splits are kept."""
+    return Path(data_dir).expanduser() / "vae_jax_cache" / dataset
 
 
 def _load_cached(dataset: str, split: str, feature: str, data_dir: str | os.PathLike,
@@ -119,11 +158,13 @@ def _load_cached(dataset: str, split: str, feature: str, data_dir: str | os.Path
     the cache is missing."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
-    cache_dir = Path(data_dir).expanduser() / "vae_jax_cache" / dataset
+    cache_dir = _cache_dir(dataset, data_dir)
     paths = {"image": cache_dir / f"{split}.npy", "label": cache_dir / f"{split}_labels.npy"}
     if not paths[feature].exists():
         features = _decode_with_tfds(dataset, _TFDS_SPLITS[dataset][split], Path(data_dir).expanduser(), manual_dir,
                                      progress)
+        with contextlib.suppress(OSError):  # the hash of the split decoded before, if any, is recomputed
+            (cache_dir / f"{split}.sha256").unlink(missing_ok=True)
         _write_cache(features, paths)
     try:
         return np.load(paths[feature])
@@ -163,8 +204,11 @@ def _decode_with_tfds(dataset: str, tfds_split: str, data_dir: Path, manual_dir:
         raise DataError(f"data folder {manual_dir} does not exist; pass --manual-dir a folder with the original "
                         f"{dataset} files (e.g. ../shared/data/{dataset})")
     tfds.display_progress_bar(progress)  # TFDS's own switch, global to the process
+    # TFDS extracts a manual file to downloads/extracted/GZIP.<file name>, shared by datasets: mnist and fashion_mnist
+    # have the same file names, so the second prepared would read the first's files. One folder per dataset.
     config = tfds.download.DownloadConfig(
-        manual_dir=None if manual_dir is None else str(Path(manual_dir).expanduser()))
+        manual_dir=None if manual_dir is None else str(Path(manual_dir).expanduser()),
+        extract_dir=str(data_dir / "downloads" / "extracted" / dataset))
     try:
         builder = tfds.builder(dataset, data_dir=str(data_dir))
         # TFDS reports on stdout, which is for results: to stderr with progress, else nowhere.

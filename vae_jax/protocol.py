@@ -2,7 +2,8 @@
 
 A number such as "test NELBO 95.3" means little without its protocol: static or dynamic binarization, which
 split and how many of its examples, ELBO or importance-weighted estimate (and K), the training set, and which
-inference gave the posterior (the amortized encoder, or per-example optimization: `vae_jax.inference`). Every
+inference gave the posterior (the amortized encoder, or per-example optimization: `vae_jax.inference`), and the
+content hash of the evaluated split (`data.split_hash`), so that results on different data never share a table. Every
 result line of `vae_jax eval` and `vae_jax gaps` carries all of it; `compare` groups lines by `PROTOCOL_FIELDS` and
 prints one Markdown table per protocol, naming the fields in which the protocols differ.
 """
@@ -20,8 +21,9 @@ from vae_jax import configs, data
 from vae_jax.errors import ConfigError, VaeError
 
 PROTOCOL_FIELDS = ("dataset", "binarization", "split", "split_size", "num_examples", "estimator", "iwae_k",
-                   "units", "train_set", "inference")
+                   "units", "train_set", "inference", "data_hash")
 AMORTIZED = "amortized"  # the inference of every result line written before the field existed
+# A line written before `data_hash` existed reads None: such lines group together, apart from any hashed line.
 
 
 def _git_commit() -> str | None:
@@ -35,11 +37,12 @@ def _git_commit() -> str | None:
 
 
 def protocol_card(dataset: str, split: str, num_examples: int, iwae_k: int | None, eval_seed: int,
-                  config: dict[str, Any], inference: str = AMORTIZED, elbo_samples: int = 1) -> dict[str, Any]:
+                  config: dict[str, Any], inference: str = AMORTIZED, elbo_samples: int = 1,
+                  data_hash: str | None = None) -> dict[str, Any]:
     """Every field that decides whether two evaluation results can be compared, plus provenance.
 
     Args:
-        dataset: `binarized_mnist` or `mnist` (the model was trained on its `train` split).
+        dataset: `binarized_mnist`, `mnist` or `fashion_mnist` (the model was trained on its `train` split).
         split: the evaluated split.
         num_examples: how many of its examples were evaluated.
         iwae_k: importance samples of the NLL estimate, or None for the ELBO alone.
@@ -47,6 +50,7 @@ def protocol_card(dataset: str, split: str, num_examples: int, iwae_k: int | Non
         config: the model's config as a JSON-ready dict (`configs.to_dict`, or the model's own description).
         inference: `amortized` (the model's encoder), or a description of per-example inference.
         elbo_samples: samples of z per example in the ELBO estimate (its variance, not its expectation).
+        data_hash: the evaluated split's content hash (`data.split_hash`), or None where it is unknown.
     """
     from vae_jax import __version__
 
@@ -62,6 +66,7 @@ def protocol_card(dataset: str, split: str, num_examples: int, iwae_k: int | Non
         "units": "nats",
         "train_set": f"{dataset}/train ({configs.SPLIT_SIZES['train']} examples)",
         "inference": inference,
+        "data_hash": data_hash,
         "elbo_samples": elbo_samples,
         "config_hash": configs.dict_hash(config),
         "config": config,

@@ -33,12 +33,14 @@ class Opened(NamedTuple):
         restored: the checkpoint (`restored.state.eval_params` are the parameters to read).
         pixels: `[N, D]` uint8 examples of the split.
         key: the evaluation's key, `jax.random.key(eval_seed)`.
+        data_hash: the content hash of the whole split (`data.split_hash`), for the protocol card.
     """
 
     run: Run
     restored: Restored
     pixels: np.ndarray
     key: jax.Array
+    data_hash: str
 
     def provenance(self) -> dict[str, Any]:
         """`run` (the work directory's name), `epoch` and `step` of the checkpoint."""
@@ -50,13 +52,14 @@ def open_split(workdir: str | os.PathLike, split: str, *, model: Any = None, epo
                manual_dir: str | os.PathLike | None = None) -> Opened:
     """The opening that `evaluate_checkpoint`, `evaluate_gaps` and `write_sample_figures` share: the run and its best
     (or `epoch`'s) checkpoint, the first `num_examples` (all if None) examples of `split`, and the model checked on
-    them at the checkpoint's parameters (`resolve.check_model`)."""
+    them at the checkpoint's parameters (`resolve.check_model`), and the split's content hash."""
     compilation_cache.enable()
     run, restored = open_run(workdir, model, epoch)
     pixels = data.load_split(run.config.dataset, split, data_dir=data_dir, manual_dir=manual_dir)[:num_examples]
+    data_hash = data.split_hash(run.config.dataset, split, data_dir=data_dir, manual_dir=manual_dir)
     key = jax.random.key(eval_seed)
     check_model(run, restored.state.eval_params, pixels, key)
-    return Opened(run, restored, pixels, key)
+    return Opened(run, restored, pixels, key, data_hash)
 
 
 def evaluate_checkpoint(
@@ -111,7 +114,7 @@ def evaluate_checkpoint(
     summary = evaluate.summarize(terms, bounds)
     result = {**summary, **opened.provenance(),
               **protocol.protocol_card(run.config.dataset, split, summary["num_examples"], iwae_samples or None,
-                                       eval_seed, run.metadata)}
+                                       eval_seed, run.metadata, data_hash=opened.data_hash)}
     append_json_line(run.workdir / EVAL_FILE, result)
     return result
 
@@ -162,7 +165,8 @@ def evaluate_gaps(
     refined = (f"per-example: Adam (learning rate {gaps.learning_rate}) on each example's Gaussian, {gaps.steps} "
                f"steps of {gaps.num_samples} samples, from the encoder's output")
     card = functools.partial(protocol.protocol_card, run.config.dataset, split, len(opened.pixels),
-                             eval_seed=eval_seed, config=run.metadata, elbo_samples=gaps.eval_samples)
+                             eval_seed=eval_seed, config=run.metadata, elbo_samples=gaps.eval_samples,
+                             data_hash=opened.data_hash)
     columns = gap_columns(measured)
     for line in ({**_means(nelbo=-measured.elbo_amortized, nll=-measured.log_px), **card(gaps.iwae_samples)},
                  {**_means(nelbo=-measured.elbo_refined), **card(None, inference=refined)}):
