@@ -238,3 +238,26 @@ def test_tfds_progress_bars_follow_progress(progress, tmp_path, monkeypatch):
     with pytest.raises(DataError, match="cannot prepare binarized_mnist"):
         data._decode_with_tfds("binarized_mnist", "test", tmp_path / "tfds", tmp_path, progress)
     assert shown == [progress]
+
+
+def test_each_dataset_extracts_its_files_into_its_own_folder(tmp_path, monkeypatch):
+    """mnist and fashion_mnist have the same file names: in TFDS's shared downloads/extracted/ the second dataset
+    prepared in a data folder read the first's images and labels."""
+    import tensorflow_datasets as tfds
+
+    seen = {}
+
+    class Builder:
+        def __init__(self, dataset):
+            self.dataset = dataset
+
+        def download_and_prepare(self, download_config):
+            seen[self.dataset] = download_config.extract_dir
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(tfds, "builder", lambda dataset, data_dir: Builder(dataset))
+    for dataset in ("mnist", "fashion_mnist"):
+        with pytest.raises(DataError, match=f"cannot prepare {dataset}"):
+            data._decode_with_tfds(dataset, "test", tmp_path / "tfds", tmp_path, False)
+    assert seen == {name: str(tmp_path / "tfds" / "downloads" / "extracted" / name) for name in seen}
+    assert len(set(seen.values())) == 2
