@@ -11,6 +11,8 @@ python -m vae_jax eval --workdir "${RUNS_DIR:-runs}/cs236" --split validation \
 bash experiments/train_and_eval.sh default default
 bash experiments/train_and_eval.sh cs236_bfloat16 cs236 --epochs 40 model.compute_dtype=bfloat16
 bash experiments/train_and_eval.sh default_vampprior default model.prior=vamp model.prior_components=500
+MANUAL_DIR=${FASHION_DIR:-../shared/data/fashion_mnist} bash experiments/train_and_eval.sh fashion_mnist_default \
+  default --dataset fashion_mnist
 bash experiments/tomczak_welling.sh
 bash experiments/tomczak_welling_protocol.sh
 bash experiments/tomczak_welling_variants.sh
