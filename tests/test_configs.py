@@ -112,3 +112,44 @@ def test_a_stored_average_without_ema_debias_keeps_the_uncorrected_average_and_i
         del older["optim"]["ema_debias"]
         assert configs.from_dict(older) == config and config.optim.ema_debias is True
         assert configs.config_hash(configs.from_dict(older)) == configs.dict_hash(older) == configs.config_hash(config)
+
+
+# The presets' config hashes on the commit before `data_form` and `model.likelihood` existed (faaebd3): fields added
+# with defaults that keep the old behaviour must change none of them.
+PRESET_HASHES = {"cs236": "44136fa355", "default": "1d5bc9d4c0", "vampprior": "cbe46fef0c", "hvae": "5c1eb007e2",
+                 "hvae_vampprior": "0cf64f0b9b"}
+
+
+def test_the_new_fields_change_no_preset_hash():
+    assert {name: configs.config_hash(configs.get_config(name)) for name in configs.PRESETS} == PRESET_HASHES
+
+
+def test_8bit_data_and_the_logistic_mixture():
+    cs236 = configs.get_config("cs236")
+    assert (cs236.data_form, cs236.model.likelihood, cs236.model.likelihood_components) == ("", "bernoulli", 10)
+    config = configs.apply_overrides(cs236, ["dataset=fashion_mnist", "data_form=8bit",
+                                             "model.likelihood=logistic_mixture", "model.likelihood_components=5"])
+    assert (config.data_form, config.model.likelihood, config.model.likelihood_components) == (
+        "8bit", "logistic_mixture", 5)
+    assert configs.from_dict(json.loads(json.dumps(configs.to_dict(config)))) == config
+    assert configs.config_hash(config) != configs.config_hash(dataclasses.replace(config, dataset="mnist"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data_form=8bit", "model.likelihood=logistic_mixture"], "binarized_mnist has 0/1 pixels; use dataset=mnist"),
+    (["dataset=mnist", "data_form=8bit"], "data_form=8bit needs model.likelihood=logistic_mixture"),
+    (["dataset=mnist", "model.likelihood=logistic_mixture"], "set data_form=8bit (mnist or fashion_mnist) or "
+                                                             "model.likelihood=bernoulli"),
+    (["model.likelihood=logistic_mixture"], "set data_form=8bit"),
+    (["dataset=mnist", "data_form=8bit", "model.likelihood=logistic_mixture", "model.architecture=conv"],
+     "not supported yet with a conv decoder"),
+    (["dataset=mnist", "data_form=8bit", "model.likelihood=logistic_mixture", "model.prior=vamp"],
+     "not supported yet"),
+    (["dataset=mnist", "data_form=16bit"], "unknown data_form '16bit'"),
+    (["model.likelihood=gaussian"], "unknown likelihood 'gaussian'"),
+    (["model.likelihood_components=0"], "model.likelihood_components must be positive"),
+])
+def test_8bit_refusals_are_one_line_naming_the_fix(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        configs.apply_overrides(configs.get_config("cs236"), overrides)
+    assert message in str(error.value) and "\n" not in str(error.value)

@@ -26,6 +26,8 @@ MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16")
 ARCHITECTURES = ("mlp", "conv")
 PRIORS = ("normal", "mixture", "vamp")
 KERNEL_INITS = ("lecun_normal", "he_normal")
+LIKELIHOODS = ("bernoulli", "logistic_mixture")
+DATA_FORMS = ("", "8bit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,31 +38,26 @@ class ModelConfig:
         latent_dim: size of z.
         encoder_hidden: widths of the encoder's hidden (dense) layers, input side first.
         decoder_hidden: widths of the decoder's hidden (dense) layers, latent side first.
-        activation: one of `ACTIVATIONS`; `gated` makes every dense layer a gated one, Dense(h) * sigmoid(Dense(h))
-            (Tomczak & Welling, 2018).
-        logvar_bound: if positive, the encoder's log-variance is squashed smoothly into
-            (-logvar_bound, logvar_bound) by `bound * tanh(logvar / bound)`; 0 leaves it free.
+        activation: one of `ACTIVATIONS`; `gated`: every dense layer is Dense(h) * sigmoid(Dense(h)) (T&W, 2018).
+        logvar_bound: if positive, log-variances are squashed into (-bound, bound) by `bound * tanh(logvar / bound)`.
         logvar_clip: `low,high` clips every log-variance to [low, high] instead, with no gradient outside (the
             hardtanh of Tomczak & Welling's code: -6,2); empty: no clip.
         kernel_init: the initialization of every dense and convolutional kernel: `lecun_normal` (Flax's default,
             variance 1 / fan_in) or `he_normal` (variance 2 / fan_in, as in Tomczak & Welling's code).
-        compute_dtype: `float32`, or `bfloat16` for mixed precision: the layers compute in bfloat16 while
-            parameters, optimizer state and the loss stay float32.
-        matmul_precision: how accelerators compute the layers' float32 matrix products and convolutions: `float32`
-            (true float32, on every platform, as PyTorch does by default), `tensorfloat32` (NVIDIA tensor cores,
-            inputs rounded to 10 mantissa bits; JAX's default on recent GPUs) or `bfloat16` (one bfloat16 pass; JAX's
-            default on TPUs). CPUs compute in float32 regardless; with `compute_dtype=bfloat16` products are bfloat16.
+        compute_dtype: `float32`, or `bfloat16`: layers in bfloat16, parameters, optimizer and loss in float32.
+        matmul_precision: of the float32 products on accelerators: `float32` (true float32, as PyTorch's default),
+            `tensorfloat32` (JAX's default on recent GPUs) or `bfloat16` (one pass; JAX's default on TPUs).
         architecture: `mlp`, or `conv`: stride-2 3x3 convolutions before the encoder's dense layers and
             transposed convolutions after the decoder's (`models.ConvEncoder`, `models.ConvDecoder`).
-        conv_channels: channels of the encoder's convolutions (`conv` only); each halves the image's side, which must
-            stay whole.
+        conv_channels: channels of the encoder's convolutions (`conv` only); each halves the image's (whole) side.
         prior: `normal` (N(0, I), closed-form KL), `mixture` (a learned mixture of Gaussians, the CS236 GMVAE) or
-            `vamp` (the VampPrior); the last two use a Monte-Carlo KL (see `vae_jax.priors`). With two stochastic
-            layers it is the prior of the top one.
+            `vamp` (the VampPrior), these two with a Monte-Carlo KL (`vae_jax.priors`); of the top layer in an HVAE.
         prior_components: number K of mixture components or pseudo-inputs.
         stochastic_layers: 1 (`models.VAE`) or 2 (`hierarchical.HierarchicalVAE`, the HVAE of Tomczak & Welling:
             z1 and z2 of `latent_dim` each, q(z2|x) with `encoder_hidden`, p(z1|z2) with `decoder_hidden`, and
             one-layer trunks of their last widths for q(z1|x, z2) and p(x|z1, z2); `mlp` only, Monte-Carlo KL).
+        likelihood: p(x|z): `bernoulli` (binary data) or `logistic_mixture` (8-bit data, `data_form=8bit`: the
+            discretized logistic mixture of PixelCNN++ with `likelihood_components` K per pixel; one-layer `mlp`).
     """
 
     latent_dim: int = 10
@@ -77,6 +74,8 @@ class ModelConfig:
     prior: str = "normal"
     prior_components: int = 500
     stochastic_layers: int = 1
+    likelihood: str = "bernoulli"
+    likelihood_components: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,11 +96,10 @@ class OptimConfig:
         ema_decay: if positive, the parameters' exponential moving average with this decay per step (Polyak
             averaging, `train.params_ema`) is what validation, the best checkpoint, evaluation, samples and `init_from`
             use; 0 is off. 0.999 averages over about 1,000 steps.
-        ema_debias: the average is debiased (`params_ema(decay, debias=True)`): none of its weight stays on the initial
-            parameters. False: it starts from them, as in stored runs with `ema_decay` made before this field existed.
-        flatten: run the optimizer on one vector of all parameters (`optax.flatten`): a few large element-wise
-            operations per step instead of a few per parameter tensor, for accelerators, where each is a kernel
-            launch. The same update up to float32 rounding; a checkpoint keeps the layout it was saved with.
+        ema_debias: the average is debiased (no weight stays on the initial parameters); False: it starts from them,
+            as in stored runs made before this field existed.
+        flatten: run the optimizer on one vector of all parameters (`optax.flatten`): fewer kernel launches; the
+            same update up to rounding; a checkpoint keeps the layout it was saved with.
     """
 
     name: str = "adam"
@@ -121,30 +119,28 @@ class Config:
     """Everything that defines a training run; data locations are not part of it.
 
     Attributes:
-        dataset: `binarized_mnist` (static binarization), or `mnist` or `fashion_mnist` (grey levels,
-            binarized dynamically by a fresh Bernoulli draw each time an example is used).
+        dataset: `binarized_mnist` (static binarization), or `mnist` or `fashion_mnist` (grey levels, binarized
+            dynamically, a fresh Bernoulli draw per use, unless `data_form=8bit`).
         model: encoder/decoder sizes.
         optim: optimizer settings.
-        batch_size: examples per optimizer step, at most the 50,000 training examples; an epoch drops the last
-            incomplete batch.
+        batch_size: examples per optimizer step (at most 50,000); an epoch drops the last incomplete batch.
         epochs: total number of epochs of the run (at most: see `patience`).
         objective: `elbo` (the VAE) or `iwae` (the importance-weighted bound with `num_samples` samples,
             Burda et al., 2016, which has no KL term: `kl_weight`, `kl_warmup_epochs` and `free_bits` stay at 1, 0, 0).
         num_samples: samples of z per example in the training objective.
         kl_weight: beta, the weight of the KL term in the training loss (1 is the ELBO; `elbo` only).
         kl_warmup_epochs: the KL weight rises linearly from 0 to `kl_weight` over this many epochs (`elbo` only).
-        free_bits: minimum KL per latent dimension in the training loss, in nats, applied to the batch mean
-            of each dimension's KL (Kingma et al., 2016); 0 disables it (`elbo` with a per-dimension KL only).
+        free_bits: minimum KL per latent dimension (its batch mean) in the training loss, in nats (Kingma et al.,
+            2016); 0 disables it (`elbo` with a per-dimension KL only).
         seed: the run's seed; every random draw derives from `jax.random.key(seed)`.
         eval_batch_size: examples per chunk when evaluating a whole split.
         keep_checkpoints: number of latest checkpoints kept (the best one is kept as well).
-        data_parallel: split each batch over all devices (of all hosts) with `jax.sharding`; `batch_size` is
-            then the global batch and must be a multiple of the device count.
+        data_parallel: split each batch (global: a multiple of the device count) over all devices (`jax.sharding`).
         patience: early stopping: the run ends once `patience` epochs after the KL warm-up have brought no new best
             validation loss (Tomczak & Welling's rule, with 50); 0 trains all `epochs`.
-        init_from: a work directory whose best checkpoint's parameters (by validation loss) a new run starts from,
-            e.g. to go on training a VAE with the IWAE objective; its optimizer state, schedule, key and epochs start
-            afresh. Empty: the parameters are initialized from `seed`.
+        init_from: a work directory whose best checkpoint's parameters a new run starts from (optimizer state,
+            schedule, key and epochs afresh), e.g. to go on with the IWAE objective. Empty: from `seed`.
+        data_form: empty: the dataset's own form; `8bit`: the grey levels of `mnist` or `fashion_mnist` as they are.
     """
 
     dataset: str = "binarized_mnist"
@@ -163,6 +159,7 @@ class Config:
     data_parallel: bool = False
     patience: int = 0
     init_from: str = ""
+    data_form: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,9 +167,8 @@ class GapsConfig:
     """The defaults of the inference-gap measurement (`readback.evaluate_gaps`, the `gaps` command), one place for both.
 
     Attributes:
-        steps, num_samples, learning_rate: each example's posterior is optimized by `steps` Adam steps on the ELBO
-            estimate of `num_samples` samples, from the encoder's output, its learning rate decaying from
-            `learning_rate` to 1% of it (cosine).
+        steps, num_samples, learning_rate: `steps` Adam steps on each example's ELBO estimate of `num_samples`
+            samples, from the encoder's posterior, the learning rate decaying from `learning_rate` to 1% (cosine).
         eval_samples: samples per example of the final ELBO estimates.
         iwae_samples: K of the log p(x) estimate.
         batch_size: examples at once (memory only).
@@ -198,10 +194,9 @@ def _default() -> Config:
 
 
 def _tomczak_welling(stochastic_layers: int, prior: str) -> Config:
-    """The models of Tomczak & Welling (2018) on static MNIST: z (each layer) of 40, gated dense layers of 300, every
-    log-variance bounded (by 6), 500 pseudo-inputs, Adam, batch 100, the KL weight warmed up over 100 epochs. Their
-    learning rate (5e-4, early stopping over up to 2000 epochs) becomes a cosine decay from 1e-3 to 1e-5 over 200
-    epochs, a budget that fits a CPU; their code's AdamNormGrad is `optim.name=adam_normgrad`, not used here."""
+    """Tomczak & Welling (2018) on static MNIST: z (each layer) of 40, gated dense layers of 300, log-variances bounded
+    by 6, 500 pseudo-inputs, Adam, batch 100, KL warm-up over 100 epochs; their learning rate (5e-4, early stopping
+    over up to 2000 epochs) becomes a cosine decay from 1e-3 to 1e-5 over 200 epochs, which fits a CPU."""
     return Config(
         model=ModelConfig(latent_dim=40, encoder_hidden=(300, 300), decoder_hidden=(300, 300), activation="gated",
                           logvar_bound=6.0, prior=prior, prior_components=500, stochastic_layers=stochastic_layers),
@@ -300,6 +295,11 @@ def _validate_model(model: ModelConfig) -> None:
     _require(model.stochastic_layers == 1 or (model.encoder_hidden and model.decoder_hidden),
              "two stochastic layers (model.stochastic_layers=2) need at least one hidden layer in "
              "model.encoder_hidden and model.decoder_hidden (e.g. 300,300)")
+    _require_choice(model.likelihood, LIKELIHOODS, "likelihood")
+    _require(model.likelihood_components > 0, "model.likelihood_components must be positive")
+    _require(model.likelihood == "bernoulli" or (model.architecture, model.stochastic_layers, model.prior != "vamp")
+             == ("mlp", 1, True), "model.likelihood=logistic_mixture is not supported yet with a conv decoder, two "
+             "stochastic layers or the VampPrior; use model.architecture=mlp, model.stochastic_layers=1, no vamp")
 
 
 def _validate_optim(optim: OptimConfig) -> None:
@@ -325,6 +325,13 @@ def validate(config: Config) -> Config:
     """Returns `config` unchanged, or raises `ConfigError` naming the first bad field."""
     _require(config.dataset in DATASETS, f"unknown dataset {config.dataset!r}; choose one of {list(DATASETS)}")
     _validate_model(config.model)
+    _require_choice(config.data_form, DATA_FORMS, "data_form")
+    eight_bit, bernoulli = config.data_form == "8bit", config.model.likelihood == "bernoulli"
+    _require(not eight_bit or config.dataset != "binarized_mnist",
+             "data_form=8bit needs grey levels, and binarized_mnist has 0/1 pixels; use dataset=mnist or fashion_mnist")
+    _require(not (eight_bit and bernoulli), "data_form=8bit needs model.likelihood=logistic_mixture")
+    _require(eight_bit or bernoulli, f"model.likelihood={config.model.likelihood} models 8-bit grey levels; set "
+                                     "data_form=8bit (mnist or fashion_mnist) or model.likelihood=bernoulli")
     _require_choice(config.objective, OBJECTIVES, "objective")
     for name in ("kl_weight", "kl_warmup_epochs", "free_bits", "patience"):
         _require(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
