@@ -261,3 +261,21 @@ def test_each_dataset_extracts_its_files_into_its_own_folder(tmp_path, monkeypat
             data._decode_with_tfds(dataset, "test", tmp_path / "tfds", tmp_path, False)
     assert seen == {name: str(tmp_path / "tfds" / "downloads" / "extracted" / name) for name in seen}
     assert len(set(seen.values())) == 2
+
+
+def test_8bit_mnist_is_not_binarized_and_reaches_the_model_as_grey_levels(shared_data, data_dir):
+    import jax
+
+    from vae_jax.objective import map_examples
+
+    assert (data.describe("mnist").form, data.describe("binarized_mnist").form) == ("dynamic", "binary")
+    eight_bit = data.describe("mnist", "8bit")
+    assert (eight_bit.dynamic, eight_bit.eight_bit, eight_bit.form, eight_bit.num_pixels) == (False, True, "8bit", 784)
+    with pytest.raises(DataError, match="8bit is for"):
+        data.describe("binarized_mnist", "8bit")
+    pixels = data.load_split("mnist", "validation", manual_dir=shared_data / "mnist", data_dir=data_dir)[:64]
+    assert pixels.max() == 255 and len(np.unique(pixels)) > 2
+    data.check_pixels(pixels, dynamic=eight_bit.dynamic or eight_bit.eight_bit)
+    seen = map_examples(lambda x, _: x, pixels, np.arange(len(pixels)), jax.random.key(0), eight_bit.dynamic)
+    assert seen.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(seen), pixels.astype(np.float32))

@@ -2,8 +2,9 @@
 
 `binarized_mnist` holds the static binarization of Larochelle & Murray (2011): pixels already in {0, 1},
 splits train 50,000 / validation 10,000 / test 10,000. `mnist` and `fashion_mnist` (Xiao et al., 2017) hold grey
-levels 0..255; they are binarized dynamically (a fresh Bernoulli draw per use) and their last 10,000 training
-images are held out as validation, so their splits have the same sizes.
+levels 0..255; they are binarized dynamically (a fresh Bernoulli draw per use), or in the form `8bit` reach the
+model as they are, and their last 10,000 training images are held out as validation, so their splits have the same
+sizes.
 
 Each split is decoded once and cached as `<data_dir>/vae_jax_cache/<dataset>/<split>.npy` (the labels of a labelled
 dataset as `<split>_labels.npy`, and the split's content hash, `split_hash`, as `<split>.sha256`).
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_jax.configs import DATASETS, SPLIT_SIZES
+from vae_jax.configs import DATA_FORMS, DATASETS, SPLIT_SIZES
 from vae_jax.errors import DataError, StorageError, first_line, os_cause
 
 IMAGE_SHAPE = (28, 28, 1)  # (height, width, channels) of every dataset here
@@ -50,12 +51,19 @@ class Dataset:
     Attributes:
         name: the TFDS name.
         image_shape: `(height, width, channels)` of one image; an example reaches a model flattened, `[D]`.
-        dynamic: whether it holds grey levels that are binarized dynamically (else 0/1 pixels).
+        dynamic: whether it holds grey levels that are binarized dynamically (else 0/1 pixels, or 8-bit ones).
+        eight_bit: whether its grey levels 0..255 reach the model as they are (as floats; `data_form=8bit`).
     """
 
     name: str
     image_shape: tuple[int, int, int]
     dynamic: bool
+    eight_bit: bool = False
+
+    @property
+    def form(self) -> str:
+        """`binary` (static 0/1), `dynamic` (grey levels binarized dynamically) or `8bit` (grey levels as they are)."""
+        return "8bit" if self.eight_bit else "dynamic" if self.dynamic else "binary"
 
     @property
     def num_pixels(self) -> int:
@@ -63,11 +71,15 @@ class Dataset:
         return math.prod(self.image_shape)
 
 
-def describe(dataset: str) -> Dataset:
-    """The `Dataset` called `dataset`, or a `DataError` naming the known ones."""
+def describe(dataset: str, form: str = "") -> Dataset:
+    """The `Dataset` called `dataset` in `form` (`configs.Config.data_form`: empty, its own form; `8bit`, the grey
+    levels of a dynamic dataset as they are), or a `DataError` naming the known ones."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
-    return Dataset(dataset, IMAGE_SHAPE, dataset in DYNAMIC_DATASETS)
+    if form not in DATA_FORMS or (form == "8bit" and dataset not in DYNAMIC_DATASETS):
+        raise DataError(f"{dataset} has no data form {form!r}; 8bit is for {list(DYNAMIC_DATASETS)}")
+    eight_bit = form == "8bit"
+    return Dataset(dataset, IMAGE_SHAPE, dataset in DYNAMIC_DATASETS and not eight_bit, eight_bit)
 
 
 def is_dynamic(dataset: str) -> bool:
@@ -76,7 +88,8 @@ def is_dynamic(dataset: str) -> bool:
 
 
 def check_pixels(pixels: np.ndarray, dynamic: bool, name: str = "data") -> np.ndarray:
-    """Returns `pixels` if it is a `[N, 784]` uint8 array of the right range, else raises `DataError`."""
+    """Returns `pixels` if it is a `[N, 784]` uint8 array of the right range, else raises `DataError`; `dynamic`:
+    grey levels 0..255 are allowed (a dataset binarized dynamically, or 8-bit: `Dataset.dynamic or eight_bit`)."""
     if pixels.ndim != 2 or pixels.shape[1] != NUM_PIXELS:
         raise DataError(f"{name} has shape {pixels.shape}, expected (N, {NUM_PIXELS}) flattened 28x28 images")
     if pixels.dtype != np.uint8:

@@ -80,7 +80,7 @@ def resolve_run(config: configs.Config, workdir_path: str | Path, model: Any = N
     """The run that `config` (validated here) describes in `workdir_path`, with `model` or, if None, the model of
     `config.model`."""
     configs.validate(config)
-    dataset = data.describe(config.dataset)
+    dataset = data.describe(config.dataset, config.data_form)
     metadata = configs.to_dict(config)
     if model is None:
         model = builders.build_model(config.model, dataset)
@@ -95,7 +95,7 @@ def resolve_stored(metadata: dict[str, Any], workdir_path: str | Path, model: An
     run of a model of your own needs and which must be the one it was trained with."""
     workdir_path = Path(workdir_path)
     config = workdir.config_of(metadata)
-    dataset = data.describe(config.dataset)
+    dataset = data.describe(config.dataset, config.data_form)
     if model is not None:
         model = as_model(model)
         workdir.check_same_model(metadata, {**metadata, "model": contract.describe(model)}, workdir_path)
