@@ -1,6 +1,8 @@
 """Networks and models: the convolutional encoder's locality, one example against a batch, learning; gated layers;
 the hierarchical VAE's contract; configs that build them; matrix-product precision."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -175,3 +177,27 @@ def test_he_normal_kernels_scale_every_kernel_and_nothing_else():
     assert kernels == 10 * 2 + 4  # ten gated layers of two Dense each (2 + 2 + 3 + 3), and four Gaussian or pixel heads
     first = he_params["params"]["q_z2"]["MLP_0"]["Dense_0"]["kernel"]
     np.testing.assert_allclose(np.var(first), 2 / 784, rtol=0.02)
+
+
+def test_the_8bit_model_scales_the_encoder_input_and_sizes_the_decoder_for_the_mixture():
+    from vae_jax import data, likelihoods
+
+    small = configs.ModelConfig(latent_dim=3, encoder_hidden=(16,), decoder_hidden=(16,))
+    mixture = dataclasses.replace(small, likelihood="logistic_mixture", likelihood_components=4)
+    eight_bit = builders.build_model(mixture, data.describe("mnist", "8bit"))
+    binary = builders.build_model(small, MNIST)
+    assert binary.encoder.__class__ is models.Encoder and binary.likelihood == likelihoods.Bernoulli()
+    assert eight_bit.likelihood == likelihoods.DiscretizedLogisticMixture((28, 28, 1), 4)
+    assert eight_bit.num_pixels == 784 and eight_bit.decoder.output_dim == 784 * 4 * 3
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 256, 784), jnp.float32)
+    key = jax.random.key(0)
+    params, binary_params = eight_bit.init(key, x), binary.init(key, x / 255)
+    # The same parameter names as the binary model's (the wrapper is no Flax module), and the encoder sees x / 255.
+    assert (jax.tree_util.tree_structure(params["encoder"])
+            == jax.tree_util.tree_structure(binary_params["encoder"]))
+    np.testing.assert_allclose(eight_bit.posterior(params, x)[0],
+                               eight_bit.encoder.encoder.apply(params["encoder"], x / 255)[0], rtol=1e-6)
+    assert not np.allclose(eight_bit.posterior(params, x)[0], eight_bit.encoder.encoder.apply(params["encoder"], x)[0])
+    samples = eight_bit.joint_samples(params, x, key, 2)
+    assert samples.log_likelihood.shape == (2,) and np.all(np.isfinite(samples.log_likelihood))
+    assert eight_bit.generate(params, key, 3).shape == (3, 784)

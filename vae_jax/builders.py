@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vae_jax import configs, data, models, priors
+from vae_jax import configs, data, likelihoods, models, priors
 from vae_jax.contract import FlaxModel, Model
 from vae_jax.errors import ConfigError
 from vae_jax.hierarchical import HierarchicalVAE
@@ -31,10 +31,18 @@ def build_prior(config: configs.ModelConfig, dataset: data.Dataset) -> Any:
     return None
 
 
+def build_likelihood(config: configs.ModelConfig, dataset: data.Dataset) -> Any:
+    """The likelihood p(x|z) that `config.likelihood` names (`vae_jax.likelihoods`), for images of `dataset`."""
+    if config.likelihood == "logistic_mixture":
+        return likelihoods.DiscretizedLogisticMixture(dataset.image_shape, config.likelihood_components)
+    return likelihoods.Bernoulli()
+
+
 def build_model(config: configs.ModelConfig, dataset: data.Dataset) -> Model:
     """The model that `config` describes for examples of `dataset` (`data.describe`): `models.VAE` with MLP or
     convolutional networks, or, with two stochastic layers, `hierarchical.HierarchicalVAE`; with `kernel_init`
-    `he_normal`, inside `HeNormalInit`."""
+    `he_normal`, inside `HeNormalInit`. On 8-bit data (`dataset.eight_bit`) the encoder sees x / 255, in [0, 1]
+    (`models.ScaledEncoder`), and the decoder's output parameterizes `build_likelihood`'s 8-bit likelihood."""
     model = _build_network(config, dataset)
     return HeNormalInit(model) if config.kernel_init == "he_normal" else model
 
@@ -57,9 +65,14 @@ def _build_network(config: configs.ModelConfig, dataset: data.Dataset) -> Model:
         encoder = models.ConvEncoder(shape, config.latent_dim, channels, encoder_hidden, config.activation,
                                      logvar_bound, dtype, precision)
         decoder = models.ConvDecoder(shape, channels, decoder_hidden, config.activation, dtype, precision)
-    else:
+    else:  # the MLP, the one network for the 8-bit likelihood (`configs.validate`)
         encoder = models.Encoder(config.latent_dim, encoder_hidden, config.activation, logvar_bound, dtype, precision)
-        decoder = models.Decoder(dataset.num_pixels, decoder_hidden, config.activation, dtype, precision)
+        if dataset.eight_bit:
+            encoder = models.ScaledEncoder(encoder, 1.0 / 255.0)
+        likelihood = build_likelihood(config, dataset)
+        output_dim = dataset.num_pixels if config.likelihood == "bernoulli" else likelihood.num_params()
+        decoder = models.Decoder(output_dim, decoder_hidden, config.activation, dtype, precision)
+        return models.VAE(encoder, decoder, prior, likelihood, num_pixels=dataset.num_pixels)
     return models.VAE(encoder, decoder, prior, num_pixels=dataset.num_pixels)
 
 

@@ -233,6 +233,28 @@ class ConvDecoder(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
+class ScaledEncoder:
+    """An encoder that sees its input times `scale` (8-bit grey levels 0..255 as [0, 1] with `scale=1/255`); a plain
+    wrapper, not a Flax module, so the encoder's variables keep their names. `init` and `apply` as a Flax module's.
+
+    Attributes:
+        encoder: module `x [..., D] -> (mean, logvar) [..., J]`.
+        scale: the factor of its input.
+    """
+
+    encoder: nn.Module
+    scale: float
+
+    def init(self, key: jax.Array, x: jax.Array) -> Params:
+        """The encoder's variables, initialized on `x * scale`."""
+        return self.encoder.init(key, x * self.scale)
+
+    def apply(self, params: Params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The encoder's output at `x * scale`."""
+        return self.encoder.apply(params, x * self.scale)
+
+
+@dataclasses.dataclass(frozen=True)
 class VAE:
     """The VAE with one stochastic layer (Kingma & Welling, 2013), as a model of `vae_jax.contract`:
     q(z|x) = N(mean(x), diag exp(logvar(x))) from `encoder`, p(x|z) from `decoder` and `likelihood`, p(z) = N(0, I)
