@@ -241,3 +241,25 @@ def test_fashion_mnist_trains_resumes_and_evaluates_from_the_command_line(fashio
     assert result["data_hash"] != data.split_hash("fashion_mnist", "validation", data_dir=data_dir)
     # About 350 after two epochs: below the best model without a latent (the pixels' mean, about 385 nats).
     assert 200 < result["nelbo"] < 380
+
+
+def test_8bit_mnist_trains_and_evaluates_in_bits_per_dimension(shared_data, data_dir, tmp_path, capsys):
+    """MNIST's grey levels as they are (`data_form=8bit`), with the discretized logistic mixture: one epoch, then
+    `eval` with K = 5, whose card says the form and the units and whose NLL comes in bits per dimension too."""
+    import math
+
+    workdir = tmp_path / "eightbit"
+    tiny = ["model.latent_dim=2", "model.encoder_hidden=16", "model.decoder_hidden=16", "batch_size=500",
+            "model.likelihood_components=2"]
+    assert cli.main(["train", "--workdir", str(workdir), "--dataset", "mnist", "data_form=8bit",
+                     "model.likelihood=logistic_mixture", "--config", "cs236", "--epochs", "1", "--no-progress",
+                     "--manual-dir", str(shared_data / "mnist"), "--data-dir", str(data_dir), *tiny]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--workdir", str(workdir), "--iwae-samples", "5", "--data-dir", str(data_dir)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["dataset"], result["binarization"], result["units"]) == ("mnist", "none (8-bit)", "nats, bits/dim")
+    assert result["config"]["data_form"] == "8bit" and result["num_examples"] == 10_000
+    assert result["nll_bpd"] == result["nll"] / (784 * math.log(2))
+    assert result["nelbo_bpd"] == result["nelbo"] / (784 * math.log(2))
+    # A uniform model over 256 levels takes 8 bits per pixel; one epoch already does better.
+    assert 0 < result["nll_bpd"] <= result["nelbo_bpd"] < 8

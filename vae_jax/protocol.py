@@ -38,7 +38,7 @@ def _git_commit() -> str | None:
 
 def protocol_card(dataset: str, split: str, num_examples: int, iwae_k: int | None, eval_seed: int,
                   config: dict[str, Any], inference: str = AMORTIZED, elbo_samples: int = 1,
-                  data_hash: str | None = None) -> dict[str, Any]:
+                  data_hash: str | None = None, form: str = "") -> dict[str, Any]:
     """Every field that decides whether two evaluation results can be compared, plus provenance.
 
     Args:
@@ -51,19 +51,23 @@ def protocol_card(dataset: str, split: str, num_examples: int, iwae_k: int | Non
         inference: `amortized` (the model's encoder), or a description of per-example inference.
         elbo_samples: samples of z per example in the ELBO estimate (its variance, not its expectation).
         data_hash: the evaluated split's content hash (`data.split_hash`), or None where it is unknown.
+        form: the data's form (`data.Dataset.form`); empty: the dataset's own. `8bit` results are not binarized
+            (`binarization` "none (8-bit)") and come in nats and bits per dimension (`units` "nats, bits/dim").
     """
     from vae_jax import __version__
 
+    eight_bit = form == "8bit"
+
     return {
         "dataset": dataset,
-        "binarization": "dynamic" if data.is_dynamic(dataset) else "static",
+        "binarization": "none (8-bit)" if eight_bit else "dynamic" if data.is_dynamic(dataset) else "static",
         "split": split,
         "split_size": configs.SPLIT_SIZES[split],
         "num_examples": num_examples,
         "estimator": "iwae" if iwae_k else "elbo",
         "iwae_k": iwae_k,
         "eval_seed": eval_seed,
-        "units": "nats",
+        "units": "nats, bits/dim" if eight_bit else "nats",
         "train_set": f"{dataset}/train ({configs.SPLIT_SIZES['train']} examples)",
         "inference": inference,
         "data_hash": data_hash,

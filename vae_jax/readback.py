@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -92,8 +93,9 @@ def evaluate_checkpoint(
 
     Returns:
         A JSON-ready dict, the line appended to `eval.jsonl`: `nelbo`, `nelbo_stderr`, `rec`, `kl`, `kl_per_dim`,
-        `active_units` (None without a posterior mean), `num_examples`, (`nll`, `nll_stderr`,) `run`, `epoch`,
-        `step` and the protocol card of `protocol.protocol_card`.
+        `active_units` (None without a posterior mean), `num_examples`, (`nll`, `nll_stderr`,) on 8-bit data
+        `nelbo_bpd` (and `nll_bpd`) in bits per dimension, `run`, `epoch`, `step` and the protocol card of
+        `protocol.protocol_card`.
     """
     if iwae_samples < 0 or iwae_chunk <= 0 or (batch_size is not None and batch_size <= 0):
         raise ConfigError("--iwae-samples must be >= 0, and --iwae-chunk and --batch-size positive")
@@ -112,9 +114,9 @@ def evaluate_checkpoint(
                                         batch_size=iwae_batch, chunk_size=iwae_chunk, dynamic_binarization=dynamic,
                                         mesh=mesh)
     summary = evaluate.summarize(terms, bounds)
-    result = {**summary, **opened.provenance(),
+    result = {**summary, **in_bits_per_dim(summary, run.dataset), **opened.provenance(),
               **protocol.protocol_card(run.config.dataset, split, summary["num_examples"], iwae_samples or None,
-                                       eval_seed, run.metadata, data_hash=opened.data_hash)}
+                                       eval_seed, run.metadata, data_hash=opened.data_hash, form=run.dataset.form)}
     append_json_line(run.workdir / EVAL_FILE, result)
     return result
 
@@ -166,10 +168,12 @@ def evaluate_gaps(
                f"steps of {gaps.num_samples} samples, from the encoder's output")
     card = functools.partial(protocol.protocol_card, run.config.dataset, split, len(opened.pixels),
                              eval_seed=eval_seed, config=run.metadata, elbo_samples=gaps.eval_samples,
-                             data_hash=opened.data_hash)
+                             data_hash=opened.data_hash, form=run.dataset.form)
     columns = gap_columns(measured)
-    for line in ({**_means(nelbo=-measured.elbo_amortized, nll=-measured.log_px), **card(gaps.iwae_samples)},
-                 {**_means(nelbo=-measured.elbo_refined), **card(None, inference=refined)}):
+    amortized, per_example = _means(nelbo=-measured.elbo_amortized, nll=-measured.log_px), _means(
+        nelbo=-measured.elbo_refined)
+    for line in ({**amortized, **in_bits_per_dim(amortized, run.dataset), **card(gaps.iwae_samples)},
+                 {**per_example, **in_bits_per_dim(per_example, run.dataset), **card(None, inference=refined)}):
         append_json_line(run.workdir / EVAL_FILE, {**line, **opened.provenance()})
     summary = {
         **_means(**columns, inference_gap=measured.log_px - measured.elbo_amortized),
@@ -177,6 +181,15 @@ def evaluate_gaps(
         **opened.provenance(), **card(gaps.iwae_samples, inference=refined),
     }
     return summary, measured
+
+
+def in_bits_per_dim(result: dict[str, Any], dataset: data.Dataset) -> dict[str, float]:
+    """On 8-bit data, `nelbo_bpd` (and `nll_bpd`, where `result` has an `nll`): its `nelbo` and `nll` in bits per
+    dimension, nats / (D ln 2) (`likelihoods.bits_per_dim`, here in float64); else nothing."""
+    if not dataset.eight_bit:
+        return {}
+    return {f"{name}_bpd": result[name] / (dataset.num_pixels * math.log(2.0))
+            for name in ("nelbo", "nll") if result.get(name) is not None}
 
 
 def gap_columns(gaps: inference.Gaps) -> dict[str, np.ndarray]:
