@@ -263,3 +263,14 @@ def test_8bit_mnist_trains_and_evaluates_in_bits_per_dimension(shared_data, data
     assert result["nelbo_bpd"] == result["nelbo"] / (784 * math.log(2))
     # A uniform model over 256 levels takes 8 bits per pixel; one epoch already does better.
     assert 0 < result["nll_bpd"] <= result["nelbo_bpd"] < 8
+    # Its figures show the grey levels on [0, 1], as the binary models' are: the test digits are mostly dark.
+    assert cli.main(["sample", "--workdir", str(workdir), "--out", str(tmp_path / "grid.png"), "--num-images", "16",
+                     "--data-dir", str(data_dir), "--mnist-dir", str(shared_data / "mnist")]) == 0
+    from PIL import Image
+
+    with Image.open(tmp_path / "grid_reconstructions.png") as image:
+        grid = np.asarray(image, np.float64) / 255
+    inputs = np.concatenate([grid[1 + 29 * r: 29 * (r + 1), 1 + 58 * c: 29 + 58 * c] for r in range(4)
+                             for c in range(4)])
+    # MNIST's mean grey level is 0.13; unscaled levels would clip to white: only black and white would be left.
+    assert 0.08 < inputs.mean() < 0.18 and len(np.unique(inputs)) > 50

@@ -97,7 +97,7 @@ def save_latent_scatter(path: str | os.PathLike, codes: np.ndarray, labels: np.n
 
 def sample_figures(model: Model, params: Params, out: str | os.PathLike, test_inputs: jax.Array, key: jax.Array,
                    num_images: int, labelled: tuple[np.ndarray, np.ndarray] | None,
-                   image_shape: tuple[int, int]) -> dict[str, Path]:
+                   image_shape: tuple[int, int], pixel_max: float = 1.0) -> dict[str, Path]:
     """Writes the figures that the model's methods allow and returns their paths: prior samples to `out`, and
     beside it (`<out stem>_<name>.png`) test digits next to their reconstructions, interpolations between pairs of
     test digits (10 steps each), and for a 2-D code the decoded manifold and the scatter of `labelled` digits.
@@ -110,6 +110,8 @@ def sample_figures(model: Model, params: Params, out: str | os.PathLike, test_in
         num_images: images per grid.
         labelled: `(inputs [N, D] binarized, labels [N])` for the scatter of a 2-D code, or None.
         image_shape: `(H, W)` of an image (`data.Dataset.image_shape`).
+        pixel_max: the largest value of `test_inputs` (255 for 8-bit grey levels), shown as white; the model's
+            means are in [0, 1] already.
     """
     columns = int(np.ceil(np.sqrt(num_images)))
     out = Path(out)
@@ -124,7 +126,7 @@ def sample_figures(model: Model, params: Params, out: str | os.PathLike, test_in
         write("samples", np.asarray(generate(model, params, key, num_images)), columns)
     inputs = test_inputs[:num_images]
     if _has(model, "reconstruct"):
-        pairs = np.stack([np.asarray(inputs), np.asarray(reconstruct(model, params, inputs))], axis=1)
+        pairs = np.stack([np.asarray(inputs) / pixel_max, np.asarray(reconstruct(model, params, inputs))], axis=1)
         write("reconstructions", pairs.reshape(-1, inputs.shape[-1]), 2 * columns)
     if not (_has(model, "encode") and _has(model, "decode")):
         return figures

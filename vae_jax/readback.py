@@ -263,6 +263,8 @@ def write_sample_figures(
     if figures.code_size(run.model, params, test_inputs) == 2:
         mnist_dir = manual_dir if mnist_dir is None and run.config.dataset == data.LABELED_DATASET else mnist_dir
         digits = data.load_split(data.LABELED_DATASET, "test", data_dir=data_dir, manual_dir=mnist_dir)
-        labelled = (binarized(digits, True), data.load_labels("test", data_dir=data_dir, manual_dir=mnist_dir))
+        # The digits in the run's own form: grey levels for an 8-bit model, else binarized by a draw.
+        digits = binarized(digits, not run.dataset.eight_bit)
+        labelled = (digits, data.load_labels("test", data_dir=data_dir, manual_dir=mnist_dir))
     return figures.sample_figures(run.model, params, out, test_inputs, sample_key, num_images, labelled,
-                                  run.dataset.image_shape[:2])
+                                  run.dataset.image_shape[:2], 255.0 if run.dataset.eight_bit else 1.0)
