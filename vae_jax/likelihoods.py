@@ -260,7 +260,7 @@ class DiscretizedLogisticMixture:
         return jnp.round((x + 1.0) * 127.5).reshape(*x.shape[:-2], -1)
 
 
-def bits_per_dim(nats: ArrayLike, num_dims: int) -> jax.Array:
+def bits_per_dim(nats: ArrayLike, num_dims: int) -> ArrayLike:
     """A negative log-likelihood in nats per example to bits per dimension: nats / (num_dims ln 2).
 
     Args:
@@ -269,6 +269,6 @@ def bits_per_dim(nats: ArrayLike, num_dims: int) -> jax.Array:
         num_dims: D, the number of dimensions of an example.
 
     Returns:
-        `[...]` bits per dimension.
+        `[...]` bits per dimension, in the precision of `nats` (a Python float stays a float64 number).
     """
-    return jnp.asarray(nats) / (num_dims * math.log(2.0))
+    return nats / (num_dims * math.log(2.0))

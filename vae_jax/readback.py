@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,6 +17,7 @@ import numpy as np
 from vae_jax import compilation_cache, configs, contract, data, evaluate, inference, parallel, protocol
 from vae_jax.checkpoint import Restored
 from vae_jax.errors import ConfigError
+from vae_jax.likelihoods import bits_per_dim
 from vae_jax.objective import map_examples
 from vae_jax.resolve import Run, check_model, open_run
 from vae_jax.trainer import mesh_for
@@ -185,10 +185,10 @@ def evaluate_gaps(
 
 def in_bits_per_dim(result: dict[str, Any], dataset: data.Dataset) -> dict[str, float]:
     """On 8-bit data, `nelbo_bpd` (and `nll_bpd`, where `result` has an `nll`): its `nelbo` and `nll` in bits per
-    dimension, nats / (D ln 2) (`likelihoods.bits_per_dim`, here in float64); else nothing."""
+    dimension (`likelihoods.bits_per_dim`, in float64 for these float summaries); else nothing."""
     if not dataset.eight_bit:
         return {}
-    return {f"{name}_bpd": result[name] / (dataset.num_pixels * math.log(2.0))
+    return {f"{name}_bpd": bits_per_dim(result[name], dataset.num_pixels)
             for name in ("nelbo", "nll") if result.get(name) is not None}
 
 
