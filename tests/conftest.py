@@ -64,6 +64,12 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def frey_data() -> Path:
+    """The standard copy of Frey faces, `frey_faces/freyfaces.pkl` (see ../shared/data/README.md)."""
+    return _require_folders("frey_faces")
+
+
+@pytest.fixture(scope="session")
 def fashion_data() -> Path:
     """The offline copies of the original Fashion-MNIST files, `fashion_mnist/` (see ../shared/data/README.md)."""
     return _require_folders("fashion_mnist")

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from vae_jax import configs
-from vae_jax.errors import ConfigError
+from vae_jax import configs, resolve
+from vae_jax.errors import ConfigError, VaeError
 
 
 def test_cs236_preset_is_the_stanford_model():
@@ -34,7 +34,7 @@ def test_overrides_parse_each_field_type():
     ("model.latent_dim=abc", "cannot read 'abc'"),
     ("model.depth=3", "unknown config field 'model.depth'"),
     ("model=3", "is a section"),
-    ("dataset=cifar10", "unknown dataset 'cifar10'"),
+    ("dataset=", "dataset is empty; name one"),
     ("batch_size", "not of the form key=value"),
     ("model.encoder_hidden=512,0", "widths must be positive"),
     ("optim.name=lbfgs", "unknown optimizer"),
@@ -136,11 +136,6 @@ def test_8bit_data_and_the_logistic_mixture():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["data_form=8bit", "model.likelihood=logistic_mixture"], "binarized_mnist has 0/1 pixels; use dataset=mnist"),
-    (["dataset=mnist", "data_form=8bit"], "data_form=8bit needs model.likelihood=logistic_mixture"),
-    (["dataset=mnist", "model.likelihood=logistic_mixture"], "set data_form=8bit (mnist or fashion_mnist) or "
-                                                             "model.likelihood=bernoulli"),
-    (["model.likelihood=logistic_mixture"], "set data_form=8bit"),
     (["dataset=mnist", "data_form=8bit", "model.likelihood=logistic_mixture", "model.architecture=conv"],
      "not supported yet with a conv decoder"),
     (["dataset=mnist", "data_form=8bit", "model.likelihood=logistic_mixture", "model.prior=vamp"],
@@ -152,4 +147,23 @@ def test_8bit_data_and_the_logistic_mixture():
 def test_8bit_refusals_are_one_line_naming_the_fix(overrides, message):
     with pytest.raises(ConfigError) as error:
         configs.apply_overrides(configs.get_config("cs236"), overrides)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data_form=8bit", "model.likelihood=logistic_mixture"],
+     "binarized_mnist has no data form '8bit'; it takes ['binary'] (data_form=...)"),
+    (["dataset=frey_faces", "data_form=dynamic"], "frey_faces has no data form 'dynamic'; it takes ['8bit']"),
+    (["dataset=mnist", "data_form=8bit"], "mnist reaches the model as 8-bit grey levels (data_form=8bit), which "
+                                          "model.likelihood=bernoulli cannot score; set model.likelihood="
+                                          "logistic_mixture"),
+    (["dataset=frey_faces"], "frey_faces reaches the model as 8-bit grey levels"),
+    (["dataset=mnist", "model.likelihood=logistic_mixture"], "and mnist is dynamic; set data_form=8bit (on grey "
+                                                             "levels) or model.likelihood=bernoulli"),
+    (["model.likelihood=logistic_mixture"], "and binarized_mnist is binary; set data_form=8bit"),
+])
+def test_data_and_likelihood_that_do_not_match_are_refused_at_the_door(overrides, message, tmp_path):
+    config = configs.apply_overrides(configs.get_config("cs236"), overrides)  # each field valid on its own
+    with pytest.raises(VaeError) as error:
+        resolve.resolve_run(config, tmp_path)
     assert message in str(error.value) and "\n" not in str(error.value)

@@ -4,6 +4,7 @@ import errno
 import gzip
 import hashlib
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -13,8 +14,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from vae_jax import data
+from vae_jax import catalogue, data
 from vae_jax.errors import DataError, StorageError
+
+# The hashes of frey_faces' train, validation and test: a change of numpy's permutation would change the split.
+FREY_HASHES = ["401554fd64067954", "64995ff30424d6c2", "5fd5590e09aaca26"]
 
 
 def test_binarized_mnist_splits(shared_data, data_dir):
@@ -22,7 +26,7 @@ def test_binarized_mnist_splits(shared_data, data_dir):
     splits = {split: data.load_split("binarized_mnist", split, data_dir=data_dir, manual_dir=manual_dir)
               for split in data.SPLITS}
     for split, pixels in splits.items():
-        assert pixels.shape == (data.SPLIT_SIZES[split], 784) and pixels.dtype == np.uint8
+        assert pixels.shape == (data.describe("binarized_mnist").split_size(split), 784) and pixels.dtype == np.uint8
         assert set(np.unique(pixels)) == {0, 1}
     # About 13% of the pixels of binarized MNIST are on.
     assert 0.10 < splits["train"].mean() < 0.16
@@ -68,7 +72,7 @@ def test_fashion_mnist_grey_levels_held_out_validation_and_labels(fashion_data, 
     splits = {split: data.load_split("fashion_mnist", split, data_dir=data_dir, manual_dir=manual_dir)
               for split in data.SPLITS}
     for split, pixels in splits.items():
-        assert pixels.shape == (data.SPLIT_SIZES[split], 784) and pixels.dtype == np.uint8
+        assert pixels.shape == ({"train": 50_000}.get(split, 10_000), 784) and pixels.dtype == np.uint8
     assert data.describe("fashion_mnist").dynamic and splits["train"].max() == 255
     assert len(np.unique(splits["train"])) == 256
     # The mean grey level of Fashion-MNIST's training images is 0.286 (MNIST's is 0.131).
@@ -103,17 +107,21 @@ def test_fashion_mnist_grey_levels_held_out_validation_and_labels(fashion_data, 
 
 
 def test_binarized_mnist_has_no_labels(tmp_path):
-    with pytest.raises(DataError, match=r"binarized_mnist has no labels; choose one of \['mnist', 'fashion_mnist'\]"):
-        data.load_labels("test", "binarized_mnist", data_dir=tmp_path)
+    for dataset in ("binarized_mnist", "frey_faces"):
+        with pytest.raises(DataError, match=rf"{dataset} has no labels; choose a labelled dataset such as \['mnist', "
+                                            r"'fashion_mnist'\]"):
+            data.load_labels("test", dataset, data_dir=tmp_path)
 
 
 def test_split_hash_is_the_sha256_of_the_split_computed_once(tmp_path, monkeypatch):
     """Fake splits, one per dataset and split: the hash of each, its cache, and its renewal with the split."""
     rng = np.random.default_rng(0)
+    tfds_datasets = ("binarized_mnist", "mnist", "fashion_mnist")
     fakes = {(dataset, split): rng.integers(0, 2, (20, 784), dtype=np.uint8)
-             for dataset in data.DATASETS for split in data.SPLITS}
-    monkeypatch.setattr(data, "_decode_with_tfds", lambda dataset, tfds_split, *args: {
-        "image": fakes[dataset, next(s for s, t in data._TFDS_SPLITS[dataset].items() if t == tfds_split)]})
+             for dataset in tfds_datasets for split in data.SPLITS}
+    monkeypatch.setattr(data, "_prepared_builder", lambda dataset, *args: dataset)
+    monkeypatch.setattr(data, "_decode_split", lambda dataset, tfds_split: {"image": fakes[dataset, next(
+        s for s, t in catalogue.ENTRIES[dataset].tfds_splits.items() if t == tfds_split)]})
     hashes = {key: data.split_hash(*key, data_dir=tmp_path) for key in fakes}
     for key, pixels in fakes.items():
         assert hashes[key] == hashlib.sha256(pixels.tobytes()).hexdigest()[:16]
@@ -156,8 +164,11 @@ def test_failed_download_names_the_offline_option(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_and_split(tmp_path):
-    with pytest.raises(DataError, match="unknown dataset 'cifar10'"):
-        data.load_split("cifar10", "test", data_dir=tmp_path)
+    with pytest.raises(DataError, match=r"unknown dataset 'no_such_dataset'; choose one of \['binarized_mnist', "
+                                        r"'mnist', 'fashion_mnist', 'frey_faces'\] or a TFDS image dataset's name"):
+        data.load_split("no_such_dataset", "test", data_dir=tmp_path)
+    with pytest.raises(DataError, match="unknown dataset 'two words'"):
+        data.describe("two words")
     with pytest.raises(DataError, match="unknown split 'dev'"):
         data.load_split("mnist", "dev", data_dir=tmp_path)
 
@@ -170,20 +181,24 @@ def test_damaged_cache_is_reported(tmp_path):
         data.load_split("binarized_mnist", "test", data_dir=tmp_path)
 
 
-@pytest.mark.parametrize("pixels,message", [
-    (np.zeros((4, 28, 28), np.uint8), r"shape \(4, 28, 28\), expected \(N, 784\)"),
-    (np.zeros((4, 784), np.float32), "dtype float32, expected uint8"),
-    (np.full((4, 784), 7, np.uint8), "values up to 7, expected 0/1"),
+@pytest.mark.parametrize("pixels,dataset,message", [
+    (np.zeros((4, 28, 28), np.uint8), "binarized_mnist",
+     r"shape \(4, 28, 28\), expected \(N, 784\) flattened 28x28x1 images of binarized_mnist"),
+    (np.zeros((4, 784), np.uint8), "frey_faces", r"shape \(4, 784\), expected \(N, 560\) flattened 28x20x1 images"),
+    (np.zeros((4, 784), np.float32), "binarized_mnist", "dtype float32, expected uint8"),
+    (np.full((4, 784), 7, np.uint8), "binarized_mnist", "values up to 7, expected 0/1"),
 ])
-def test_check_pixels(pixels, message):
+def test_check_pixels(pixels, dataset, message):
     with pytest.raises(DataError, match=message):
-        data.check_pixels(pixels, dynamic=False)
+        data.check_pixels(pixels, data.describe(dataset))
+    data.check_pixels(np.full((4, 784), 7, np.uint8), data.describe("mnist"))  # grey levels are no error there
 
 
 def _fake_split(monkeypatch, rows):
     """TFDS replaced by a split of `rows` random 0/1 images; returns them."""
     pixels = (np.random.default_rng(0).random((rows, 784)) < 0.5).astype(np.uint8)
-    monkeypatch.setattr(data, "_decode_with_tfds", lambda *args: {"image": pixels})
+    monkeypatch.setattr(data, "_prepared_builder", lambda *args: None)
+    monkeypatch.setattr(data, "_decode_split", lambda *args: {"image": pixels})
     return pixels
 
 
@@ -236,7 +251,7 @@ def test_tfds_progress_bars_follow_progress(progress, tmp_path, monkeypatch):
     monkeypatch.setattr(tfds, "display_progress_bar", shown.append)
     monkeypatch.setattr(tfds, "builder", no_builder)
     with pytest.raises(DataError, match="cannot prepare binarized_mnist"):
-        data._decode_with_tfds("binarized_mnist", "test", tmp_path / "tfds", tmp_path, progress)
+        data._prepared_builder("binarized_mnist", tmp_path / "tfds", tmp_path, progress)
     assert shown == [progress]
 
 
@@ -258,7 +273,7 @@ def test_each_dataset_extracts_its_files_into_its_own_folder(tmp_path, monkeypat
     monkeypatch.setattr(tfds, "builder", lambda dataset, data_dir: Builder(dataset))
     for dataset in ("mnist", "fashion_mnist"):
         with pytest.raises(DataError, match=f"cannot prepare {dataset}"):
-            data._decode_with_tfds(dataset, "test", tmp_path / "tfds", tmp_path, False)
+            data._prepared_builder(dataset, tmp_path / "tfds", tmp_path, False)
     assert seen == {name: str(tmp_path / "tfds" / "downloads" / "extracted" / name) for name in seen}
     assert len(set(seen.values())) == 2
 
@@ -271,11 +286,52 @@ def test_8bit_mnist_is_not_binarized_and_reaches_the_model_as_grey_levels(shared
     assert (data.describe("mnist").form, data.describe("binarized_mnist").form) == ("dynamic", "binary")
     eight_bit = data.describe("mnist", "8bit")
     assert (eight_bit.dynamic, eight_bit.eight_bit, eight_bit.form, eight_bit.num_pixels) == (False, True, "8bit", 784)
-    with pytest.raises(DataError, match="8bit is for"):
+    with pytest.raises(DataError, match=r"binarized_mnist has no data form '8bit'; it takes \['binary'\]"):
         data.describe("binarized_mnist", "8bit")
     pixels = data.load_split("mnist", "validation", manual_dir=shared_data / "mnist", data_dir=data_dir)[:64]
     assert pixels.max() == 255 and len(np.unique(pixels)) > 2
-    data.check_pixels(pixels, dynamic=eight_bit.dynamic or eight_bit.eight_bit)
+    data.check_pixels(pixels, eight_bit)
     seen = map_examples(lambda x, _: x, pixels, np.arange(len(pixels)), jax.random.key(0), eight_bit.dynamic)
     assert seen.dtype == np.float32
     np.testing.assert_array_equal(np.asarray(seen), pixels.astype(np.float32))
+
+
+def test_frey_faces_take_a_written_down_seeded_split(frey_data, tmp_path):
+    manual_dir = frey_data / "frey_faces"
+    splits = {split: data.load_split("frey_faces", split, data_dir=tmp_path, manual_dir=manual_dir)
+              for split in data.SPLITS}
+    assert {split: pixels.shape for split, pixels in splits.items()} == {
+        "train": (1565, 560), "validation": (200, 560), "test": (200, 560)}
+    frey = data.describe("frey_faces")
+    assert (frey.image_shape, frey.form, frey.split_sizes, frey.labelled) == ((28, 20, 1), "8bit", (1565, 200, 200),
+                                                                             False)
+    # The file's faces in the order of numpy's PCG64 permutation of seed 0, cut 1,565 / 200 / 200 (catalogue.py).
+    with open(manual_dir / "freyfaces.pkl", "rb") as file:
+        faces = pickle.load(file, encoding="latin1")[0]
+    order = np.random.default_rng(0).permutation(1965)
+    np.testing.assert_array_equal(np.concatenate([splits[split] for split in data.SPLITS]), faces[order])
+    assert splits["train"].min() == 8 and splits["train"].max() == 238
+    # The split is part of the protocol: its hashes are pinned.
+    assert [data.split_hash("frey_faces", split, data_dir=tmp_path) for split in data.SPLITS] == FREY_HASHES
+
+
+def test_frey_faces_need_the_standard_file(tmp_path):
+    with pytest.raises(DataError, match=r"^frey_faces is not in TFDS; pass --manual-dir a folder with freyfaces.pkl"):
+        data.load_split("frey_faces", "test", data_dir=tmp_path)
+    with pytest.raises(DataError, match=r"cannot read .*freyfaces.pkl \(No such file or directory\); pass"):
+        data.load_split("frey_faces", "test", data_dir=tmp_path, manual_dir=tmp_path)
+    (tmp_path / "freyfaces.pkl").write_bytes(pickle.dumps([np.zeros((1965, 560), np.uint8)]))
+    with pytest.raises(DataError, match=r"freyfaces.pkl is not the standard freyfaces.pkl \(its sha256 differs"):
+        data.load_split("frey_faces", "test", data_dir=tmp_path, manual_dir=tmp_path)
+    assert not (tmp_path / "vae_jax_cache").exists()
+
+
+@pytest.mark.parametrize("names,expected", [
+    ({"train", "validation", "test"}, ("train", "validation", "test")),  # celeb_a
+    ({"train", "test"}, ("train[:90%]", "train[90%:]", "test")),  # cifar10, svhn_cropped (and its `extra`)
+    ({"train", "validation"}, ("train[:90%]", "train[90%:]", "validation")),  # downsampled_imagenet
+])
+def test_tfds_splits_hold_out_validation_where_a_dataset_has_none(names, expected):
+    assert tuple(catalogue.tfds_splits(names).values()) == expected
+    with pytest.raises(DataError, match="has no train split"):
+        catalogue.tfds_splits(names - {"train"})

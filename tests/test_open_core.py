@@ -184,10 +184,12 @@ def test_one_value_per_run_and_sizes_from_the_data():
         "resolve", "trainer", "workdir"]
     assert [line for line in sources["trainer"].splitlines() if "is_preset" in line] == [
         "    if run.is_preset and run.config.model.stochastic_layers == 1:", "    if run.is_preset:"]
-    # The size of an example is stated once, in the data layer: no other module has 784 or 28 in its code.
+    # The size of an example is stated once, in the data layer's dataset descriptions (`catalogue.ENTRIES`): no other
+    # module has 784 or 28 in its code, and none names a NUM_PIXELS.
     sizes = {name for name, text in sources.items() for node in ast.walk(ast.parse(text))
              if isinstance(node, ast.Constant) and type(node.value) is int and node.value in (784, 28)}
-    assert sizes == {"data"}
+    assert sizes == {"catalogue"}
+    assert [name for name, text in sources.items() if "NUM_PIXELS" in text] == []
 
 
 def test_the_house_sizes():

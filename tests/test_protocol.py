@@ -4,27 +4,31 @@ import json
 
 import pytest
 
-from vae_jax import cli, configs, protocol
+from vae_jax import cli, configs, data, protocol
 from vae_jax.errors import VaeError
 
 CS236 = configs.to_dict(configs.get_config("cs236"))
 
 
 def _result(run, nelbo, **changes):
-    card = protocol.protocol_card("binarized_mnist", "test", 10_000, 5000, 0, CS236)
+    card = protocol.protocol_card(data.describe("binarized_mnist"), "test", 10_000, 5000, 0, CS236)
     return {"run": run, "nelbo": nelbo, "nelbo_stderr": 0.3, "nll": nelbo - 5, "nll_stderr": 0.3, "kl": 20.0,
             "active_units": 9, **card, **changes}
 
 
 def test_card_names_the_whole_protocol():
-    card = protocol.protocol_card("binarized_mnist", "test", 10_000, None, 3, CS236)
+    card = protocol.protocol_card(data.describe("binarized_mnist"), "test", 10_000, None, 3, CS236)
     assert card["binarization"] == "static" and card["estimator"] == "elbo" and card["iwae_k"] is None
     assert (card["split"], card["split_size"], card["num_examples"], card["eval_seed"]) == ("test", 10_000, 10_000, 3)
     assert card["train_set"] == "binarized_mnist/train (50000 examples)" and card["units"] == "nats"
     assert set(card["versions"]) == {"jax", "flax", "optax"}
     assert card["config_hash"] == configs.config_hash(configs.get_config("cs236"))
-    dynamic = protocol.protocol_card("mnist", "validation", 10_000, 5000, 0, {"model": "mine"})
+    dynamic = protocol.protocol_card(data.describe("mnist"), "validation", 10_000, 5000, 0, {"model": "mine"})
     assert dynamic["binarization"] == "dynamic" and dynamic["estimator"] == "iwae"
+    # The dataset's own split sizes and preprocessing, and the unit of 8-bit data.
+    frey = protocol.protocol_card(data.describe("frey_faces"), "test", 200, 5000, 0, {"model": "mine"})
+    assert (frey["binarization"], frey["split_size"], frey["units"]) == ("none (8-bit)", 200, "nats, bits/dim")
+    assert frey["train_set"] == "frey_faces/train (1565 examples)"
 
 
 def test_mismatched_protocols_land_in_separate_tables(tmp_path, capsys):
@@ -90,7 +94,7 @@ def test_compare_names_the_model_and_leaves_undefined_measures_empty(tmp_path, c
 
 def test_results_on_different_data_never_share_a_table(tmp_path, capsys):
     """Two lines that differ only in their split's content hash, and an old line without one: three tables."""
-    card = protocol.protocol_card("fashion_mnist", "test", 10_000, None, 0, CS236, data_hash="00112233aabbccdd")
+    card = protocol.protocol_card(data.describe("fashion_mnist"), "test", 10_000, None, 0, CS236, data_hash="00112233aabbccdd")
     assert card["data_hash"] == "00112233aabbccdd" and card["binarization"] == "dynamic"
     assert card["train_set"] == "fashion_mnist/train (50000 examples)" and card["split_size"] == 10_000
     lines = [_result("a", 95.0, data_hash="00112233aabbccdd"), _result("b", 90.0, data_hash="ffeeddccbbaa9988"),

@@ -38,11 +38,23 @@ def build_likelihood(config: configs.ModelConfig, dataset: data.Dataset) -> Any:
     return likelihoods.Bernoulli()
 
 
+def check_likelihood(config: configs.ModelConfig, dataset: data.Dataset) -> None:
+    """Raises `ConfigError` unless `config.likelihood` models `dataset`'s values: `bernoulli` 0/1 pixels (`binary`
+    or `dynamic` form), `logistic_mixture` 8-bit grey levels (`8bit`)."""
+    if dataset.eight_bit and config.likelihood == "bernoulli":
+        raise ConfigError(f"{dataset.name} reaches the model as 8-bit grey levels (data_form=8bit), which "
+                          "model.likelihood=bernoulli cannot score; set model.likelihood=logistic_mixture")
+    if not dataset.eight_bit and config.likelihood != "bernoulli":
+        raise ConfigError(f"model.likelihood={config.likelihood} models 8-bit grey levels, and {dataset.name} is "
+                          f"{dataset.form}; set data_form=8bit (on grey levels) or model.likelihood=bernoulli")
+
+
 def build_model(config: configs.ModelConfig, dataset: data.Dataset) -> Model:
     """The model that `config` describes for examples of `dataset` (`data.describe`): `models.VAE` with MLP or
     convolutional networks, or, with two stochastic layers, `hierarchical.HierarchicalVAE`; with `kernel_init`
     `he_normal`, inside `HeNormalInit`. On 8-bit data (`dataset.eight_bit`) the encoder sees x / 255, in [0, 1]
     (`models.ScaledEncoder`), and the decoder's output parameterizes `build_likelihood`'s 8-bit likelihood."""
+    check_likelihood(config, dataset)
     model = _build_network(config, dataset)
     return HeNormalInit(model) if config.kernel_init == "he_normal" else model
 
@@ -117,10 +129,11 @@ def build_objective(config: configs.Config) -> Objective:
     return Elbo(config.num_samples, config.free_bits)
 
 
-def template_state(config: configs.Config, model: Any, example_shape: tuple[int, ...]) -> TrainState:
+def template_state(config: configs.Config, model: Any, example_shape: tuple[int, ...], train_size: int) -> TrainState:
     """The freshly initialized train state of a run of `model` (a preset's `build_model`, or yours) on examples of
-    `example_shape`: its parameters from the run's `init` key, and the optimizer that `config.optim` describes."""
-    total_steps = steps_per_epoch(configs.SPLIT_SIZES["train"], config.batch_size) * config.epochs
+    `example_shape`: its parameters from the run's `init` key, and the optimizer that `config.optim` describes
+    (a schedule over `config.epochs` epochs of `train_size` examples)."""
+    total_steps = steps_per_epoch(train_size, min(config.batch_size, train_size)) * config.epochs
     tx = build_optimizer(config.optim, total_steps=total_steps)
     return create_train_state(run_keys(jax.random.key(config.seed)).init, model, tx, example_shape)
 
@@ -158,7 +171,7 @@ def he_normal_kernels(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(scale, params)
 
 
-def abstract_state(config: configs.Config, model: Any, example_shape: tuple[int, ...]) -> TrainState:
+def abstract_state(config: configs.Config, model: Any, example_shape: tuple[int, ...], train_size: int) -> TrainState:
     """The shapes and dtypes of `template_state` (`jax.ShapeDtypeStruct` leaves), traced without initializing or
     compiling anything: what a checkpoint restores into."""
-    return jax.eval_shape(lambda: template_state(config, model, example_shape))
+    return jax.eval_shape(lambda: template_state(config, model, example_shape, train_size))

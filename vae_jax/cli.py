@@ -73,7 +73,8 @@ def _add_train_command(commands: Any) -> None:
     train.add_argument("--config", default=None,
                        help=f"preset, one of {sorted(configs.PRESETS)} (default: the stored one when resuming, "
                             "else 'default')")
-    train.add_argument("--dataset", default=None, help=f"one of {list(configs.DATASETS)}")
+    train.add_argument("--dataset", default=None,
+                       help=f"one of {list(data.NAMED_DATASETS)}, or a TFDS image dataset's name (e.g. cifar10)")
     train.add_argument("--epochs", type=int, default=None, help="total epochs; a larger N continues a finished run")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--stop-check-steps", type=int, default=None, metavar="N",

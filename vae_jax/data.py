@@ -1,13 +1,15 @@
-"""Datasets as whole-split uint8 arrays. The only module that touches TFDS.
+"""Datasets as values, and their splits as whole uint8 arrays. With `vae_jax.catalogue`, the data layer: the only
+modules that state a size or touch TFDS.
 
-`binarized_mnist` holds the static binarization of Larochelle & Murray (2011): pixels already in {0, 1},
-splits train 50,000 / validation 10,000 / test 10,000. `mnist` and `fashion_mnist` (Xiao et al., 2017) hold grey
-levels 0..255; they are binarized dynamically (a fresh Bernoulli draw per use), or in the form `8bit` reach the
-model as they are, and their last 10,000 training images are held out as validation, so their splits have the same
-sizes.
+A `Dataset` (from `describe`) says what the rest of vae_jax needs: the shape of one example, the form its values take
+(`binary` 0/1 pixels, `dynamic` grey levels binarized afresh per use, or `8bit` grey levels as they are), the sizes of
+its splits and whether it has labels. `load_split` gives a split's pixels, flattened, in a fixed order;
+`split_hash` the hash of those bytes (the order is part of the protocol: per-example keys and "the first N examples"
+follow it).
 
 Each split is decoded once and cached as `<data_dir>/vae_jax_cache/<dataset>/<split>.npy` (the labels of a labelled
-dataset as `<split>_labels.npy`, and the split's content hash, `split_hash`, as `<split>.sha256`).
+dataset as `<split>_labels.npy`, the split's hash as `<split>.sha256`, and the description of a TFDS dataset that
+`vae_jax.catalogue` does not name as `dataset.json`), so the cached path imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,31 +17,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from vae_jax.configs import DATA_FORMS, DATASETS, SPLIT_SIZES
+from vae_jax.catalogue import ENTRIES, SPLITS, Entry, read_frey_faces, tfds_entry, tfds_splits
 from vae_jax.errors import DataError, StorageError, first_line, os_cause
 
-IMAGE_SHAPE = (28, 28, 1)  # (height, width, channels) of every dataset here
-NUM_PIXELS = math.prod(IMAGE_SHAPE)
-SPLITS = tuple(SPLIT_SIZES)
-DYNAMIC_DATASETS = ("mnist", "fashion_mnist")
-_HELD_OUT = {"train": "train[:50000]", "validation": "train[50000:]", "test": "test"}  # validation: the last 10,000
-_TFDS_SPLITS = {
-    "binarized_mnist": {"train": "train", "validation": "validation", "test": "test"},
-    "mnist": _HELD_OUT,
-    "fashion_mnist": _HELD_OUT,
-}
-assert tuple(_TFDS_SPLITS) == DATASETS
-LABELED_DATASETS = ("mnist", "fashion_mnist")
+NAMED_DATASETS = tuple(ENTRIES)  # any other name is a TFDS image dataset
 LABELED_DATASET = "mnist"  # the labels of the latent scatter figure
 HASH_CHARS = 16  # hex characters kept of a split's sha256
+DESCRIPTION_FILE = "dataset.json"  # a TFDS dataset's `Entry`, kept in its cache folder
 # TFDS's own default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
 DEFAULT_DATA_DIR = Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
 
@@ -49,95 +43,114 @@ class Dataset:
     """What a dataset is, for everything outside the data layer: models read the size of an example from here.
 
     Attributes:
-        name: the TFDS name.
+        name: `binarized_mnist`, `mnist`, `fashion_mnist`, `frey_faces` or a TFDS image dataset's name.
         image_shape: `(height, width, channels)` of one image; an example reaches a model flattened, `[D]`.
-        dynamic: whether it holds grey levels that are binarized dynamically (else 0/1 pixels, or 8-bit ones).
-        eight_bit: whether its grey levels 0..255 reach the model as they are (as floats; `data_form=8bit`).
+        form: `binary` (0/1 pixels), `dynamic` (grey levels 0..255, binarized afresh per use, keyed per example) or
+            `8bit` (grey levels 0..255 reach the model as they are, as floats).
+        split_sizes: examples in train, validation and test (`SPLITS`), in that order.
+        labelled: whether it has class labels (`load_labels`).
     """
 
     name: str
     image_shape: tuple[int, int, int]
-    dynamic: bool
-    eight_bit: bool = False
+    form: str
+    split_sizes: tuple[int, int, int]
+    labelled: bool = False
 
     @property
-    def form(self) -> str:
-        """`binary` (static 0/1), `dynamic` (grey levels binarized dynamically) or `8bit` (grey levels as they are)."""
-        return "8bit" if self.eight_bit else "dynamic" if self.dynamic else "binary"
+    def dynamic(self) -> bool:
+        """Whether its grey levels are binarized dynamically."""
+        return self.form == "dynamic"
+
+    @property
+    def eight_bit(self) -> bool:
+        """Whether its grey levels 0..255 reach the model as they are."""
+        return self.form == "8bit"
 
     @property
     def num_pixels(self) -> int:
         """D, the size of one flattened example."""
         return math.prod(self.image_shape)
 
-
-def describe(dataset: str, form: str = "") -> Dataset:
-    """The `Dataset` called `dataset` in `form` (`configs.Config.data_form`: empty, its own form; `8bit`, the grey
-    levels of a dynamic dataset as they are), or a `DataError` naming the known ones."""
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
-    if form not in DATA_FORMS or (form == "8bit" and dataset not in DYNAMIC_DATASETS):
-        raise DataError(f"{dataset} has no data form {form!r}; 8bit is for {list(DYNAMIC_DATASETS)}")
-    eight_bit = form == "8bit"
-    return Dataset(dataset, IMAGE_SHAPE, dataset in DYNAMIC_DATASETS and not eight_bit, eight_bit)
+    def split_size(self, split: str) -> int:
+        """The number of examples in `split`."""
+        return self.split_sizes[SPLITS.index(_checked_split(split))]
 
 
-def is_dynamic(dataset: str) -> bool:
-    """Whether `dataset` holds grey levels that are binarized dynamically."""
-    return describe(dataset).dynamic
+def describe(dataset: str, form: str = "", *, data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+             manual_dir: str | os.PathLike | None = None, progress: bool = False) -> Dataset:
+    """The `Dataset` called `dataset` in `form` (`configs.Config.data_form`; empty: its default form).
+
+    A dataset that `vae_jax.catalogue` names is described without reading anything. Any other name is a TFDS image
+    dataset: the first time, TFDS prepares it (downloads it, or reads `manual_dir`) and its splits are decoded into
+    the cache under `data_dir`; after that its description is read from there.
+
+    Raises:
+        DataError: the dataset is unknown or cannot be prepared, or it has no such form.
+    """
+    entry = _entry(dataset, Path(data_dir).expanduser(), manual_dir, progress)
+    form = form or entry.forms[0]
+    if form not in entry.forms:
+        raise DataError(f"{dataset} has no data form {form!r}; it takes {list(entry.forms)} (data_form=...)")
+    return Dataset(dataset, entry.image_shape, form, entry.split_sizes, entry.labelled)
 
 
-def check_pixels(pixels: np.ndarray, dynamic: bool, name: str = "data") -> np.ndarray:
-    """Returns `pixels` if it is a `[N, 784]` uint8 array of the right range, else raises `DataError`; `dynamic`:
-    grey levels 0..255 are allowed (a dataset binarized dynamically, or 8-bit: `Dataset.dynamic or eight_bit`)."""
-    if pixels.ndim != 2 or pixels.shape[1] != NUM_PIXELS:
-        raise DataError(f"{name} has shape {pixels.shape}, expected (N, {NUM_PIXELS}) flattened 28x28 images")
+def check_pixels(pixels: np.ndarray, dataset: Dataset, name: str = "data") -> np.ndarray:
+    """Returns `pixels` if it is a `[N, D]` uint8 array of `dataset`'s size and values, else raises `DataError`:
+    0/1 in the `binary` form, grey levels 0..255 otherwise."""
+    height, width, channels = dataset.image_shape
+    if pixels.ndim != 2 or pixels.shape[1] != dataset.num_pixels:
+        raise DataError(f"{name} has shape {pixels.shape}, expected (N, {dataset.num_pixels}) flattened "
+                        f"{height}x{width}x{channels} images of {dataset.name}")
     if pixels.dtype != np.uint8:
         raise DataError(f"{name} has dtype {pixels.dtype}, expected uint8 (0/1 or grey levels 0..255)")
-    if not dynamic and pixels.size and pixels.max() > 1:
+    if dataset.form == "binary" and pixels.size and pixels.max() > 1:
         raise DataError(f"{name} holds values up to {pixels.max()}, expected 0/1 for a statically binarized dataset")
     return pixels
 
 
 def load_split(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
                manual_dir: str | os.PathLike | None = None, progress: bool = False) -> np.ndarray:
-    """A whole split as a `[N, 784]` uint8 array, prepared by TFDS on first use and cached on disk.
+    """A whole split as a `[N, D]` uint8 array, prepared on first use and cached on disk.
 
     Args:
-        dataset: `binarized_mnist`, `mnist` or `fashion_mnist`.
+        dataset: a dataset's name (`describe`).
         split: `train`, `validation` or `test`.
         data_dir: where TFDS keeps prepared datasets, and where the decoded arrays are cached.
-        manual_dir: a folder with the dataset's original files, for machines that cannot download.
+        manual_dir: a folder with the dataset's original files, for machines that cannot download (for
+            `frey_faces`, which TFDS lacks, always).
         progress: show TFDS's progress bars while it prepares the dataset (the first use only).
 
     Returns:
-        `[N, 784]` uint8 pixels: 0/1 for `binarized_mnist`, 0..255 for `mnist` and `fashion_mnist`.
+        `[N, D]` uint8 pixels, D = height * width * channels (row-major): 0/1 for `binarized_mnist`, 0..255 else.
     """
-    describe(dataset)
+    description = describe(dataset, data_dir=data_dir, manual_dir=manual_dir, progress=progress)
     pixels = _load_cached(dataset, split, "image", data_dir, manual_dir, progress)
-    return check_pixels(pixels, is_dynamic(dataset), name=f"the cached {dataset}/{split} in {data_dir}")
+    return check_pixels(pixels, description, name=f"the cached {dataset}/{split} in {data_dir}")
 
 
 def load_labels(split: str, dataset: str = LABELED_DATASET, *, data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
                 manual_dir: str | os.PathLike | None = None, progress: bool = False) -> np.ndarray:
-    """The class labels of a split, `[N]` uint8 in 0..9, aligned with `load_split(dataset, split)`.
+    """The class labels of a split, `[N]` uint8 (int32 where there are more than 256 classes), aligned with
+    `load_split(dataset, split)`.
 
-    `binarized_mnist` has no labels; figures that need them encode `mnist` digits instead.
+    `binarized_mnist` and `frey_faces` have no labels; figures that need them encode `mnist` digits instead.
 
     Args:
         split: `train`, `validation` or `test`.
-        dataset: `mnist` (digits) or `fashion_mnist` (the 10 garment classes of Xiao et al., 2017).
+        dataset: a labelled dataset: `mnist` (digits), `fashion_mnist` (the 10 garment classes of Xiao et al.,
+            2017), or a TFDS dataset with a `label` feature.
         data_dir, manual_dir, progress: as in `load_split` (`manual_dir` holds the dataset's original files).
     """
-    describe(dataset)
-    if dataset not in LABELED_DATASETS:
-        raise DataError(f"{dataset} has no labels; choose one of {list(LABELED_DATASETS)}")
+    if not describe(dataset, data_dir=data_dir, manual_dir=manual_dir, progress=progress).labelled:
+        labelled = [name for name, entry in ENTRIES.items() if entry.labelled]
+        raise DataError(f"{dataset} has no labels; choose a labelled dataset such as {labelled}")
     return _load_cached(dataset, split, "label", data_dir, manual_dir, progress)
 
 
 def split_hash(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
                manual_dir: str | os.PathLike | None = None, progress: bool = False) -> str:
-    """The content hash of a split: sha256 of the bytes of `load_split(dataset, split)` (`[N, 784]` uint8, row
+    """The content hash of a split: sha256 of the bytes of `load_split(dataset, split)` (`[N, D]` uint8, row
     by row in the order used), its first 16 hex characters.
 
     Computed once and kept beside the cached split as `<split>.sha256` (rebuilt with the split; where that file
@@ -146,12 +159,12 @@ def split_hash(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAUL
     Args:
         dataset, split, data_dir, manual_dir, progress: as in `load_split`.
     """
-    pixels = load_split(dataset, split, data_dir=data_dir, manual_dir=manual_dir, progress=progress)
-    path = _cache_dir(dataset, data_dir) / f"{split}.sha256"
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        stored = path.read_text().strip()
+    path = _cache_dir(dataset, data_dir) / f"{_checked_split(split)}.sha256"
+    with contextlib.suppress(OSError, UnicodeDecodeError):  # valid while the split it hashes is cached
+        stored = path.read_text().strip() if _cache_paths(dataset, split, data_dir)["image"].exists() else ""
         if len(stored) == HASH_CHARS and all(c in "0123456789abcdef" for c in stored):
             return stored
+    pixels = load_split(dataset, split, data_dir=data_dir, manual_dir=manual_dir, progress=progress)
     digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()[:HASH_CHARS]
     partial = path.with_suffix(f".{os.getpid()}.partial")
     with contextlib.suppress(OSError):  # the hash is a convenience: a read-only cache still evaluates
@@ -160,57 +173,105 @@ def split_hash(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAUL
     return digest
 
 
+def _checked_split(split: str) -> str:
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+    return split
+
+
 def _cache_dir(dataset: str, data_dir: str | os.PathLike) -> Path:
     """`<data_dir>/vae_jax_cache/<dataset>`, where a dataset's decoded splits are kept."""
     return Path(data_dir).expanduser() / "vae_jax_cache" / dataset
 
 
+def _cache_paths(dataset: str, split: str, data_dir: str | os.PathLike) -> dict[str, Path]:
+    cache_dir = _cache_dir(dataset, data_dir)
+    return {"image": cache_dir / f"{split}.npy", "label": cache_dir / f"{split}_labels.npy"}
+
+
+def _entry(dataset: str, data_dir: Path, manual_dir: str | os.PathLike | None, progress: bool) -> Entry:
+    """The catalogue's entry of `dataset`, or that of a TFDS image dataset: read from its cache, else prepared."""
+    if dataset in ENTRIES:
+        return ENTRIES[dataset]
+    if not dataset or not dataset.replace("_", "").replace("/", "").replace(":", "").replace(".", "").isalnum():
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {list(ENTRIES)} or a TFDS image dataset's name")
+    path = _cache_dir(dataset, data_dir) / DESCRIPTION_FILE
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        stored = json.loads(path.read_text())
+        return tfds_entry(dataset, tuple(stored["image_shape"]), stored["labelled"], tuple(stored["split_sizes"]),
+                          stored["tfds_splits"])
+    entry = _prepare_tfds_dataset(dataset, data_dir, manual_dir, progress)
+    description = {"image_shape": entry.image_shape, "labelled": entry.labelled, "split_sizes": entry.split_sizes,
+                   "tfds_splits": entry.tfds_splits}
+    _write_atomically(path, lambda partial: partial.write_text(json.dumps(description) + "\n"))
+    return entry
+
+
+def _prepare_tfds_dataset(dataset: str, data_dir: Path, manual_dir: str | os.PathLike | None,
+                          progress: bool) -> Entry:
+    """Prepares a TFDS image dataset and decodes its three splits into the cache; its `Entry`."""
+    builder = _prepared_builder(dataset, data_dir, manual_dir, progress)
+    features = builder.info.features
+    if "image" not in features:
+        raise DataError(f"the TFDS dataset {dataset} has no `image` feature; choose an image dataset")
+    splits = tfds_splits(list(builder.info.splits) or ["train", "test"])
+    sizes = []
+    for split in SPLITS:
+        decoded = _decode_split(builder, splits[split])
+        _write_cache(decoded, _cache_paths(dataset, split, data_dir))
+        sizes.append(len(decoded["image"]))
+    return tfds_entry(dataset, tuple(features["image"].shape), "label" in features, tuple(sizes), splits)
+
+
 def _load_cached(dataset: str, split: str, feature: str, data_dir: str | os.PathLike,
                  manual_dir: str | os.PathLike | None, progress: bool) -> np.ndarray:
-    """One feature (`image` or `label`) of a split, from its `.npy` cache, decoding the split with TFDS first if
-    the cache is missing."""
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
-    cache_dir = _cache_dir(dataset, data_dir)
-    paths = {"image": cache_dir / f"{split}.npy", "label": cache_dir / f"{split}_labels.npy"}
+    """One feature (`image` or `label`) of a split, from its `.npy` cache, decoding the split first if the cache is
+    missing."""
+    paths = _cache_paths(dataset, _checked_split(split), data_dir)
     if not paths[feature].exists():
-        features = _decode_with_tfds(dataset, _TFDS_SPLITS[dataset][split], Path(data_dir).expanduser(), manual_dir,
-                                     progress)
         with contextlib.suppress(OSError):  # the hash of the split decoded before, if any, is recomputed
-            (cache_dir / f"{split}.sha256").unlink(missing_ok=True)
-        _write_cache(features, paths)
+            (paths["image"].parent / f"{split}.sha256").unlink(missing_ok=True)
+        if dataset == "frey_faces":
+            for name, pixels in read_frey_faces(manual_dir).items():
+                _write_cache({"image": pixels}, _cache_paths(dataset, name, data_dir))
+        else:
+            data_dir = Path(data_dir).expanduser()
+            tfds_split = _entry(dataset, data_dir, manual_dir, progress).tfds_splits[split]
+            _write_cache(_decode_split(_prepared_builder(dataset, data_dir, manual_dir, progress), tfds_split), paths)
     try:
         return np.load(paths[feature])
     except (OSError, ValueError) as error:
         raise DataError(f"cannot read cached split {paths[feature]} ({error}); delete it to rebuild it") from None
 
 
+def _write_atomically(path: Path, write: Callable[[Path], object], size: int = 0) -> None:
+    """`write(partial)` to a partial file beside `path`, renamed to `path` when complete (`size`: the bytes it
+    writes); on an I/O fault, raises `StorageError` and leaves no partial file."""
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial{path.suffix}")  # two first preparations may race
+    try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        write(partial)
+        partial.replace(path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        cause = os_cause(error)
+        # numpy's short write has no errno ("10192000 requested and 9437056 written"): the free space tells why.
+        with contextlib.suppress(OSError):
+            if error.errno is None and shutil.disk_usage(partial.parent).free < size:
+                cause = f"No space left on device: {cause}"
+        raise StorageError(f"cannot write the cache {path} ({cause}); no partial file was left and the split is "
+                           "decoded again next time; free space, or pass a writable --data-dir") from None
+
+
 def _write_cache(features: dict[str, np.ndarray], paths: dict[str, Path]) -> None:
-    """Writes each feature to its `.npy` path (through a partial file, renamed when complete); on an I/O fault, raises
-    `StorageError` and leaves no partial file."""
+    """Writes each feature to its `.npy` path (`_write_atomically`)."""
     for name, array in features.items():
-        partial = paths[name].with_suffix(f".{os.getpid()}.partial.npy")  # two first preparations may race
-        try:
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            np.save(partial, array)
-            partial.replace(paths[name])
-        except OSError as error:
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
-            cause = os_cause(error)
-            # numpy's short write has no errno ("10192000 requested and 9437056 written"): the free space tells why.
-            with contextlib.suppress(OSError):
-                if error.errno is None and shutil.disk_usage(partial.parent).free < array.nbytes:
-                    cause = f"No space left on device: {cause}"
-            raise StorageError(f"cannot write the cache {paths[name]} ({cause}); no partial file was left "
-                               "and the split is decoded again next time; free space, or pass a writable "
-                               "--data-dir") from None
+        _write_atomically(paths[name], lambda partial, array=array: np.save(partial, array), array.nbytes)
 
 
-def _decode_with_tfds(dataset: str, tfds_split: str, data_dir: Path, manual_dir: str | os.PathLike | None,
-                      progress: bool) -> dict[str, np.ndarray]:
-    """Prepares `dataset` with TFDS (offline from `manual_dir` if given) and returns one split: `image`, `[N, 784]`
-    uint8, and for a labelled dataset `label`, `[N]` uint8."""
+def _prepared_builder(dataset: str, data_dir: Path, manual_dir: str | os.PathLike | None, progress: bool) -> object:
+    """The TFDS builder of `dataset`, prepared (offline from `manual_dir` if given)."""
     import tensorflow_datasets as tfds  # slow import, only needed the first time a split is used
 
     if manual_dir is not None and not Path(manual_dir).expanduser().is_dir():
@@ -229,13 +290,26 @@ def _decode_with_tfds(dataset: str, tfds_split: str, data_dir: Path, manual_dir:
             builder.download_and_prepare(download_config=config)
     except Exception as error:  # TFDS raises many kinds (network, checksum, missing file); all end the same way
         reason = first_line(error)
+        if type(error).__name__ == "DatasetNotFoundError":
+            raise DataError(f"unknown dataset {dataset!r}; choose one of {list(ENTRIES)} or a TFDS image "
+                            "dataset's name (e.g. cifar10)") from None
         if manual_dir is None:
             raise DataError(f"cannot download {dataset} ({reason}); without internet, pass --manual-dir "
                             f"a folder with the original files (e.g. ../shared/data/{dataset})") from None
         raise DataError(f"cannot prepare {dataset} from {manual_dir} ({type(error).__name__}: {reason}); "
                         f"it must hold the byte-exact original files (see README)") from None
-    split = tfds.as_numpy(builder.as_dataset(split=tfds_split, batch_size=-1, shuffle_files=False))
-    features = {"image": np.asarray(split["image"], dtype=np.uint8).reshape(len(split["image"]), NUM_PIXELS)}
-    if "label" in split:
-        features["label"] = np.asarray(split["label"], dtype=np.uint8)
+    return builder
+
+
+def _decode_split(builder: object, tfds_split: str, batch_size: int = 10_000) -> dict[str, np.ndarray]:
+    """One split of a prepared builder, read in batches in its order: `image`, `[N, D]` uint8 (each image flattened
+    row-major), and for a labelled dataset `label`, `[N]` uint8 (int32 past 256 classes)."""
+    import tensorflow_datasets as tfds
+
+    batches = list(tfds.as_numpy(builder.as_dataset(split=tfds_split, batch_size=batch_size, shuffle_files=False)))
+    images = np.concatenate([np.asarray(batch["image"], dtype=np.uint8) for batch in batches])
+    features = {"image": images.reshape(len(images), -1)}
+    if batches and "label" in batches[0]:
+        labels = np.concatenate([batch["label"] for batch in batches])
+        features["label"] = labels.astype(np.uint8 if labels.size == 0 or labels.max() < 256 else np.int32)
     return features

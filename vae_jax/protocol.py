@@ -36,13 +36,15 @@ def _git_commit() -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def protocol_card(dataset: str, split: str, num_examples: int, iwae_k: int | None, eval_seed: int,
+def protocol_card(dataset: data.Dataset, split: str, num_examples: int, iwae_k: int | None, eval_seed: int,
                   config: dict[str, Any], inference: str = AMORTIZED, elbo_samples: int = 1,
-                  data_hash: str | None = None, form: str = "") -> dict[str, Any]:
+                  data_hash: str | None = None) -> dict[str, Any]:
     """Every field that decides whether two evaluation results can be compared, plus provenance.
 
     Args:
-        dataset: `binarized_mnist`, `mnist` or `fashion_mnist` (the model was trained on its `train` split).
+        dataset: the dataset (`data.describe`); the model was trained on its `train` split. Its form sets the
+            preprocessing: `binarization` is `static` (0/1 pixels), `dynamic`, or `none (8-bit)`, whose results come
+            in nats and bits per dimension (`units` "nats, bits/dim").
         split: the evaluated split.
         num_examples: how many of its examples were evaluated.
         iwae_k: importance samples of the NLL estimate, or None for the ELBO alone.
@@ -51,24 +53,20 @@ def protocol_card(dataset: str, split: str, num_examples: int, iwae_k: int | Non
         inference: `amortized` (the model's encoder), or a description of per-example inference.
         elbo_samples: samples of z per example in the ELBO estimate (its variance, not its expectation).
         data_hash: the evaluated split's content hash (`data.split_hash`), or None where it is unknown.
-        form: the data's form (`data.Dataset.form`); empty: the dataset's own. `8bit` results are not binarized
-            (`binarization` "none (8-bit)") and come in nats and bits per dimension (`units` "nats, bits/dim").
     """
     from vae_jax import __version__
 
-    eight_bit = form == "8bit"
-
     return {
-        "dataset": dataset,
-        "binarization": "none (8-bit)" if eight_bit else "dynamic" if data.is_dynamic(dataset) else "static",
+        "dataset": dataset.name,
+        "binarization": {"binary": "static", "dynamic": "dynamic", "8bit": "none (8-bit)"}[dataset.form],
         "split": split,
-        "split_size": configs.SPLIT_SIZES[split],
+        "split_size": dataset.split_size(split),
         "num_examples": num_examples,
         "estimator": "iwae" if iwae_k else "elbo",
         "iwae_k": iwae_k,
         "eval_seed": eval_seed,
-        "units": "nats, bits/dim" if eight_bit else "nats",
-        "train_set": f"{dataset}/train ({configs.SPLIT_SIZES['train']} examples)",
+        "units": "nats, bits/dim" if dataset.eight_bit else "nats",
+        "train_set": f"{dataset.name}/train ({dataset.split_size('train')} examples)",
         "inference": inference,
         "data_hash": data_hash,
         "elbo_samples": elbo_samples,

@@ -55,7 +55,7 @@ def open_split(workdir: str | os.PathLike, split: str, *, model: Any = None, epo
     (or `epoch`'s) checkpoint, the first `num_examples` (all if None) examples of `split`, and the model checked on
     them at the checkpoint's parameters (`resolve.check_model`), and the split's content hash."""
     compilation_cache.enable()
-    run, restored = open_run(workdir, model, epoch)
+    run, restored = open_run(workdir, model, epoch, data_dir=data_dir, manual_dir=manual_dir)
     pixels = data.load_split(run.config.dataset, split, data_dir=data_dir, manual_dir=manual_dir)[:num_examples]
     data_hash = data.split_hash(run.config.dataset, split, data_dir=data_dir, manual_dir=manual_dir)
     key = jax.random.key(eval_seed)
@@ -115,8 +115,8 @@ def evaluate_checkpoint(
                                         mesh=mesh)
     summary = evaluate.summarize(terms, bounds)
     result = {**summary, **in_bits_per_dim(summary, run.dataset), **opened.provenance(),
-              **protocol.protocol_card(run.config.dataset, split, summary["num_examples"], iwae_samples or None,
-                                       eval_seed, run.metadata, data_hash=opened.data_hash, form=run.dataset.form)}
+              **protocol.protocol_card(run.dataset, split, summary["num_examples"], iwae_samples or None,
+                                       eval_seed, run.metadata, data_hash=opened.data_hash)}
     append_json_line(run.workdir / EVAL_FILE, result)
     return result
 
@@ -166,9 +166,9 @@ def evaluate_gaps(
         batch_size=gaps.batch_size, dynamic_binarization=run.dataset.dynamic)
     refined = (f"per-example: Adam (learning rate {gaps.learning_rate}) on each example's Gaussian, {gaps.steps} "
                f"steps of {gaps.num_samples} samples, from the encoder's output")
-    card = functools.partial(protocol.protocol_card, run.config.dataset, split, len(opened.pixels),
+    card = functools.partial(protocol.protocol_card, run.dataset, split, len(opened.pixels),
                              eval_seed=eval_seed, config=run.metadata, elbo_samples=gaps.eval_samples,
-                             data_hash=opened.data_hash, form=run.dataset.form)
+                             data_hash=opened.data_hash)
     columns = gap_columns(measured)
     amortized, per_example = _means(nelbo=-measured.elbo_amortized, nll=-measured.log_px), _means(
         nelbo=-measured.elbo_refined)
@@ -241,7 +241,8 @@ def write_sample_figures(
         num_images: images per grid.
         seed: seed of the prior samples and of the test digits' binarization.
         data_dir, manual_dir: where the run's dataset is prepared, and its original files.
-        mnist_dir: the original MNIST files, for the labels of the scatter when `mnist` is not prepared yet.
+        mnist_dir: the original MNIST files, for the digits of the scatter of a dataset without labels (as
+            `binarized_mnist`) when `mnist` is not prepared yet.
 
     Returns:
         The path of each figure: `samples`, `reconstructions`, `interpolations` (and `manifold`, `scatter`).
@@ -261,10 +262,22 @@ def write_sample_figures(
     test_inputs = binarized(opened.pixels, run.dataset.dynamic)
     labelled = None
     if figures.code_size(run.model, params, test_inputs) == 2:
-        mnist_dir = manual_dir if mnist_dir is None and run.config.dataset == data.LABELED_DATASET else mnist_dir
-        digits = data.load_split(data.LABELED_DATASET, "test", data_dir=data_dir, manual_dir=mnist_dir)
-        # The digits in the run's own form: grey levels for an 8-bit model, else binarized by a draw.
-        digits = binarized(digits, not run.dataset.eight_bit)
-        labelled = (digits, data.load_labels("test", data_dir=data_dir, manual_dir=mnist_dir))
+        labelled = _labelled_test_images(run.dataset, data_dir, manual_dir, mnist_dir)
+        if labelled is not None:  # in the run's own form: grey levels for an 8-bit model, else binarized by a draw
+            labelled = (binarized(labelled[0], not run.dataset.eight_bit), labelled[1])
     return figures.sample_figures(run.model, params, out, test_inputs, sample_key, num_images, labelled,
                                   run.dataset.image_shape[:2], 255.0 if run.dataset.eight_bit else 1.0)
+
+
+def _labelled_test_images(dataset: data.Dataset, data_dir: str | os.PathLike, manual_dir: str | os.PathLike | None,
+                          mnist_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The test images `[N, D]` and labels `[N]` that a 2-D code's scatter shows: the dataset's own if it is
+    labelled, else MNIST's digits (from `mnist_dir`) where its images have their shape; else None."""
+    if dataset.labelled:
+        name, folder = dataset.name, manual_dir
+    elif dataset.image_shape == data.describe(data.LABELED_DATASET).image_shape:
+        name, folder = data.LABELED_DATASET, mnist_dir
+    else:
+        return None
+    return (data.load_split(name, "test", data_dir=data_dir, manual_dir=folder),
+            data.load_labels("test", name, data_dir=data_dir, manual_dir=folder))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,11 +62,11 @@ class Run:
 
     def template_state(self) -> TrainState:
         """The freshly initialized train state (`builders.template_state`)."""
-        return builders.template_state(self.config, self.model, self.example_shape)
+        return builders.template_state(self.config, self.model, self.example_shape, self.dataset.split_size("train"))
 
     def abstract_state(self) -> TrainState:
         """The shapes of `template_state`, what a checkpoint restores into."""
-        return builders.abstract_state(self.config, self.model, self.example_shape)
+        return builders.abstract_state(self.config, self.model, self.example_shape, self.dataset.split_size("train"))
 
 
 def as_model(model: Any) -> Model:
@@ -76,11 +77,14 @@ def as_model(model: Any) -> Model:
         raise ConfigError(str(error)) from None
 
 
-def resolve_run(config: configs.Config, workdir_path: str | Path, model: Any = None) -> Run:
+def resolve_run(config: configs.Config, workdir_path: str | Path, model: Any = None, *,
+                data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
+                manual_dir: str | os.PathLike | None = None) -> Run:
     """The run that `config` (validated here) describes in `workdir_path`, with `model` or, if None, the model of
-    `config.model`."""
+    `config.model`; `data_dir`, `manual_dir`: where its dataset is (`data.describe`: a TFDS dataset that
+    `vae_jax.catalogue` does not name is prepared there on first use)."""
     configs.validate(config)
-    dataset = data.describe(config.dataset, config.data_form)
+    dataset = data.describe(config.dataset, config.data_form, data_dir=data_dir, manual_dir=manual_dir)
     metadata = configs.to_dict(config)
     if model is None:
         model = builders.build_model(config.model, dataset)
@@ -90,12 +94,15 @@ def resolve_run(config: configs.Config, workdir_path: str | Path, model: Any = N
     return Run(Path(workdir_path), config, model, dataset, metadata)
 
 
-def resolve_stored(metadata: dict[str, Any], workdir_path: str | Path, model: Any = None) -> Run:
+def resolve_stored(metadata: dict[str, Any], workdir_path: str | Path, model: Any = None, *,
+                   data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
+                   manual_dir: str | os.PathLike | None = None) -> Run:
     """The run whose checkpoints store `metadata`, to read back: with the preset's model, or with `model`, which a
-    run of a model of your own needs and which must be the one it was trained with."""
+    run of a model of your own needs and which must be the one it was trained with; `data_dir`, `manual_dir`: as in
+    `resolve_run`."""
     workdir_path = Path(workdir_path)
     config = workdir.config_of(metadata)
-    dataset = data.describe(config.dataset, config.data_form)
+    dataset = data.describe(config.dataset, config.data_form, data_dir=data_dir, manual_dir=manual_dir)
     if model is not None:
         model = as_model(model)
         workdir.check_same_model(metadata, {**metadata, "model": contract.describe(model)}, workdir_path)
@@ -106,9 +113,11 @@ def resolve_stored(metadata: dict[str, Any], workdir_path: str | Path, model: An
     return Run(workdir_path, config, model, dataset, metadata)
 
 
-def open_run(workdir_path: str | Path, model: Any = None, epoch: int | None = None) -> tuple[Run, Restored]:
+def open_run(workdir_path: str | Path, model: Any = None, epoch: int | None = None, *,
+             data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
+             manual_dir: str | os.PathLike | None = None) -> tuple[Run, Restored]:
     """The run in `workdir_path` and its best checkpoint (by validation loss), or that of `epoch`: the opening that
-    `eval`, `gaps` and `sample` share."""
+    `eval`, `gaps` and `sample` share; `data_dir`, `manual_dir`: as in `resolve_run`."""
     workdir_path = Path(workdir_path)
     no_checkpoints = CheckpointError(f"work directory {workdir_path} has no checkpoints; run `train --workdir "
                                      f"{workdir_path}` first")
@@ -120,7 +129,7 @@ def open_run(workdir_path: str | Path, model: Any = None, epoch: int | None = No
             raise no_checkpoints
         chosen = checkpointer.best_epoch() if epoch is None else epoch
         run = resolve_stored(checkpointer.read_metadata(chosen if chosen in epochs else epochs[-1]), workdir_path,
-                             model)
+                             model, data_dir=data_dir, manual_dir=manual_dir)
         return run, checkpointer.restore(run.abstract_state(), jax.random.key(0), epoch=chosen)
 
 

@@ -95,7 +95,7 @@ def fit(
         `val_*`, `seconds`), or `{"epoch": E}` when nothing was left to train.
     """
     compilation_cache.enable()
-    run = resolve_run(config, workdir, model)
+    run = resolve_run(config, workdir, model, data_dir=data_dir, manual_dir=manual_dir)
     if stop_check_steps is not None and stop_check_steps <= 0:
         raise ConfigError(f"--stop-check-steps must be positive, got {stop_check_steps}")
     with (StopSignals() as stop, WorkdirLock(run.workdir),
@@ -167,7 +167,8 @@ def initial_state(run: Run, log: Callable[[str], None] = print) -> train.TrainSt
             raise CheckpointError(f"work directory {parent_dir} has no checkpoints")
         with Checkpointer(parent_dir) as checkpointer:
             parent_config = config_of(checkpointer.read_metadata(checkpointer.best_epoch()))
-            template = builders.abstract_state(parent_config, run.model, run.example_shape)
+            template = builders.abstract_state(parent_config, run.model, run.example_shape,
+                                               run.dataset.split_size("train"))
             parent = checkpointer.restore(template, jax.random.key(0), epoch=checkpointer.best_epoch())
     except AnotherModelError as error:
         raise ConfigError(f"init_from={parent_dir} holds a run of another model "
