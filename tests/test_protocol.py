@@ -1,6 +1,7 @@
 """Protocol cards and `compare`: results made under different protocols never share a table."""
 
 import json
+import re
 
 import pytest
 
@@ -94,7 +95,8 @@ def test_compare_names_the_model_and_leaves_undefined_measures_empty(tmp_path, c
 
 def test_results_on_different_data_never_share_a_table(tmp_path, capsys):
     """Two lines that differ only in their split's content hash, and an old line without one: three tables."""
-    card = protocol.protocol_card(data.describe("fashion_mnist"), "test", 10_000, None, 0, CS236, data_hash="00112233aabbccdd")
+    card = protocol.protocol_card(data.describe("fashion_mnist"), "test", 10_000, None, 0, CS236,
+                                  data_hash="00112233aabbccdd")
     assert card["data_hash"] == "00112233aabbccdd" and card["binarization"] == "dynamic"
     assert card["train_set"] == "fashion_mnist/train (50000 examples)" and card["split_size"] == 10_000
     lines = [_result("a", 95.0, data_hash="00112233aabbccdd"), _result("b", 90.0, data_hash="ffeeddccbbaa9988"),
@@ -108,3 +110,18 @@ def test_results_on_different_data_never_share_a_table(tmp_path, capsys):
     assert by_run["a"] == by_run["c"] and len({by_run[run][0] for run in ("a", "b", "old")}) == 3
     assert all("differ in data_hash." in table for table in tables)
     assert "data_hash=None" in tables[by_run["old"][0]] and "data_hash=ffeeddccbbaa9988" in tables[by_run["b"][0]]
+
+
+def test_compare_gives_each_dataset_its_section_and_8bit_results_their_bits(tmp_path, capsys):
+    eight_bit = protocol.protocol_card(data.describe("mnist", "8bit"), "test", 10_000, 5000, 0, CS236)
+    lines = [_result("binary", 90.0), {**_result("grey", 700.0), **eight_bit, "nelbo_bpd": 1.29, "nll_bpd": 1.2788},
+             _result("binary2", 91.0)]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert cli.main(["compare", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    sections = re.split(r"^## ", out, flags=re.M)[1:]
+    assert [section.split("\n", 1)[0] for section in sections] == ["binarized_mnist", "mnist"]
+    assert "| grey |" in sections[1] and "| binary |" in sections[0] and "| binary2 |" in sections[0]
+    assert "| NELBO | NLL | NELBO (bits/dim) | NLL (bits/dim) | KL |" in sections[1]
+    assert "| 700.00 ± 0.30 | 695.00 ± 0.30 | 1.29 | 1.28 | 20.00 | 9 |" in sections[1]
+    assert "bits/dim" not in sections[0].split("units=nats")[1]

@@ -153,13 +153,18 @@ def _config_hash(result: dict[str, Any]) -> str:
 
 
 def compare_tables(results: list[dict[str, Any]]) -> str:
-    """Markdown: one table per protocol, each ranked by NLL (else NELBO), naming how the protocols differ."""
+    """Markdown: a section per dataset, in it one table per protocol, each ranked by NLL (else NELBO), naming how the
+    protocols differ; results in bits per dimension as well (8-bit data) get those columns too."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for result in results:
         groups.setdefault(_protocol(result), []).append(result)
-    protocols = list(groups)
+    dataset = {protocol: str(_protocol_value(rows[0], "dataset")) for protocol, rows in groups.items()}
+    datasets = list(dict.fromkeys(dataset.values()))  # in the order first met
+    protocols = sorted(groups, key=lambda protocol: datasets.index(dataset[protocol]))
     sections = []
     for number, protocol in enumerate(protocols, start=1):
+        if number == 1 or dataset[protocol] != dataset[protocols[number - 2]]:
+            sections.append(f"## {dataset[protocol]}")
         rows = sorted(groups[protocol], key=lambda r: (r.get("nll") is None, r.get("nll") or r["nelbo"]))
         first = rows[0]
         card = ", ".join(f"{field}={_protocol_value(first, field)}" for field in PROTOCOL_FIELDS)
@@ -169,14 +174,22 @@ def compare_tables(results: list[dict[str, Any]]) -> str:
             differing = sorted({PROTOCOL_FIELDS[i] for other in others for i in range(len(PROTOCOL_FIELDS))
                                 if other[i] != protocol[i]})
             lines.append(f"Not comparable with the other tables: they differ in {', '.join(differing)}.")
-        lines += ["", "| run | model | config | NELBO | NLL | KL | active units |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        for row in rows:
-            run = row.get("run") or Path(row["source"]).parent.name
-            units = row.get("active_units")
-            lines.append(f"| {run} | {model_name(row.get('config', {}))} | {_config_hash(row)}"
-                         f" | {_format(row['nelbo'], row.get('nelbo_stderr'))}"
-                         f" | {_format(row.get('nll'), row.get('nll_stderr'))} | {_format(row.get('kl'))}"
-                         f" | {'' if units is None else units} |")
+        lines += ["", *_table(rows, in_bits="bits/dim" in str(_protocol_value(first, "units")))]
         sections.append("\n".join(lines))
     return "\n\n".join(sections) + "\n"
+
+
+def _table(rows: list[dict[str, Any]], in_bits: bool) -> list[str]:
+    """The Markdown lines of one protocol's table: a row per result, with bits-per-dimension columns if `in_bits`."""
+    bits_header, bits_rule = (" NELBO (bits/dim) | NLL (bits/dim) |", " --- | --- |") if in_bits else ("", "")
+    lines = [f"| run | model | config | NELBO | NLL |{bits_header} KL | active units |",
+             f"| --- | --- | --- | --- | --- |{bits_rule} --- | --- |"]
+    for row in rows:
+        run = row.get("run") or Path(row["source"]).parent.name
+        units = row.get("active_units")
+        bits = f" {_format(row.get('nelbo_bpd'))} | {_format(row.get('nll_bpd'))} |" if in_bits else ""
+        lines.append(f"| {run} | {model_name(row.get('config', {}))} | {_config_hash(row)}"
+                     f" | {_format(row['nelbo'], row.get('nelbo_stderr'))}"
+                     f" | {_format(row.get('nll'), row.get('nll_stderr'))} |{bits} {_format(row.get('kl'))}"
+                     f" | {'' if units is None else units} |")
+    return lines
