@@ -274,3 +274,33 @@ def test_8bit_mnist_trains_and_evaluates_in_bits_per_dimension(shared_data, data
                              for c in range(4)])
     # MNIST's mean grey level is 0.13; unscaled levels would clip to white: only black and white would be left.
     assert 0.08 < inputs.mean() < 0.18 and len(np.unique(inputs)) > 50
+
+
+def test_frey_faces_train_resume_evaluate_and_sample_from_the_command_line(frey_data, tmp_path, capsys):
+    """28x20 faces in 8 bits, one override: a model sized by the dataset, a card with its own splits and unit."""
+    import math
+
+    from PIL import Image
+
+    workdir, data_dir = tmp_path / "frey", tmp_path / "tfds"
+    tiny = ["model.latent_dim=2", "model.encoder_hidden=16", "model.decoder_hidden=16", "model.likelihood_components=2",
+            "model.likelihood=logistic_mixture"]
+    assert cli.main(["train", "--workdir", str(workdir), "--dataset", "frey_faces", "--config", "cs236", "--epochs",
+                     "1", "--no-progress", "--manual-dir", str(frey_data / "frey_faces"), "--data-dir", str(data_dir),
+                     *tiny]) == 0
+    assert cli.main(["train", "--workdir", str(workdir), "--epochs", "2", "--no-progress",
+                     "--data-dir", str(data_dir)]) == 0  # resumed from the cache, without the file
+    capsys.readouterr()
+    assert cli.main(["eval", "--workdir", str(workdir), "--iwae-samples", "5", "--data-dir", str(data_dir)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["dataset"], result["binarization"], result["units"]) == ("frey_faces", "none (8-bit)",
+                                                                           "nats, bits/dim")
+    assert (result["split_size"], result["num_examples"], result["train_set"]) == (200, 200,
+                                                                                  "frey_faces/train (1565 examples)")
+    assert result["epoch"] == 2 and result["step"] == 2 * (1565 // 100)
+    assert result["nll_bpd"] == result["nll"] / (560 * math.log(2)) and 0 < result["nll_bpd"] < result["nelbo_bpd"]
+    assert cli.main(["sample", "--workdir", str(workdir), "--out", str(tmp_path / "faces.png"), "--num-images", "16",
+                     "--data-dir", str(data_dir)]) == 0
+    with Image.open(tmp_path / "faces_reconstructions.png") as image:
+        # 4 rows of 4 (input, reconstruction) pairs of 28x20 faces, a pixel between cells.
+        assert image.size == (1 + 4 * 2 * (20 + 1), 1 + 4 * (28 + 1))
