@@ -3,7 +3,7 @@
 Reads `experiments/results/<study>/<run>/{eval.jsonl,metrics.jsonl}` (written by `train_and_eval.sh`) and writes
 `experiments/results/<study>/results.csv`, `results.md` (the same table in Markdown) and `<study>.png`.
 
-Usage: python experiments/study_report.py {latent_size,kl_weight,objectives_priors,binarization,architecture}
+Usage: python experiments/study_report.py {latent_size,kl_weight,objectives_priors,binarization,architecture,datasets}
        [--iwae-k K]   (the K of the eval lines to report; 1000 for the studies, 100 for architecture)
 """
 
@@ -19,6 +19,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
+
+from vae_jax import data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ("run", "setting", "test_nelbo", "nelbo_stderr", "rec", "kl", "nll", "nll_stderr", "iwae_k",
@@ -51,6 +53,9 @@ def _setting(study: str, config: dict) -> str:
         return f"MLP {dense}"
     if study == "binarization":
         return "dynamic (mnist)" if config["dataset"] == "mnist" else "static (binarized_mnist)"
+    if study == "datasets":
+        form = {"8bit": "8 bits", "": "static" if config["dataset"] == "binarized_mnist" else "dynamic"}
+        return f"{config['dataset']}, {form[config.get('data_form', '')]}"
     objective = "IWAE" if config["objective"] == "iwae" else "VAE"
     samples = f", K = {config['num_samples']}" if config["objective"] == "iwae" else ""
     prior = {"normal": "N(0, I) prior", "mixture": "mixture prior (GMVAE)", "vamp": "VampPrior"}
@@ -71,6 +76,8 @@ def collect(study: str, iwae_k: int) -> list[dict]:
             "test_nelbo": result["nelbo"], "nelbo_stderr": result["nelbo_stderr"], "rec": result["rec"],
             "kl": result["kl"], "nll": result["nll"], "nll_stderr": result["nll_stderr"], "iwae_k": result["iwae_k"],
             "active_units": result["active_units"], "best_epoch": result["epoch"], "epochs": len(metrics),
+            # bits per dimension: of a grey level in 8 bits, of a binary pixel otherwise
+            "nll_bpd": result["nll"] / (data.describe(result["dataset"]).num_pixels * np.log(2)),
             "config": result["config"], "metrics": metrics, "dir": run_dir,
         })
     return sorted(rows, key=lambda row: _order(study, row))
@@ -83,6 +90,9 @@ def _order(study: str, row: dict) -> tuple:
         return (config["model"]["latent_dim"],)
     if study == "kl_weight":
         return (config["kl_weight"],)
+    if study == "datasets":
+        return (config.get("data_form") == "8bit", config["dataset"] != "binarized_mnist",
+                config["dataset"] == "fashion_mnist")
     return (config["dataset"] != "binarized_mnist", config["model"].get("architecture", "mlp") != "mlp",
             config["model"].get("prior", "normal") != "normal", config["objective"], config["num_samples"])
 
@@ -95,11 +105,15 @@ def write_tables(study: str, rows: list[dict]) -> None:
         writer = csv.writer(file)
         writer.writerow(COLUMNS)
         writer.writerows([[cell(row[name]) for name in COLUMNS] for row in rows])
-    header = ("| setting | test NELBO | rec | KL | test NLL (K) | active units | best epoch |\n"
-              "| --- | --- | --- | --- | --- | --- | --- |\n")
-    lines = [f"| {r['setting']} | {r['test_nelbo']:.2f} ± {r['nelbo_stderr']:.2f} | {r['rec']:.2f} | {r['kl']:.2f} | "
-             f"{r['nll']:.2f} ± {r['nll_stderr']:.2f} ({r['iwae_k']}) | {r['active_units']} | "
-             f"{r['best_epoch']} of {r['epochs']} |\n" for r in rows]
+    bits = study == "datasets"  # per dimension too: the data differ in size and kind
+    header = ("| setting | test NELBO | rec | KL | test NLL (K) |" + " NLL (bits/dim) |" * bits
+              + " active units | best epoch |\n| --- | --- | --- | --- | --- |" + " --- |" * bits + " --- | --- |\n")
+    lines = []
+    for r in rows:
+        per_dim = f" {r['nll_bpd']:.3f} |" if bits else ""
+        lines.append(f"| {r['setting']} | {r['test_nelbo']:.2f} ± {r['nelbo_stderr']:.2f} | {r['rec']:.2f} | "
+                     f"{r['kl']:.2f} | {r['nll']:.2f} ± {r['nll_stderr']:.2f} ({r['iwae_k']}) |{per_dim} "
+                     f"{r['active_units']} | {r['best_epoch']} of {r['epochs']} |\n")
     (RESULTS / study / "results.md").write_text(header + "".join(lines))
     print(header + "".join(lines), end="")
 
@@ -157,7 +171,29 @@ def plot_curves_and_nll(figure: Figure, rows: list[dict]) -> None:
     right.set(xlabel=f"test NLL (nats, K = {rows[0]['iwae_k']})", title="test negative log-likelihood")
 
 
+def plot_datasets(figure: Figure, rows: list[dict]) -> None:
+    """Top: the KL (nats) and the test NLL per dimension of each dataset; bottom: each model's samples."""
+    grid = figure.add_gridspec(2, len(rows), height_ratios=(3, 2))
+    kl, nll = figure.add_subplot(grid[0, : len(rows) // 2]), figure.add_subplot(grid[0, len(rows) // 2:])
+    positions = np.arange(len(rows))
+    kl.barh(positions, [r["kl"] for r in rows])
+    for position, row in zip(positions, rows, strict=True):
+        kl.annotate(f"{row['active_units']} active", (row["kl"], position), fontsize=7, xytext=(3, -3),
+                    textcoords="offset points")
+    kl.set_yticks(positions, [r["setting"] for r in rows], fontsize=7)
+    kl.set(xlabel="KL(q(z|x) || p(z)) on the test split (nats)", title="what the code carries")
+    nll.barh(positions, [r["nll_bpd"] for r in rows])
+    nll.set_yticks(positions, [""] * len(rows))
+    nll.set(xlabel=f"test NLL per dimension (bits, K = {rows[0]['iwae_k']})", title="what is left per pixel")
+    for column, row in enumerate(rows):
+        axes = figure.add_subplot(grid[1, column])
+        axes.imshow(np.asarray(Image.open(row["dir"] / "samples.png"))[:117, :117], cmap="gray")
+        axes.set_title(row["setting"], fontsize=7)
+        axes.axis("off")
+
+
 PLOTS: dict[str, Callable[[Figure, list[dict]], None]] = {
+    "datasets": plot_datasets,
     "latent_size": plot_latent_size,
     "kl_weight": plot_kl_weight,
     "architecture": plot_curves_and_nll,
