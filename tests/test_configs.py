@@ -133,13 +133,11 @@ def test_8bit_data_and_the_logistic_mixture():
         "8bit", "logistic_mixture", 5)
     assert configs.from_dict(json.loads(json.dumps(configs.to_dict(config)))) == config
     assert configs.config_hash(config) != configs.config_hash(dataclasses.replace(config, dataset="mnist"))
+    for model in (["model.architecture=conv"], ["model.prior=vamp"], ["model.stochastic_layers=2", "model.prior=vamp"]):
+        assert configs.apply_overrides(config, model).model.likelihood == "logistic_mixture"  # none is refused
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["dataset=mnist", "data_form=8bit", "model.likelihood=logistic_mixture", "model.architecture=conv"],
-     "not supported yet with a conv decoder"),
-    (["dataset=mnist", "data_form=8bit", "model.likelihood=logistic_mixture", "model.prior=vamp"],
-     "not supported yet"),
     (["dataset=mnist", "data_form=16bit"], "unknown data_form '16bit'"),
     (["model.likelihood=gaussian"], "unknown likelihood 'gaussian'"),
     (["model.likelihood_components=0"], "model.likelihood_components must be positive"),

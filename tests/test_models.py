@@ -1,8 +1,10 @@
-"""Networks and models: the convolutional encoder's locality, one example against a batch, learning; gated layers;
-the hierarchical VAE's contract; configs that build them; matrix-product precision."""
+"""Networks and models: the convolutional encoder's locality, one example against a batch, learning, any image shape
+and the likelihood's layout; gated layers; the hierarchical VAE's contract; configs that build them; the 8-bit models
+(the mixture with every architecture, prior and depth); matrix-product precision."""
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ import optax
 import pytest
 
 from tests.conftest import MNIST, preset_state
-from vae_jax import builders, configs, contract, hierarchical, models, objective, resolve, train
+from vae_jax import builders, configs, contract, data, hierarchical, likelihoods, models, objective, train
 from vae_jax.errors import ConfigError
 
 CONV = configs.ModelConfig(latent_dim=4, encoder_hidden=(32,), decoder_hidden=(32,), architecture="conv",
@@ -66,6 +68,89 @@ def test_conv_vae_learns(binary_pixels):
     assert float(np.mean(last.terms.nelbo)) < 485
 
 
+# The parameters of the cs236-sized conv model that experiments/results/architecture/conv was trained with.
+BERNOULLI_CONV_SHAPES = {
+    "decoder/params/ConvTranspose_0/bias": (32,), "decoder/params/ConvTranspose_0/kernel": (3, 3, 64, 32),
+    "decoder/params/ConvTranspose_1/bias": (1,), "decoder/params/ConvTranspose_1/kernel": (3, 3, 32, 1),
+    "decoder/params/Dense_0/bias": (3136,), "decoder/params/Dense_0/kernel": (300, 3136),
+    "decoder/params/MLP_0/Dense_0/bias": (300,), "decoder/params/MLP_0/Dense_0/kernel": (10, 300),
+    "decoder/params/MLP_0/Dense_1/bias": (300,), "decoder/params/MLP_0/Dense_1/kernel": (300, 300),
+    "encoder/params/Conv_0/bias": (32,), "encoder/params/Conv_0/kernel": (3, 3, 1, 32),
+    "encoder/params/Conv_1/bias": (64,), "encoder/params/Conv_1/kernel": (3, 3, 32, 64),
+    "encoder/params/Dense_0/bias": (20,), "encoder/params/Dense_0/kernel": (300, 20),
+    "encoder/params/MLP_0/Dense_0/bias": (300,), "encoder/params/MLP_0/Dense_0/kernel": (3136, 300),
+    "encoder/params/MLP_0/Dense_1/bias": (300,), "encoder/params/MLP_0/Dense_1/kernel": (300, 300),
+}
+
+
+def test_the_bernoulli_conv_model_keeps_its_parameter_shapes():
+    config = configs.apply_overrides(configs.get_config("cs236"), ["model.architecture=conv"])
+    shapes = jax.eval_shape(builders.build_model(config.model, MNIST).init, jax.random.key(0), jnp.zeros(784))
+    assert {jax.tree_util.keystr(path, simple=True, separator="/"): leaf.shape
+            for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]} == BERNOULLI_CONV_SHAPES
+
+
+def test_conv_sides_halve_and_round_up():
+    assert models.conv_sides(28, 20, 3) == [(28, 20), (14, 10), (7, 5), (4, 3)]
+    assert models.conv_sides(32, 32, 2) == [(32, 32), (16, 16), (8, 8)]
+
+
+@pytest.mark.parametrize("image_shape", [(28, 28, 1), (28, 20, 1), (32, 32, 3)])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "logistic_mixture"])
+def test_conv_networks_take_any_image_shape_and_size_the_output_for_the_likelihood(image_shape, likelihood):
+    """Three stride-2 convolutions, which round odd sides up (28 -> 14 -> 7 -> 4); the decoder mirrors the encoder's
+    maps and ends in the likelihood's values per pixel: C Bernoulli logits, or the mixture's block."""
+    config = dataclasses.replace(CONV, conv_channels=(4, 4, 8), likelihood=likelihood, likelihood_components=3)
+    eight_bit = likelihood != "bernoulli"
+    fake = data.Dataset("fake", image_shape, "8bit" if eight_bit else "binary", (10, 10, 10))
+    model = builders.build_model(config, fake)
+    height, width, channels = image_shape
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 256 if eight_bit else 2, (5, height * width * channels)),
+                    jnp.float32)
+    params = model.init(jax.random.key(0), x[0])
+    mean, logvar = model.posterior(params, x)
+    assert mean.shape == logvar.shape == (5, 4)
+    out = model.decoder.apply(params["decoder"], mean)
+    per_pixel = 3 * (1 + channels * (3 if channels == 3 else 2)) if eight_bit else channels
+    assert out.shape == (5, height * width * per_pixel) and model.decoder.output_dim == out.shape[-1]
+    assert params["decoder"]["params"]["ConvTranspose_2"]["bias"].shape == (per_pixel,)
+    smallest = -(-height // 8) * -(-width // 8) * 8  # the encoder's last map, flattened, where the decoder starts
+    assert params["encoder"]["params"]["MLP_0"]["Dense_0"]["kernel"].shape[0] == smallest
+    assert params["decoder"]["params"]["Dense_0"]["kernel"].shape[-1] == smallest
+    log_prob = model.likelihood.log_prob(x, out)
+    assert log_prob.shape == (5,) and np.all(np.isfinite(log_prob))
+    assert model.reconstruct(params, x).shape == x.shape
+
+
+def test_the_conv_decoder_lays_the_mixture_out_as_the_likelihood_reads_it():
+    """The decoder's last transposed convolution is replaced (`nn.intercept_methods`) by a map of sharp logistics at
+    levels distinct for every pixel and channel, one row and one column more than the 5 x 3 image (the crop must drop
+    them): the image of the kept levels, in x's layout, is then near certain (each sub-pixel ~0.97) and its mean; a
+    decoder whose output were transposed, channel-major or cropped at the top left would fail both."""
+    image_shape, k = (5, 3, 3), 2
+    likelihood = likelihoods.DiscretizedLogisticMixture(image_shape, k)
+    decoder = models.ConvDecoder(image_shape, (4,), (8,), outputs_per_pixel=likelihood.params_per_pixel())
+    rows, columns, channels = np.meshgrid(np.arange(6), np.arange(4), np.arange(3), indexing="ij")
+    levels = (13 * rows + 41 * columns + 97 * channels + 7) % 256  # [6, 4, 3]
+    means = np.repeat(levels[..., None] / 127.5 - 1.0, k, axis=-1)  # [6, 4, C, K]
+    per_channel = np.stack([means, np.full_like(means, -7.0), np.zeros_like(means)], axis=-2)  # mean, scale, coupling
+    block = np.concatenate([np.zeros((6, 4, k)), per_channel.reshape(6, 4, -1)], axis=-1)  # [6, 4, K (1 + 3 C)]
+    assert block.shape[-1] == likelihood.params_per_pixel() and likelihood.num_params() == 15 * block.shape[-1]
+
+    def replace_the_last_map(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.ConvTranspose):
+            return jnp.broadcast_to(jnp.asarray(block, jnp.float32), (*args[0].shape[:-3], *block.shape))
+        return next_fun(*args, **kwargs)
+
+    z = jnp.zeros((2, 3))
+    params = decoder.init(jax.random.key(0), z)
+    with nn.intercept_methods(replace_the_last_map):
+        out = decoder.apply(params, z)
+    image = jnp.asarray(levels[:5, :3].reshape(-1), jnp.float32)  # row-major over H, W, C
+    np.testing.assert_array_less(-0.03 * 45, likelihood.log_prob(image, out))
+    np.testing.assert_allclose(likelihood.mean(out), jnp.broadcast_to(image / 255, (2, 45)), atol=1e-6)
+
+
 def test_gated_layers_gate_each_value_by_a_sigmoid():
     mlp = models.MLP((3,), activation="gated")
     h = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5)), jnp.float32)
@@ -108,12 +193,6 @@ def test_the_hierarchical_vae_keeps_the_contract(prior, binary_pixels):
 
 
 def test_configs_that_cannot_be_built_fail_validation():
-    # Three halvings leave no whole side of a 28-pixel image: refused when the run is resolved, before any build.
-    conv = ["model.architecture=conv", "model.conv_channels=8,8,8"]
-    three = configs.apply_overrides(configs.get_config("cs236"), conv)
-    with pytest.raises(ConfigError, match=r"model.conv_channels=\(8, 8, 8\): 3 convolutions of stride 2 halve the "
-                                          r"side of binarized_mnist's 28x28 images that often"):
-        resolve.resolve_run(three, "unused")
     with pytest.raises(ConfigError, match="conv_channels must be positive widths"):
         configs.apply_overrides(configs.get_config("cs236"), ["model.architecture=conv", "model.conv_channels=8,0"])
     with pytest.raises(ConfigError, match="unknown architecture"):
@@ -201,3 +280,43 @@ def test_the_8bit_model_scales_the_encoder_input_and_sizes_the_decoder_for_the_m
     samples = eight_bit.joint_samples(params, x, key, 2)
     assert samples.log_likelihood.shape == (2,) and np.all(np.isfinite(samples.log_likelihood))
     assert eight_bit.generate(params, key, 3).shape == (3, 784)
+
+
+SMALL_8BIT = ["dataset=mnist", "data_form=8bit", "model.likelihood=logistic_mixture", "model.likelihood_components=3",
+              "model.latent_dim=3", "model.encoder_hidden=16", "model.decoder_hidden=16", "model.conv_channels=4,8",
+              "model.prior_components=3"]
+
+
+@pytest.mark.parametrize("overrides", [["model.architecture=conv"], ["model.prior=vamp"],
+                                       ["model.architecture=conv", "model.prior=vamp"],
+                                       ["model.stochastic_layers=2", "model.prior=vamp"]])
+def test_the_mixture_models_take_a_finite_step_on_8_bit_data(overrides):
+    """Every parameter moves (Adam moves each one that has a gradient): the pseudo-inputs' logits included."""
+    config = configs.apply_overrides(configs.get_config("cs236"), SMALL_8BIT + overrides)
+    dataset = data.describe(config.dataset, config.data_form)
+    state = train.create_train_state(jax.random.key(0), builders.build_model(config.model, dataset),
+                                     optax.adam(1e-3), (dataset.num_pixels,))
+    pixels = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, dataset.num_pixels)), jnp.uint8)
+    new, result = jax.jit(train.train_step)(state, pixels, jnp.arange(8), jax.random.key(1))
+    assert bool(result.finite) and np.isfinite(float(result.loss))
+    moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), state.params, new.params)
+    assert all(jax.tree.leaves(moved)), moved
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_8_bit_pseudo_inputs_reach_the_encoder_as_data_does(layers):
+    """On 8-bit data the pseudo-inputs are on the data's scale (255 sigmoid(logits)), so the encoder's layers, which
+    see x / 255, see them in (0, 1) as they see the data."""
+    config = configs.apply_overrides(configs.get_config("cs236"),
+                                     [*SMALL_8BIT, "model.prior=vamp", f"model.stochastic_layers={layers}"])
+    model = builders.build_model(config.model, data.describe(config.dataset, config.data_form))
+    params = model.init(jax.random.key(0), jnp.zeros(784))
+    if layers == 1:
+        unit_inputs = jax.nn.sigmoid(params["prior"]["params"]["pseudo_input_logits"])
+        means, _ = model.prior.apply(params["prior"], lambda u: model.posterior(params, u), method="components")
+        expected, _ = model.encoder.encoder.apply(params["encoder"], unit_inputs)
+    else:
+        unit_inputs = jax.nn.sigmoid(params["params"]["prior"]["pseudo_input_logits"])
+        means, _ = model.module.apply(params, method=lambda m: m.prior.components(m.top_posterior))
+        expected, _ = model.module.apply(params, unit_inputs, method=lambda m, u: m.q_z2(u))
+    np.testing.assert_allclose(means, expected, rtol=1e-5, atol=1e-6)

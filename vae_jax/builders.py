@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -22,12 +23,18 @@ from vae_jax.objective import Elbo, Iwae, Objective
 from vae_jax.train import TrainState, create_train_state, params_ema, run_keys, steps_per_epoch
 
 
+def data_scale(dataset: data.Dataset) -> float:
+    """The largest value of the data as the model receives it: 255 for 8-bit grey levels, 1 for 0/1 pixels."""
+    return 255.0 if dataset.eight_bit else 1.0
+
+
 def build_prior(config: configs.ModelConfig, dataset: data.Dataset) -> Any:
-    """The prior that `config.prior` names: None for `normal` (N(0, I)), else a module of `vae_jax.priors`."""
+    """The prior that `config.prior` names: None for `normal` (N(0, I)), else a module of `vae_jax.priors` (the
+    VampPrior's pseudo-inputs on the data's scale, `data_scale`, so that they reach the encoder as data does)."""
     if config.prior == "mixture":
         return priors.MixturePrior(config.prior_components, config.latent_dim)
     if config.prior == "vamp":
-        return priors.VampPrior(config.prior_components, dataset.num_pixels)
+        return priors.VampPrior(config.prior_components, dataset.num_pixels, data_scale(dataset))
     return None
 
 
@@ -49,6 +56,14 @@ def check_likelihood(config: configs.ModelConfig, dataset: data.Dataset) -> None
                           f"{dataset.form}; set data_form=8bit (on grey levels) or model.likelihood=bernoulli")
 
 
+def outputs_per_pixel(likelihood: Any, channels: int) -> int:
+    """The values of a decoder's output per pixel that `likelihood` reads, its output laid out pixel by pixel: the
+    mixture's block (`params_per_pixel()`), else one Bernoulli logit per channel."""
+    if isinstance(likelihood, likelihoods.DiscretizedLogisticMixture):
+        return likelihood.params_per_pixel()
+    return channels
+
+
 def build_model(config: configs.ModelConfig, dataset: data.Dataset) -> Model:
     """The model that `config` describes for examples of `dataset` (`data.describe`): `models.VAE` with MLP or
     convolutional networks, or, with two stochastic layers, `hierarchical.HierarchicalVAE`; with `kernel_init`
@@ -62,30 +77,33 @@ def build_model(config: configs.ModelConfig, dataset: data.Dataset) -> Model:
 def _build_network(config: configs.ModelConfig, dataset: data.Dataset) -> Model:
     dtype = None if config.compute_dtype == "float32" else config.compute_dtype
     precision = config.matmul_precision if dtype is None else None  # bfloat16 compute: products are bfloat16 anyway
-    encoder_hidden, decoder_hidden = tuple(config.encoder_hidden), tuple(config.decoder_hidden)
     logvar_bound = tuple(config.logvar_clip) or config.logvar_bound
-    prior = build_prior(config, dataset)
+    prior, likelihood = build_prior(config, dataset), build_likelihood(config, dataset)
     if config.stochastic_layers == 2:
-        return FlaxModel(HierarchicalVAE(dataset.num_pixels, config.latent_dim, encoder_hidden, decoder_hidden,
-                                         config.activation, logvar_bound, prior, dtype, precision))
+        return FlaxModel(HierarchicalVAE(dataset.num_pixels, config.latent_dim, tuple(config.encoder_hidden),
+                                         tuple(config.decoder_hidden), config.activation, logvar_bound, prior, dtype,
+                                         precision, likelihood, 1.0 / data_scale(dataset)))
+    encoder, decoder = _build_networks(config, dataset.image_shape, likelihood, logvar_bound, dtype, precision)
+    if dataset.eight_bit:
+        encoder = models.ScaledEncoder(encoder, 1.0 / data_scale(dataset))
+    return models.VAE(encoder, decoder, prior, likelihood, num_pixels=dataset.num_pixels)
+
+
+def _build_networks(config: configs.ModelConfig, image_shape: tuple[int, int, int], likelihood: Any,
+                    logvar_bound: models.LogvarBound, dtype: str | None,
+                    precision: str | None) -> tuple[nn.Module, nn.Module]:
+    """The encoder and decoder of `config.architecture` for images of `image_shape`, the decoder's output sized for
+    `likelihood`."""
+    encoder_hidden, decoder_hidden = tuple(config.encoder_hidden), tuple(config.decoder_hidden)
+    height, width, channels = image_shape
+    per_pixel = outputs_per_pixel(likelihood, channels)
     if config.architecture == "conv":
-        channels, shape = tuple(config.conv_channels), dataset.image_shape
-        if shape[0] != shape[1] or shape[0] % 2 ** len(channels):
-            raise ConfigError(f"model.conv_channels={channels}: {len(channels)} convolutions of stride 2 halve the "
-                              f"side of {dataset.name}'s {shape[0]}x{shape[1]} images that often, which must leave a "
-                              "whole square; use fewer")
-        encoder = models.ConvEncoder(shape, config.latent_dim, channels, encoder_hidden, config.activation,
-                                     logvar_bound, dtype, precision)
-        decoder = models.ConvDecoder(shape, channels, decoder_hidden, config.activation, dtype, precision)
-    else:  # the MLP, the one network for the 8-bit likelihood (`configs.validate`)
-        encoder = models.Encoder(config.latent_dim, encoder_hidden, config.activation, logvar_bound, dtype, precision)
-        if dataset.eight_bit:
-            encoder = models.ScaledEncoder(encoder, 1.0 / 255.0)
-        likelihood = build_likelihood(config, dataset)
-        output_dim = dataset.num_pixels if config.likelihood == "bernoulli" else likelihood.num_params()
-        decoder = models.Decoder(output_dim, decoder_hidden, config.activation, dtype, precision)
-        return models.VAE(encoder, decoder, prior, likelihood, num_pixels=dataset.num_pixels)
-    return models.VAE(encoder, decoder, prior, num_pixels=dataset.num_pixels)
+        conv = tuple(config.conv_channels)
+        return (models.ConvEncoder(image_shape, config.latent_dim, conv, encoder_hidden, config.activation,
+                                   logvar_bound, dtype, precision),
+                models.ConvDecoder(image_shape, conv, decoder_hidden, config.activation, dtype, precision, per_pixel))
+    return (models.Encoder(config.latent_dim, encoder_hidden, config.activation, logvar_bound, dtype, precision),
+            models.Decoder(height * width * per_pixel, decoder_hidden, config.activation, dtype, precision))
 
 
 def build_optimizer(config: configs.OptimConfig, total_steps: int) -> optax.GradientTransformation:

@@ -45,8 +45,9 @@ class ModelConfig:
         matmul_precision: of the float32 products on accelerators: `float32` (true float32, as PyTorch's default),
             `tensorfloat32` (JAX's default on recent GPUs) or `bfloat16` (one pass; JAX's default on TPUs).
         architecture: `mlp`, or `conv`: stride-2 3x3 convolutions before the encoder's dense layers and
-            transposed convolutions after the decoder's (`models.ConvEncoder`, `models.ConvDecoder`).
-        conv_channels: channels of the encoder's convolutions (`conv` only); each halves the image's (whole) side.
+            transposed convolutions after the decoder's, for images of any shape, the decoder's output per pixel
+            being what the likelihood reads (`models.ConvEncoder`, `models.ConvDecoder`).
+        conv_channels: channels of the encoder's convolutions (`conv` only); each halves the sides, rounding up.
         prior: `normal` (N(0, I), closed-form KL), `mixture` (a learned mixture of Gaussians, the CS236 GMVAE) or
             `vamp` (the VampPrior), these two with a Monte-Carlo KL (`vae_jax.priors`); of the top layer in an HVAE.
         prior_components: number K of mixture components or pseudo-inputs.
@@ -54,7 +55,8 @@ class ModelConfig:
             z1 and z2 of `latent_dim` each, q(z2|x) with `encoder_hidden`, p(z1|z2) with `decoder_hidden`, and
             one-layer trunks of their last widths for q(z1|x, z2) and p(x|z1, z2); `mlp` only, Monte-Carlo KL).
         likelihood: p(x|z): `bernoulli` (binary data) or `logistic_mixture` (8-bit data, `data_form=8bit`: the
-            discretized logistic mixture of PixelCNN++ with `likelihood_components` K per pixel; one-layer `mlp`).
+            discretized logistic mixture of PixelCNN++ with `likelihood_components` K per pixel), with any
+            architecture, prior and number of stochastic layers; encoders and pseudo-inputs see x / 255.
     """
 
     latent_dim: int = 10
@@ -296,9 +298,6 @@ def _validate_model(model: ModelConfig) -> None:
              "model.encoder_hidden and model.decoder_hidden (e.g. 300,300)")
     _require_choice(model.likelihood, LIKELIHOODS, "likelihood")
     _require(model.likelihood_components > 0, "model.likelihood_components must be positive")
-    _require(model.likelihood == "bernoulli" or (model.architecture, model.stochastic_layers, model.prior != "vamp")
-             == ("mlp", 1, True), "model.likelihood=logistic_mixture is not supported yet with a conv decoder, two "
-             "stochastic layers or the VampPrior; use model.architecture=mlp, model.stochastic_layers=1, no vamp")
 
 
 def _validate_optim(optim: OptimConfig) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,12 @@ class Bernoulli:
         """Its description in a model's (`contract.describe`), under the name it had before it moved here from
         `vae_jax.models`: the stored runs of custom models that use it keep their config hash and read back."""
         return {"class": "vae_jax.models.Bernoulli"}
+
+
+def num_params(likelihood: Any, num_pixels: int) -> int:
+    """P, the size of the decoder output that `likelihood` reads: its `num_params()`, or D = `num_pixels` for
+    `Bernoulli`, which has none (it reads one logit per value of an example of any size)."""
+    return likelihood.num_params() if hasattr(likelihood, "num_params") else num_pixels
 
 
 def rescale(x: ArrayLike, dtype: jnp.dtype) -> jax.Array:
@@ -192,10 +199,15 @@ class DiscretizedLogisticMixture:
         """Blocks of K numbers per channel: means, log-scales, and the coupling coefficients with 3 channels."""
         return 3 if self.image_shape[-1] == 3 else 2
 
+    def params_per_pixel(self) -> int:
+        """K (1 + C blocks), the size of one pixel's block of `out` (10 K for C = 3, 3 K for C = 1): the output
+        channels of a convolutional decoder (`models.ConvDecoder.outputs_per_pixel`)."""
+        return self.num_components * (1 + self.image_shape[-1] * self._blocks)
+
     def num_params(self) -> int:
         """P = H W K (1 + C blocks), the size of the decoder's output (10 H W K for C = 3, 3 H W K for C = 1)."""
-        height, width, channels = self.image_shape
-        return height * width * self.num_components * (1 + channels * self._blocks)
+        height, width, _ = self.image_shape
+        return height * width * self.params_per_pixel()
 
     def _unpack(self, out: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
         """`out [..., P]` -> logits `[..., HW, K]`, means, log-scales `[..., HW, C, K]`, coefficients (C = 3)."""

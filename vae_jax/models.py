@@ -16,7 +16,6 @@ The networks hold no randomness: keys are the model's `joint_samples` business.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -158,8 +157,8 @@ class Decoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """q(z|x) from a convolutional network: 3x3 convolutions of stride 2 (each halves the image's side), then dense
-    layers, then the Gaussian head of `Encoder`.
+    """q(z|x) from a convolutional network: 3x3 convolutions of stride 2 with 'SAME' padding (each halves the image's
+    sides, rounding up: `conv_sides`), then dense layers, then the Gaussian head of `Encoder`. Any image shape.
 
     Attributes:
         image_shape: `(height, width, channels)` of an image (`data.Dataset.image_shape`); x is it flattened.
@@ -192,17 +191,29 @@ class ConvEncoder(nn.Module):
         return gaussian_head(h, self.latent_dim, self.logvar_bound, self.dtype, self.precision)
 
 
+def conv_sides(height: int, width: int, num_convs: int) -> list[tuple[int, int]]:
+    """The `(height, width)` of `ConvEncoder`'s feature maps, the image's first: `num_convs + 1` pairs, each the
+    previous one halved and rounded up (what a stride-2 'SAME' convolution gives), e.g. 28x20 -> 14x10 -> 7x5."""
+    return [(-(-height // 2**index), -(-width // 2**index)) for index in range(num_convs + 1)]
+
+
 class ConvDecoder(nn.Module):
-    """p(x|z) from a transposed-convolutional network mirroring `ConvEncoder`: dense layers, a dense map to a
-    `[side, side, channels[-1]]` feature map, then 3x3 transposed convolutions of stride 2 up to one logit per pixel.
+    """p(x|z) from a transposed-convolutional network mirroring `ConvEncoder`: dense layers, a dense map to the
+    encoder's last feature map `[ceil(H / 2^n), ceil(W / 2^n), channels[-1]]`, then n 3x3 transposed convolutions of
+    stride 2, each doubling the sides and cropped at the bottom and right to the encoder's map that it mirrors
+    (`conv_sides`), up to `[H, W, outputs_per_pixel]`, flattened row-major: any image shape, and the output laid out
+    pixel by pixel (row-major over H, W), the layout of `likelihoods.DiscretizedLogisticMixture`.
 
     Attributes:
-        image_shape: `(height, width, channels)` of an image (square, its side divisible by 2 ** len(channels)).
-        channels: the encoder's convolution channels; the decoder runs through them in reverse, ending in 1.
+        image_shape: `(height, width, channels)` of an image.
+        channels: the encoder's convolution channels; the decoder runs through them in reverse, then to
+            `outputs_per_pixel`.
         hidden: widths of the dense layers, latent side first.
         activation: a name in `configs.ACTIVATIONS`.
         dtype: see `Decoder`.
         precision: see `Decoder`; also of the transposed convolutions.
+        outputs_per_pixel: values of the output per pixel, the likelihood's (`params_per_pixel()` of the mixture);
+            None: one per channel, the C Bernoulli logits of a pixel (the output then has x's layout).
     """
 
     image_shape: tuple[int, int, int]
@@ -211,24 +222,28 @@ class ConvDecoder(nn.Module):
     activation: str = "elu"
     dtype: str | None = None
     precision: str | None = "float32"
+    outputs_per_pixel: int | None = None
 
     @property
     def output_dim(self) -> int:
-        """D, the number of logits."""
-        return math.prod(self.image_shape)
+        """P = H W `outputs_per_pixel`, the size of the output (D = H W C for Bernoulli logits)."""
+        height, width, channels = self.image_shape
+        return height * width * (self.outputs_per_pixel or channels)
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        """`z [..., J] -> logits [..., D]`."""
+        """`z [..., J] -> out [..., P]`."""
         act = _activation(self.activation)
-        side = self.image_shape[0] // 2 ** len(self.channels)
+        sides = conv_sides(*self.image_shape[:2], len(self.channels))
+        height, width = sides[-1]
         h = MLP(self.hidden, self.activation, self.dtype, self.precision)(z)
-        h = act(nn.Dense(side * side * self.channels[-1], dtype=self.dtype, precision=self.precision)(h))
-        h = h.reshape(*h.shape[:-1], side, side, self.channels[-1])
-        out_channels = self.image_shape[-1]
-        for index, channels in enumerate((*self.channels[-2::-1], out_channels)):
+        h = act(nn.Dense(height * width * self.channels[-1], dtype=self.dtype, precision=self.precision)(h))
+        h = h.reshape(*h.shape[:-1], height, width, self.channels[-1])
+        widths = (*self.channels[-2::-1], self.outputs_per_pixel or self.image_shape[-1])
+        for index, (channels, (height, width)) in enumerate(zip(widths, sides[-2::-1], strict=True)):
             h = nn.ConvTranspose(channels, (3, 3), strides=(2, 2), dtype=self.dtype, precision=self.precision)(h)
-            h = act(h) if index < len(self.channels) - 1 else h
+            h = h[..., :height, :width, :]
+            h = act(h) if index < len(widths) - 1 else h
         return float32_if_reduced(h.reshape(*h.shape[:-3], self.output_dim))
 
 

@@ -65,22 +65,28 @@ class MixturePrior(GaussianMixturePrior):
 class VampPrior(GaussianMixturePrior):
     """p(z) = 1/K sum_k q(z | u_k): the variational mixture of posteriors at learned pseudo-inputs u_k.
 
-    A pseudo-input is `sigmoid(logits)`, an image with pixels in (0, 1); the logits start near -3 (dark images,
-    pixels about 0.05, as in Tomczak & Welling's initialization). Gradients reach the encoder through the prior.
+    A pseudo-input is `scale * sigmoid(logits)`: an image with pixels in (0, 1) times the data's scale, so that it
+    reaches the encoder as data does. On 8-bit data (grey levels 0..255, `scale=255`) the encoder sees x / 255
+    (`models.ScaledEncoder`), so the pseudo-inputs reach its layers in (0, 1), the range of the data there: Tomczak &
+    Welling keep binary pseudo-inputs in [0, 1] with a hardtanh; the sigmoid keeps them inside (0, 1) with a gradient
+    everywhere. The logits start near -3 (dark images, pixels about 0.05, as in Tomczak & Welling's
+    initialization). Gradients reach the encoder through the prior.
 
     Attributes:
         num_components: K pseudo-inputs.
         num_pixels: D, the size of a pseudo-input.
+        scale: the data's largest value: 1 for binary pixels, 255 for 8-bit grey levels.
     """
 
     num_components: int
     num_pixels: int
+    scale: float = 1.0
 
     @nn.compact
     def components(self, encode: Encode) -> tuple[jax.Array, jax.Array]:
-        """`(means [K, J], logvars [K, J])`, the encoder's posteriors at the K pseudo-inputs."""
+        """`(means [K, J], logvars [K, J])`, the encoder's posteriors at the K pseudo-inputs `[K, D]`."""
         logits = self.param("pseudo_input_logits", _shifted_normal(-3.0, 0.01), (self.num_components, self.num_pixels))
-        return encode(jax.nn.sigmoid(logits))
+        return encode(self.scale * jax.nn.sigmoid(logits))
 
 
 def _shifted_normal(mean: float, stddev: float) -> Callable[..., jax.Array]:
