@@ -13,6 +13,8 @@ bash experiments/train_and_eval.sh cs236_bfloat16 cs236 --epochs 40 model.comput
 bash experiments/train_and_eval.sh default_vampprior default model.prior=vamp model.prior_components=500
 MANUAL_DIR=${FASHION_DIR:-../shared/data/fashion_mnist} bash experiments/train_and_eval.sh fashion_mnist_default \
   default --dataset fashion_mnist
+MANUAL_DIR=${FASHION_DIR:-../shared/data/fashion_mnist} bash experiments/train_and_eval.sh \
+  fashion_mnist_default_vampprior default --dataset fashion_mnist model.prior=vamp model.prior_components=500
 bash experiments/tomczak_welling.sh
 bash experiments/tomczak_welling_protocol.sh
 bash experiments/tomczak_welling_variants.sh
