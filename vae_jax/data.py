@@ -100,7 +100,7 @@ def check_pixels(pixels: np.ndarray, dynamic: bool, name: str = "data") -> np.nd
 
 
 def load_split(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
-               manual_dir: str | os.PathLike | None = None, progress: bool = False) -> np.ndarray:
+               manual_dir: str | os.PathLike | None = None, progress: bool = False, mmap: bool = False) -> np.ndarray:
     """A whole split as a `[N, 784]` uint8 array, prepared by TFDS on first use and cached on disk.
 
     Args:
@@ -109,12 +109,13 @@ def load_split(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAUL
         data_dir: where TFDS keeps prepared datasets, and where the decoded arrays are cached.
         manual_dir: a folder with the dataset's original files, for machines that cannot download.
         progress: show TFDS's progress bars while it prepares the dataset (the first use only).
+        mmap: map the cached file read-only instead of reading it (`np.load(mmap_mode="r")`).
 
     Returns:
         `[N, 784]` uint8 pixels: 0/1 for `binarized_mnist`, 0..255 for `mnist` and `fashion_mnist`.
     """
     describe(dataset)
-    pixels = _load_cached(dataset, split, "image", data_dir, manual_dir, progress)
+    pixels = _load_cached(dataset, split, "image", data_dir, manual_dir, progress, mmap)
     return check_pixels(pixels, is_dynamic(dataset), name=f"the cached {dataset}/{split} in {data_dir}")
 
 
@@ -166,7 +167,7 @@ def _cache_dir(dataset: str, data_dir: str | os.PathLike) -> Path:
 
 
 def _load_cached(dataset: str, split: str, feature: str, data_dir: str | os.PathLike,
-                 manual_dir: str | os.PathLike | None, progress: bool) -> np.ndarray:
+                 manual_dir: str | os.PathLike | None, progress: bool, mmap: bool = False) -> np.ndarray:
     """One feature (`image` or `label`) of a split, from its `.npy` cache, decoding the split with TFDS first if
     the cache is missing."""
     if split not in SPLITS:
@@ -180,7 +181,7 @@ def _load_cached(dataset: str, split: str, feature: str, data_dir: str | os.Path
             (cache_dir / f"{split}.sha256").unlink(missing_ok=True)
         _write_cache(features, paths)
     try:
-        return np.load(paths[feature])
+        return np.load(paths[feature], mmap_mode="r" if mmap else None)
     except (OSError, ValueError) as error:
         raise DataError(f"cannot read cached split {paths[feature]} ({error}); delete it to rebuild it") from None
 
