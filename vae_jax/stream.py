@@ -119,9 +119,10 @@ def prefetched(split: Streamed, read: Callable[[int], Any], starts: Sequence[int
 @functools.partial(jax.jit, static_argnames=("objective", "dynamic_binarization", "mesh", "progress",
                                              "progress_every"))
 def _train_chunk(state: TrainState, carry: ScanCarry, pixels: jax.Array, indices: jax.Array, examples_key: jax.Array,
-                 first_step: jax.Array, done: jax.Array, kl_weight: jax.Array | float, *, objective: Any,
-                 dynamic_binarization: bool, mesh: Mesh | None, progress: Callable[..., None] | None,
-                 progress_every: int) -> tuple[TrainState, EpochResult, ScanCarry]:
+                 first_step: jax.Array, done: jax.Array, kl_weight: jax.Array | float, *, objective: Any = train.ELBO,
+                 dynamic_binarization: bool = False, mesh: Mesh | None = None,
+                 progress: Callable[..., None] | None = None,
+                 progress_every: int = 50) -> tuple[TrainState, EpochResult, ScanCarry]:
     """`train.scan_steps` over a chunk of a piece of an epoch: `pixels [S, B, D]` uint8 and their `indices [S, B]`."""
     return train.scan_steps(state, carry, (pixels, indices), examples_key, lambda batch: batch, first_step, done,
                             progress=progress, progress_every=progress_every, objective=objective,
@@ -134,14 +135,10 @@ def train_epoch(
     epoch_key: jax.Array,
     *,
     batch_size: int,
-    objective: Any = train.ELBO,
     kl_weight: jax.Array | float = 1.0,
-    dynamic_binarization: bool = False,
-    mesh: Mesh | None = None,
-    progress: Callable[[jax.Array, jax.Array], None] | None = None,
-    progress_every: int = 50,
     first_step: jax.Array | int = 0,
     num_steps: int | None = None,
+    **options: Any,
 ) -> tuple[TrainState, EpochResult]:
     """`train.train_epoch` on a split streamed from the host, with the same results bit for bit: the epoch's batches
     (`train.epoch_batches`) are read on the host and reach the device a chunk of steps at a time, each chunk one
@@ -150,8 +147,9 @@ def train_epoch(
     Args:
         state: the train state (replicated over `split.mesh`, if any).
         split: the training split, `[N, D]` uint8 on the host.
-        epoch_key, batch_size, objective, kl_weight, dynamic_binarization, mesh, progress, progress_every,
-            first_step, num_steps: as in `train.train_epoch` (`first_step` is read on the host here).
+        epoch_key, batch_size, kl_weight, first_step, num_steps: as in `train.train_epoch` (`first_step` is read on
+            the host here).
+        **options: `objective`, `dynamic_binarization`, `mesh`, `progress` and `progress_every`, as there.
 
     Returns:
         The new state and the `EpochResult` of the steps run.
@@ -167,8 +165,6 @@ def train_epoch(
     def read(start: int) -> tuple[np.ndarray, np.ndarray]:
         return split[order[start:start + size]], order[start:start + size]
 
-    options = {"objective": objective, "dynamic_binarization": dynamic_binarization, "mesh": mesh,
-               "progress": progress, "progress_every": progress_every}
     starts, carry, parts = range(0, num_steps, size), ScanCarry.start(), []
     for done, (pixels, indices) in zip(starts, prefetched(split, read, starts), strict=True):
         previous = carry
