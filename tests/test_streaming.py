@@ -74,6 +74,14 @@ def test_a_streamed_run_ends_with_the_parameters_of_a_resident_one(resident, run
 
 # Steps 7..19 of the epoch's 93, in chunks of 4 steps (7..10, 11..14, 15..18, 19), or of one step where the
 # learning rate of 1e4 makes the piece's second step (8) diverge: the chunks after it must not update.
+def test_a_streamed_run_on_the_iwae_bound_validates_on_it_as_a_resident_one(run_args, tmp_path):
+    config = _config("objective=iwae", "num_samples=3", "epochs=1")
+    records = [trainer.fit(config, tmp_path / budget, log=lambda message: None, device_memory_budget=budget,
+                           **run_args) for budget in ("4G", TINY)]
+    assert records[0]["val_nll_bound"] < records[0]["val_nelbo"]
+    assert [_metrics(tmp_path / budget) for budget in ("4G", TINY)] == [_metrics(tmp_path / "4G")] * 2
+
+
 @pytest.mark.parametrize("learning_rate, chunk_steps", [("1e-3", 4), ("1e4", 1)])
 def test_a_streamed_piece_of_an_epoch_is_the_resident_one(run_args, learning_rate, chunk_steps):
     config = _config(f"optim.learning_rate={learning_rate}")
