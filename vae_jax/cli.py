@@ -39,6 +39,12 @@ def _add_model_option(parser: argparse.ArgumentParser) -> None:
                              "callable that returns one (a run of such a model needs it to resume and to be read)")
 
 
+def _add_budget_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device-memory-budget", default=None, metavar="SIZE",
+                        help="device memory for a split, e.g. 512M or 2G (powers of 1024) or bytes: a larger split "
+                             "streams from the host in chunks (default 4G; see vae_jax/stream.py); changes no number")
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=str(data.DEFAULT_DATA_DIR),
                         help="where TFDS stores prepared datasets and vae_jax caches decoded splits")
@@ -85,6 +91,7 @@ def _add_train_command(commands: Any) -> None:
     train.add_argument("--data-parallel", action="store_true",
                        help="split each batch over all devices (sets data_parallel=true)")
     _add_device_options(train)
+    _add_budget_option(train)
     train.add_argument("overrides", nargs="*", metavar="key=value",
                        help="config overrides, e.g. model.latent_dim=20 optim.learning_rate=3e-4")
     _add_data_options(train)
@@ -103,6 +110,7 @@ def _add_eval_command(commands: Any) -> None:
     evaluate.add_argument("--iwae-chunk", type=int, default=500, help="importance samples at once (memory only)")
     evaluate.add_argument("--seed", type=int, default=0, help="evaluation seed (noise, dynamic binarization)")
     _add_device_options(evaluate)
+    _add_budget_option(evaluate)
     _add_data_options(evaluate)
 
 
@@ -183,13 +191,22 @@ def _require_workdir(workdir: str) -> None:
         raise VaeError(f"work directory {workdir} does not exist; pass the --workdir of a trained run")
 
 
+def _notice(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _budget(args: argparse.Namespace) -> dict[str, str]:
+    """`device_memory_budget` where the command line gives one (else the library's default holds)."""
+    return {} if args.device_memory_budget is None else {"device_memory_budget": args.device_memory_budget}
+
+
 def _train(args: argparse.Namespace) -> object:
     from vae_jax import trainer
 
     model = _model(args)
     return trainer.fit(_train_config(args, model), args.workdir, model=model, data_dir=args.data_dir,
-                   manual_dir=args.manual_dir, progress=not args.no_progress, tensorboard=args.tensorboard,
-                   log=lambda m: print(m, file=sys.stderr), stop_check_steps=args.stop_check_steps)
+                       manual_dir=args.manual_dir, progress=not args.no_progress, tensorboard=args.tensorboard,
+                       log=_notice, stop_check_steps=args.stop_check_steps, **_budget(args))
 
 
 def _eval(args: argparse.Namespace) -> object:
@@ -199,7 +216,7 @@ def _eval(args: argparse.Namespace) -> object:
     return readback.evaluate_checkpoint(
         args.workdir, args.split, model=_model(args), epoch=args.epoch, batch_size=args.batch_size,
         iwae_samples=args.iwae_samples, iwae_chunk=args.iwae_chunk, eval_seed=args.seed, data_dir=args.data_dir,
-        manual_dir=args.manual_dir)
+        manual_dir=args.manual_dir, log=_notice, **_budget(args))
 
 
 def _gaps(args: argparse.Namespace) -> object:

@@ -110,7 +110,8 @@ def check_pixels(pixels: np.ndarray, dataset: Dataset, name: str = "data") -> np
 
 
 def load_split(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
-               manual_dir: str | os.PathLike | None = None, progress: bool = False) -> np.ndarray:
+               manual_dir: str | os.PathLike | None = None, progress: bool = False,
+               mmap: bool = False) -> np.ndarray:
     """A whole split as a `[N, D]` uint8 array, prepared on first use and cached on disk.
 
     Args:
@@ -120,12 +121,13 @@ def load_split(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAUL
         manual_dir: a folder with the dataset's original files, for machines that cannot download (for
             `frey_faces`, which TFDS lacks, always).
         progress: show TFDS's progress bars while it prepares the dataset (the first use only).
+        mmap: map the cached file read-only instead of reading it (`np.load(mmap_mode="r")`).
 
     Returns:
         `[N, D]` uint8 pixels, D = height * width * channels (row-major): 0/1 for `binarized_mnist`, 0..255 else.
     """
     description = describe(dataset, data_dir=data_dir, manual_dir=manual_dir, progress=progress)
-    pixels = _load_cached(dataset, split, "image", data_dir, manual_dir, progress)
+    pixels = _load_cached(dataset, split, "image", data_dir, manual_dir, progress, mmap)
     return check_pixels(pixels, description, name=f"the cached {dataset}/{split} in {data_dir}")
 
 
@@ -224,9 +226,9 @@ def _prepare_tfds_dataset(dataset: str, data_dir: Path, manual_dir: str | os.Pat
 
 
 def _load_cached(dataset: str, split: str, feature: str, data_dir: str | os.PathLike,
-                 manual_dir: str | os.PathLike | None, progress: bool) -> np.ndarray:
-    """One feature (`image` or `label`) of a split, from its `.npy` cache, decoding the split first if the cache is
-    missing."""
+                 manual_dir: str | os.PathLike | None, progress: bool, mmap: bool = False) -> np.ndarray:
+    """One feature (`image` or `label`) of a split, from its `.npy` cache (memory-mapped with `mmap`), decoding the
+    split first if the cache is missing."""
     paths = _cache_paths(dataset, _checked_split(split), data_dir)
     if not paths[feature].exists():
         with contextlib.suppress(OSError):  # the hash of the split decoded before, if any, is recomputed
@@ -239,7 +241,7 @@ def _load_cached(dataset: str, split: str, feature: str, data_dir: str | os.Path
             tfds_split = _entry(dataset, data_dir, manual_dir, progress).tfds_splits[split]
             _write_cache(_decode_split(_prepared_builder(dataset, data_dir, manual_dir, progress), tfds_split), paths)
     try:
-        return np.load(paths[feature])
+        return np.load(paths[feature], mmap_mode="r" if mmap else None)
     except (OSError, ValueError) as error:
         raise DataError(f"cannot read cached split {paths[feature]} ({error}); delete it to rebuild it") from None
 

@@ -1,4 +1,5 @@
-"""Evaluation on whole splits: per-example negative-ELBO terms and importance-weighted bounds, and their summary."""
+"""Evaluation on whole splits (or on chunks of a split streamed from the host, `vae_jax.stream`): per-example
+negative-ELBO terms and importance-weighted bounds, and their summary."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # a latent dimension is active when Var_x[E_q(z|x)
 
 
 def map_over_split(fn: Callable[[jax.Array, jax.Array], Any], pixels: jax.Array, batch_size: int,
-                    mesh: Mesh | None) -> Any:
-    """Applies `fn(pixels [B, D], indices [B])` to a whole `[N, D]` split, `batch_size` examples at a time.
+                   mesh: Mesh | None, first_index: jax.Array | int = 0) -> Any:
+    """Applies `fn(pixels [B, D], indices [B])` to a whole `[N, D]` split, `batch_size` examples at a time; the
+    examples' indices count from `first_index` (the index in its split of a chunk's first example).
 
     The split is zero-padded to a whole number of batches; the padding's outputs are dropped. With a `mesh`,
     each batch is split over its devices. Returns `fn`'s outputs with a leading `[N]` axis.
@@ -29,7 +31,8 @@ def map_over_split(fn: Callable[[jax.Array, jax.Array], Any], pixels: jax.Array,
     num_examples = pixels.shape[0]
     num_chunks = -(-num_examples // batch_size)
     padded = jnp.pad(pixels, ((0, num_chunks * batch_size - num_examples), (0, 0)))
-    chunks = (padded.reshape(num_chunks, batch_size, -1), jnp.arange(num_chunks * batch_size).reshape(num_chunks, -1))
+    indices = first_index + jnp.arange(num_chunks * batch_size)
+    chunks = (padded.reshape(num_chunks, batch_size, -1), indices.reshape(num_chunks, -1))
     outputs = jax.lax.map(lambda chunk: fn(*shard_batch(chunk, mesh)), chunks)
     return jax.tree.map(lambda t: t.reshape(num_chunks * batch_size, *t.shape[2:])[:num_examples], outputs)
 
@@ -45,6 +48,7 @@ def evaluate_elbo(
     dynamic_binarization: bool = False,
     num_samples: int = 1,
     mesh: Mesh | None = None,
+    first_index: jax.Array | int = 0,
 ) -> ElboTerms:
     """Per-example negative-ELBO terms of a whole split, computed `batch_size` examples at a time.
 
@@ -59,6 +63,7 @@ def evaluate_elbo(
         dynamic_binarization: binarize grey levels with a Bernoulli draw keyed by the example.
         num_samples: Monte-Carlo samples of z per example.
         mesh: split each batch over this device mesh (data parallelism).
+        first_index: the index in its split of `pixels[0]`, where `pixels` is a chunk of the split (traced).
 
     Returns:
         `ElboTerms`, each with a leading `[N]` axis.
@@ -68,7 +73,7 @@ def evaluate_elbo(
     def chunk_terms(chunk_pixels: jax.Array, chunk_indices: jax.Array) -> ElboTerms:
         return batch_elbo_terms(model, params, chunk_pixels, chunk_indices, key, num_samples, dynamic_binarization)
 
-    return map_over_split(chunk_terms, pixels, batch_size, mesh)
+    return map_over_split(chunk_terms, pixels, batch_size, mesh, first_index)
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -84,12 +89,13 @@ def evaluate_iwae(
     chunk_size: int = 500,
     dynamic_binarization: bool = False,
     mesh: Mesh | None = None,
+    first_index: jax.Array | int = 0,
 ) -> jax.Array:
     """Per-example importance-weighted bounds log (1/K) sum_k w_k on a whole split; `[N]` in nats.
 
     With the same `key`, each example is binarized exactly as in `evaluate_elbo`. The result does not depend
     on `batch_size` (examples at once) or `chunk_size` (importance samples at once), which only bound memory,
-    nor on the `mesh` that splits each batch over devices.
+    nor on the `mesh` that splits each batch over devices. `first_index` is that of `evaluate_elbo`.
     """
     model = as_model(model)
 
@@ -99,7 +105,7 @@ def evaluate_iwae(
 
         return map_examples(bound, chunk_pixels, chunk_indices, key, dynamic_binarization)
 
-    return map_over_split(chunk_bounds, pixels, batch_size, mesh)
+    return map_over_split(chunk_bounds, pixels, batch_size, mesh, first_index)
 
 
 def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from vae_jax import compilation_cache, configs, contract, data, evaluate, inference, parallel, protocol
+from vae_jax import compilation_cache, configs, contract, data, evaluate, inference, parallel, protocol, stream
 from vae_jax.checkpoint import Restored
 from vae_jax.errors import ConfigError
 from vae_jax.likelihoods import bits_per_dim
@@ -32,7 +33,7 @@ class Opened(NamedTuple):
     Attributes:
         run: the resolved run.
         restored: the checkpoint (`restored.state.eval_params` are the parameters to read).
-        pixels: `[N, D]` uint8 examples of the split.
+        pixels: `[N, D]` uint8 examples of the split (a memory map of its cached file).
         key: the evaluation's key, `jax.random.key(eval_seed)`.
         data_hash: the content hash of the whole split (`data.split_hash`), for the protocol card.
     """
@@ -56,7 +57,8 @@ def open_split(workdir: str | os.PathLike, split: str, *, model: Any = None, epo
     them at the checkpoint's parameters (`resolve.check_model`), and the split's content hash."""
     compilation_cache.enable()
     run, restored = open_run(workdir, model, epoch, data_dir=data_dir, manual_dir=manual_dir)
-    pixels = data.load_split(run.config.dataset, split, data_dir=data_dir, manual_dir=manual_dir)[:num_examples]
+    pixels = data.load_split(run.config.dataset, split, data_dir=data_dir, manual_dir=manual_dir,
+                             mmap=True)[:num_examples]
     data_hash = data.split_hash(run.config.dataset, split, data_dir=data_dir, manual_dir=manual_dir)
     key = jax.random.key(eval_seed)
     check_model(run, restored.state.eval_params, pixels, key)
@@ -75,6 +77,8 @@ def evaluate_checkpoint(
     eval_seed: int = 0,
     data_dir: str | os.PathLike = data.DEFAULT_DATA_DIR,
     manual_dir: str | os.PathLike | None = None,
+    device_memory_budget: int | str = stream.DEFAULT_DEVICE_MEMORY_BUDGET,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Negative ELBO (and, with `iwae_samples` K > 0, the NLL estimate -log (1/K) sum_k w_k) of the best or a
     given checkpoint on a whole split, with its protocol card; appends the result to `eval.jsonl`.
@@ -90,6 +94,8 @@ def evaluate_checkpoint(
         iwae_chunk: importance samples evaluated at once (memory only).
         eval_seed: seed of the evaluation's noise and dynamic binarization.
         data_dir, manual_dir: where TFDS keeps prepared datasets, and the original files.
+        device_memory_budget, log: a split larger than this budget (bytes, or a size such as `2G`) streams from the
+            host in chunks (`vae_jax.stream`), which changes no number; one line to `log` says so.
 
     Returns:
         A JSON-ready dict, the line appended to `eval.jsonl`: `nelbo`, `nelbo_stderr`, `rec`, `kl`, `kl_per_dim`,
@@ -99,20 +105,20 @@ def evaluate_checkpoint(
     """
     if iwae_samples < 0 or iwae_chunk <= 0 or (batch_size is not None and batch_size <= 0):
         raise ConfigError("--iwae-samples must be >= 0, and --iwae-chunk and --batch-size positive")
+    budget = stream.parse_budget(device_memory_budget)  # a bad one fails before anything is read
     opened = open_split(workdir, split, model=model, epoch=epoch, eval_seed=eval_seed, data_dir=data_dir,
                         manual_dir=manual_dir)
     run, state = opened.run, opened.restored.state
     elbo_batch, iwae_batch = batch_size or run.config.eval_batch_size, batch_size or 100
     mesh = mesh_for(run.config, batch_size=elbo_batch, **({"iwae_batch_size": iwae_batch} if iwae_samples else {}))
-    pixels, params = parallel.replicate((opened.pixels, state.eval_params), mesh)
-    dynamic = run.dataset.dynamic
-    terms = evaluate.evaluate_elbo(run.model, params, pixels, opened.key, batch_size=elbo_batch,
-                                   dynamic_binarization=dynamic, mesh=mesh)
-    bounds = None
+    pixels = stream.place(opened.pixels, budget, mesh, f"{run.config.dataset}/{split}", log)
+    params, options = parallel.replicate(state.eval_params, mesh), {"dynamic_binarization": run.dataset.dynamic}
+    elbo = functools.partial(evaluate.evaluate_elbo, run.model, batch_size=elbo_batch, mesh=mesh, **options)
+    terms, bounds = stream.over_split(elbo, pixels, elbo_batch)(params, opened.key), None
     if iwae_samples:
-        bounds = evaluate.evaluate_iwae(run.model, params, pixels, opened.key, num_samples=iwae_samples,
-                                        batch_size=iwae_batch, chunk_size=iwae_chunk, dynamic_binarization=dynamic,
-                                        mesh=mesh)
+        iwae = functools.partial(evaluate.evaluate_iwae, run.model, num_samples=iwae_samples, batch_size=iwae_batch,
+                                 chunk_size=iwae_chunk, mesh=mesh, **options)
+        bounds = stream.over_split(iwae, pixels, iwae_batch)(params, opened.key)
     summary = evaluate.summarize(terms, bounds)
     result = {**summary, **in_bits_per_dim(summary, run.dataset), **opened.provenance(),
               **protocol.protocol_card(run.dataset, split, summary["num_examples"], iwae_samples or None,

@@ -1,6 +1,6 @@
 """A run resolved once: its config, its model (a preset's or yours), the description of its dataset and the metadata
 stored with its checkpoints, in one value that every command hands down; and the model contract checked at the
-door, on real examples, before anything compiles.
+door, on real examples, before anything compiles, and on the batch of a step that went non-finite (`failing_terms`).
 
 After resolution a preset's model and a model that vae_jax does not define take the same path: nothing downstream
 asks which it is.
@@ -23,7 +23,7 @@ from vae_jax import builders, configs, contract, data, workdir
 from vae_jax.checkpoint import Checkpointer, Restored
 from vae_jax.contract import JointSamples, Model
 from vae_jax.errors import CheckpointError, ConfigError, first_line
-from vae_jax.objective import map_examples
+from vae_jax.objective import Objective, map_examples
 from vae_jax.train import TrainState
 
 CHECK_SAMPLES = 2  # samples per example of the check at the door: [S] then tells S apart from other sizes
@@ -85,6 +85,10 @@ def resolve_run(config: configs.Config, workdir_path: str | Path, model: Any = N
     `vae_jax.catalogue` does not name is prepared there on first use)."""
     configs.validate(config)
     dataset = data.describe(config.dataset, config.data_form, data_dir=data_dir, manual_dir=manual_dir)
+    train_size = dataset.split_size("train")
+    if config.batch_size > train_size:
+        raise ConfigError(f"batch_size={config.batch_size} exceeds the {train_size} training examples of "
+                          f"{dataset.name}, so an epoch would take no step; use at most {train_size}")
     metadata = configs.to_dict(config)
     if model is None:
         model = builders.build_model(config.model, dataset)
@@ -226,3 +230,16 @@ def _check_shapes(shapes: Any) -> None:
         value = getattr(shapes, field)
         if value is not None and value.ndim != 1:
             raise ConfigError(f"the model's {field} has shape {value.shape}, expected (J,) (one per latent dimension)")
+
+
+def failing_terms(model: Any, objective: Objective, params: Any, pixels: jax.Array, indices: jax.Array,
+                  key: jax.Array, dynamic: bool) -> list[str]:
+    """The log-densities (`log p(x|z)`, `log p(z)`, `log q(z|x)`) that are non-finite for some example of a batch
+    (`pixels [B, D]` at `indices [B]` of the split, keyed as the step keyed them: `objective.samples` where the
+    objective has it); empty where all are finite (then the gradient was not)."""
+    def samples(x: jax.Array, noise_key: jax.Array) -> Any:
+        draw = getattr(objective, "samples", None)
+        return draw(model, params, x, noise_key) if draw is not None else model.joint_samples(params, x, noise_key, 1)
+
+    drawn = jax.jit(lambda x, i: map_examples(samples, x, i, key, dynamic))(pixels, indices)
+    return [name for field, name in LOG_TERMS.items() if not np.isfinite(np.asarray(getattr(drawn, field))).all()]

@@ -314,27 +314,74 @@ def train_epoch(
         The new state and the `EpochResult` of the steps run (`failed_step` counts within the epoch).
     """
     examples_key, batches = epoch_batches(epoch_key, pixels.shape[0], batch_size)
-    num_steps = batches.shape[0] if num_steps is None else num_steps
-    if not 0 < num_steps <= batches.shape[0]:
-        raise ConfigError(f"num_steps={num_steps} does not fit an epoch of {batches.shape[0]} steps")
+    num_steps = piece_steps(num_steps, batches.shape[0])
     batches = jax.lax.dynamic_slice_in_dim(batches, first_step, num_steps)
+    return scan_steps(state, ScanCarry.start(), batches, examples_key, lambda i: (pixels[i], i), first_step,
+                      progress=progress, progress_every=progress_every, objective=objective, kl_weight=kl_weight,
+                      dynamic_binarization=dynamic_binarization, mesh=mesh)[:2]
 
-    def step(carry: tuple[TrainState, jax.Array, jax.Array], batch: tuple[jax.Array, jax.Array]) -> tuple[Any, Any]:
-        current, failed_step, loss_sum = carry
-        local_step, indices = batch
-        index_in_epoch = first_step + local_step
-        current, result = train_step(current, pixels[indices], indices, examples_key, objective=objective,
-                                     kl_weight=kl_weight, dynamic_binarization=dynamic_binarization, mesh=mesh,
-                                     update_if=failed_step < 0)
+
+def piece_steps(num_steps: int | None, epoch_steps: int) -> int:
+    """`num_steps` (None: all `epoch_steps`), the length of a piece of an epoch, checked to fit it (`ConfigError`)."""
+    num_steps = epoch_steps if num_steps is None else num_steps
+    if not 0 < num_steps <= epoch_steps:
+        raise ConfigError(f"num_steps={num_steps} does not fit an epoch of {epoch_steps} steps")
+    return num_steps
+
+
+class ScanCarry(NamedTuple):
+    """What a piece of an epoch carries between its steps, besides the state: `failed_step`, `[]` int32 (the epoch's
+    first step that was not finite, or -1), and `loss_sum`, `[]` float32 (the piece's losses so far, for progress)."""
+
+    failed_step: jax.Array
+    loss_sum: jax.Array
+
+    @classmethod
+    def start(cls) -> ScanCarry:
+        return cls(jnp.array(-1, jnp.int32), jnp.zeros((), jnp.float32))
+
+
+def scan_steps(
+    state: TrainState,
+    carry: ScanCarry,
+    batches: Any,
+    examples_key: jax.Array,
+    batch_of: Callable[[Any], tuple[jax.Array, jax.Array]],
+    first_step: jax.Array | int,
+    done: jax.Array | int = 0,
+    *,
+    progress: Callable[[jax.Array, jax.Array], None] | None = None,
+    progress_every: int = 50,
+    **step_options: Any,
+) -> tuple[TrainState, EpochResult, ScanCarry]:
+    """Steps of a piece of an epoch as one `lax.scan` of `train_step`: the body that `train_epoch` (on a split
+    resident on the device) and `vae_jax.stream.train_epoch` (on batches fed from the host) share. Returns the new
+    state, the `EpochResult` of the `[S]` steps (`failed_step` within the epoch, over the piece so far) and the carry.
+
+    Args:
+        state, carry: the train state, and what the piece's steps before carried (`ScanCarry.start()` at its start).
+        batches: a pytree with a leading `[S]` axis, one entry per step.
+        examples_key: the base of the epoch's per-example keys (`epoch_batches`).
+        batch_of: maps one step's entry of `batches` to its `(pixels [B, D] uint8, indices [B])`.
+        first_step: the epoch's index of the piece's first step.
+        done: the piece's steps before `batches[0]` (a piece scanned in parts).
+        progress, progress_every, **step_options: as in `train_epoch` (`step_options` go to `train_step`).
+    """
+    def step(carry: tuple[TrainState, ScanCarry], batch: tuple[jax.Array, Any]) -> tuple[Any, Any]:
+        current, (failed_step, loss_sum) = carry
+        step_in_piece, entry = batch
+        index_in_epoch = first_step + step_in_piece
+        pixels, indices = batch_of(entry)
+        current, result = train_step(current, pixels, indices, examples_key, update_if=failed_step < 0, **step_options)
         failed_step = jnp.where((failed_step < 0) & ~result.finite, index_in_epoch, failed_step)
         loss_sum = loss_sum + result.loss
         if progress is not None:
-            _report(progress, progress_every, index_in_epoch + 1, loss_sum / (local_step + 1).astype(loss_sum.dtype))
-        return (current, failed_step, loss_sum), (result.loss, result.terms)
+            _report(progress, progress_every, index_in_epoch + 1, loss_sum / (step_in_piece + 1).astype(loss_sum.dtype))
+        return (current, ScanCarry(failed_step, loss_sum)), (result.loss, result.terms)
 
-    carry = (state, jnp.array(-1, jnp.int32), jnp.zeros((), jnp.float32))
-    (state, failed_step, _), (loss, terms) = jax.lax.scan(step, carry, (jnp.arange(num_steps), batches))
-    return state, EpochResult(loss, terms, failed_step)
+    steps_in_piece = done + jnp.arange(jax.tree.leaves(batches)[0].shape[0])
+    (state, carry), (loss, terms) = jax.lax.scan(step, (state, carry), (steps_in_piece, batches))
+    return state, EpochResult(loss, terms, carry.failed_step), carry
 
 
 def _report(progress: Callable[[jax.Array, jax.Array], None], every: int, steps_done: jax.Array,

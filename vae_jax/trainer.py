@@ -21,14 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from vae_jax import builders, compilation_cache, configs, data, evaluate, parallel, train
+from vae_jax import builders, compilation_cache, configs, data, evaluate, parallel, stream, train
 from vae_jax.checkpoint import AnotherModelError, Checkpointer, Restored, first_differences
 from vae_jax.errors import CheckpointError, ConfigError, DivergenceError
 from vae_jax.interrupt import StopRequested, StopSignals
 from vae_jax.lock import WorkdirLock
-from vae_jax.objective import Objective, map_examples
 from vae_jax.partial import PARTIAL_DIR, Partial, clear_partial, concatenate, load_partial, save_partial
-from vae_jax.resolve import LOG_TERMS, Run, check_model, resolve_run
+from vae_jax.resolve import Run, check_model, failing_terms, resolve_run
 from vae_jax.train import EpochResult
 from vae_jax.workdir import MetricsLog, check_resumable, config_of
 
@@ -63,6 +62,7 @@ def fit(
     tensorboard: bool = False,
     log: Callable[[str], None] = print,
     stop_check_steps: int | None = None,
+    device_memory_budget: int | str = stream.DEFAULT_DEVICE_MEMORY_BUDGET,
 ) -> dict[str, Any]:
     """Trains in `workdir` up to `config.epochs` epochs, resuming from its latest good checkpoint.
 
@@ -89,6 +89,8 @@ def fit(
         log: where one-line notices go (resuming, skipped checkpoints, early stopping).
         stop_check_steps: optimizer steps between two checks for a stop signal (the time a stop may take); None
             checks once per epoch. It changes no number: an epoch run in pieces is the epoch run whole.
+        device_memory_budget: bytes, or a size such as `512M` or `2G`: a split larger streams from the host in chunks
+            (`vae_jax.stream`; one line to `log` says so). It changes no number either.
 
     Returns:
         The last epoch's metrics line, as written to `metrics.jsonl` (`epoch`, `step`, `kl_weight`, `train_*`,
@@ -96,6 +98,7 @@ def fit(
     """
     compilation_cache.enable()
     run = resolve_run(config, workdir, model, data_dir=data_dir, manual_dir=manual_dir)
+    budget = stream.parse_budget(device_memory_budget)
     if stop_check_steps is not None and stop_check_steps <= 0:
         raise ConfigError(f"--stop-check-steps must be positive, got {stop_check_steps}")
     with (StopSignals() as stop, WorkdirLock(run.workdir),
@@ -105,7 +108,7 @@ def fit(
         if start is None:
             return {"epoch": done}
         loop = _Loop(run, checkpointer, metrics, log, *_splits(run, data_dir, manual_dir, progress), start.key, stop,
-                     stop_check_steps)
+                     stop_check_steps, budget)
         return loop.train(start, progress)
 
 
@@ -183,9 +186,9 @@ def initial_state(run: Run, log: Callable[[str], None] = print) -> train.TrainSt
 
 def _splits(run: Run, data_dir: str | os.PathLike, manual_dir: str | os.PathLike | None,
             progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The run's training and validation splits, `[N, D]` uint8 each."""
+    """The run's training and validation splits, `[N, D]` uint8 each, memory maps of their cached files."""
     return tuple(data.load_split(run.config.dataset, split, data_dir=data_dir, manual_dir=manual_dir,
-                                 progress=progress) for split in ("train", "validation"))
+                                 progress=progress, mmap=True) for split in ("train", "validation"))
 
 
 def mesh_for(config: configs.Config, **batch_sizes: int) -> Mesh | None:
@@ -237,21 +240,24 @@ class _Loop:
     checkpointer: Checkpointer
     metrics: MetricsLog
     log: Callable[[str], None]
-    train_pixels: Any
+    train_pixels: Any  # on the host, then `stream.place`d by `train`: on the device or `stream.Streamed`
     val_pixels: Any
     root_key: jax.Array
     stop: StopSignals
     stop_check_steps: int | None
+    budget: int  # the device memory budget, bytes
     steps: int = dataclasses.field(init=False, default=0)  # steps per epoch, set by `train`
-    _lower_piece: Callable[..., Any] = dataclasses.field(init=False, default=None)  # set by `_compile`
+    _new_piece: Callable[[int], Any] = dataclasses.field(init=False, default=None)  # set by `_compile`
     _pieces: dict[int, Any] = dataclasses.field(default_factory=dict)  # compiled pieces of an epoch, by length
 
     def train(self, start: Partial, progress: bool) -> dict[str, Any]:
         """The epochs from `start` to `config.epochs`; returns the last one's metrics line."""
         config, keys = self.run.config, train.run_keys(self.root_key)
         mesh = mesh_for(config, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
-        self.train_pixels, self.val_pixels, state = parallel.replicate(
-            (self.train_pixels, self.val_pixels, start.state), mesh)
+        place = functools.partial(stream.place, budget=self.budget, mesh=mesh, log=self.log)
+        self.train_pixels = place(self.train_pixels, name=f"{config.dataset}/train")
+        self.val_pixels = place(self.val_pixels, name=f"{config.dataset}/validation")
+        state = parallel.replicate(start.state, mesh)
         check_model(self.run, state.params, self.train_pixels, keys.eval)
         self.steps = train.steps_per_epoch(self.train_pixels.shape[0], config.batch_size)
         bar = _ProgressBar(config.epochs * self.steps, (start.epoch - 1) * self.steps + start.step, progress)
@@ -280,29 +286,39 @@ class _Loop:
                  report: Callable[..., None] | None) -> tuple[Any, Any]:
         """A piece of an epoch (`stop_check_steps` steps, or all) and the validation, compiled side by side. A run
         trained on the IWAE bound is also validated on it, and its best checkpoint is the one of the lowest
-        validation NLL bound: the ELBO, which such a run trades for the bound, would pick its first epochs."""
+        validation NLL bound: the ELBO, which such a run trades for the bound, would pick its first epochs. A split
+        streamed from the host is trained on by `stream.train_epoch` (compiled at its first call) and validated a
+        chunk at a time (`stream.over_split`)."""
         config, model, dynamic = self.run.config, self.run.model, self.run.dataset.dynamic
-        self._lower_piece = functools.partial(
-            train.train_epoch_jit.lower, state, self.train_pixels, keys.train, batch_size=config.batch_size,
-            objective=builders.build_objective(config), kl_weight=jnp.float32(1.0), dynamic_binarization=dynamic,
-            mesh=mesh, progress=report, first_step=jnp.int32(0))
+        options = {"batch_size": config.batch_size, "objective": builders.build_objective(config),
+                   "dynamic_binarization": dynamic, "mesh": mesh, "progress": report}
+        lower_piece = functools.partial(train.train_epoch_jit.lower, state, self.train_pixels, keys.train,
+                                        kl_weight=jnp.float32(1.0), first_step=jnp.int32(0), **options)
+        streamed = isinstance(self.train_pixels, stream.Streamed)
+        self._new_piece = ((lambda steps: functools.partial(stream.train_epoch, num_steps=steps, **options))
+                           if streamed else (lambda steps: lower_piece(num_steps=steps).compile()))
         piece_steps = min(self.stop_check_steps or self.steps, self.steps)
-        lowerings = [
-            lambda: self._lower_piece(num_steps=piece_steps),
-            lambda: evaluate.evaluate_elbo.lower(model, state.params, self.val_pixels, keys.eval,
-                                                 batch_size=config.eval_batch_size, dynamic_binarization=dynamic,
-                                                 mesh=mesh)]
+        evaluation = {"batch_size": config.eval_batch_size, "dynamic_binarization": dynamic, "mesh": mesh,
+                      "first_index": jnp.int32(0)}
+        val_input = stream.chunk_input(self.val_pixels, config.eval_batch_size)
+        lowerings = {"validate": lambda: evaluate.evaluate_elbo.lower(model, state.params, val_input, keys.eval,
+                                                                      **evaluation)}
         if config.objective == "iwae":
-            lowerings.append(lambda: evaluate.evaluate_iwae.lower(
-                model, state.params, self.val_pixels, keys.eval, num_samples=config.num_samples,
-                batch_size=config.eval_batch_size, dynamic_binarization=dynamic, mesh=mesh))
-        self._pieces[piece_steps], validate, *validate_bound = compile_in_parallel(*lowerings)
-        return validate, validate_bound[0] if validate_bound else None
+            lowerings["bound"] = lambda: evaluate.evaluate_iwae.lower(model, state.params, val_input, keys.eval,
+                                                                      num_samples=config.num_samples, **evaluation)
+        if not streamed:
+            lowerings["piece"] = lambda: lower_piece(num_steps=piece_steps)
+        compiled = dict(zip(lowerings, compile_in_parallel(*lowerings.values())))
+        if "piece" in compiled:
+            self._pieces[piece_steps] = compiled["piece"]
+        return tuple(stream.over_split(compiled[name], self.val_pixels, config.eval_batch_size) if name in compiled
+                     else None for name in ("validate", "bound"))
 
     def _piece(self, num_steps: int) -> Any:
-        """The compiled piece of `num_steps` steps (compiled on first use for a length other than the usual)."""
+        """The piece of `num_steps` steps (compiled on first use for a length other than the usual), called as
+        `piece(state, train_pixels, epoch_key, kl_weight=, first_step=)`."""
         if num_steps not in self._pieces:
-            self._pieces[num_steps] = self._lower_piece(num_steps=num_steps).compile()
+            self._pieces[num_steps] = self._new_piece(num_steps)
         return self._pieces[num_steps]
 
     def _steps(self, state: train.TrainState, keys: train.RunKeys, epoch: int, first: int,
@@ -332,8 +348,8 @@ class _Loop:
                      validate: Any, validate_bound: Any, started: float) -> dict[str, Any]:
         """The epoch's validation, its metrics line (written and flushed first) and its checkpoint; `started` is the
         time its steps began."""
-        bounds = validate_bound(state.eval_params, self.val_pixels, keys.eval) if validate_bound else None
-        val = evaluate.summarize(validate(state.eval_params, self.val_pixels, keys.eval), bounds)
+        bounds = validate_bound(state.eval_params, keys.eval) if validate_bound else None
+        val = evaluate.summarize(validate(state.eval_params, keys.eval), bounds)
         record = {
             "epoch": epoch, "step": int(state.step), "kl_weight": kl_weight(self.run.config, epoch),
             # XLA's means (as NumPy's of a JAX array are): the same whether the epoch ran whole or in pieces.
@@ -367,19 +383,6 @@ class _Loop:
             return DivergenceError(f"{', '.join(terms)} became non-finite {where}; {divergence_advice(self.run, True)}")
         return DivergenceError(f"the loss or gradient became non-finite (NaN, Inf or past float32) {where}; "
                                f"{divergence_advice(self.run, False)}")
-
-
-def failing_terms(model: Any, objective: Objective, params: Any, pixels: jax.Array, indices: jax.Array,
-                  key: jax.Array, dynamic: bool) -> list[str]:
-    """The log-densities (`log p(x|z)`, `log p(z)`, `log q(z|x)`) that are non-finite for some example of a batch
-    (`pixels [B, D]` at `indices [B]` of the split, keyed as the step keyed them: `objective.samples` where the
-    objective has it); empty where all are finite (then the gradient was not)."""
-    def samples(x: jax.Array, noise_key: jax.Array) -> Any:
-        draw = getattr(objective, "samples", None)
-        return draw(model, params, x, noise_key) if draw is not None else model.joint_samples(params, x, noise_key, 1)
-
-    drawn = jax.jit(lambda x, i: map_examples(samples, x, i, key, dynamic))(pixels, indices)
-    return [name for field, name in LOG_TERMS.items() if not np.isfinite(np.asarray(getattr(drawn, field))).all()]
 
 
 def divergence_advice(run: Run, term_non_finite: bool) -> str:
