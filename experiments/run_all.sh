@@ -26,6 +26,8 @@ bash experiments/kl_weight.sh
 bash experiments/objectives_priors.sh
 bash experiments/binarization.sh
 bash experiments/architecture.sh
+bash experiments/datasets.sh
+bash experiments/frey_faces.sh
 bash experiments/nll_k5000.sh binarization/dynamic
 python experiments/amortization.py --runs cs236 default
 python experiments/time_to_result.py --manual-dir "$MANUAL_DIR"
