@@ -25,6 +25,7 @@ from vae_jax import data
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ("run", "setting", "test_nelbo", "nelbo_stderr", "rec", "kl", "nll", "nll_stderr", "iwae_k",
            "active_units", "best_epoch", "epochs")
+DATASET_COLUMNS = ("nll_bpd", "draw_entropy")  # the datasets study's own
 
 
 def json_lines(path: Path) -> list[dict]:
@@ -37,6 +38,17 @@ def nll_line_on_test_split(run_dir: Path, iwae_k: int = 5000) -> dict:
     (lines with more ELBO samples, e.g. of `gaps`, are left out)."""
     return [line for line in json_lines(run_dir / "eval.jsonl")
             if line.get("iwae_k") == iwae_k and line["split"] == "test" and line.get("elbo_samples", 1) == 1][-1]
+
+
+def draw_entropy(result: dict) -> float | None:
+    """Of a dynamically binarized test split: the mean over its images of sum_d H(g_d), the entropy of the Bernoulli
+    draws of grey levels g in [0, 1] (nats), a floor under any model's expected NLL (H(x) >= H(x | g)); else None."""
+    if result["binarization"] != "dynamic":
+        return None
+    grey = data.load_split(result["dataset"], result["split"]).astype(np.float64) / 255
+    inside = np.clip(grey, 1e-300, 1.0)  # 0 log 0 = 0 at both ends
+    entropy = -(grey * np.log(inside) + (1 - grey) * np.log(np.clip(1 - grey, 1e-300, 1.0)))
+    return float(entropy.sum(axis=1).mean())
 
 
 def _setting(study: str, config: dict) -> str:
@@ -78,6 +90,7 @@ def collect(study: str, iwae_k: int) -> list[dict]:
             "active_units": result["active_units"], "best_epoch": result["epoch"], "epochs": len(metrics),
             # bits per dimension: of a grey level in 8 bits, of a binary pixel otherwise
             "nll_bpd": result["nll"] / (data.describe(result["dataset"]).num_pixels * np.log(2)),
+            "draw_entropy": draw_entropy(result) if study == "datasets" else None,
             "config": result["config"], "metrics": metrics, "dir": run_dir,
         })
     return sorted(rows, key=lambda row: _order(study, row))
@@ -101,16 +114,19 @@ def write_tables(study: str, rows: list[dict]) -> None:
     def cell(value: object) -> str:
         return f"{value:.2f}" if isinstance(value, float) else str(value)
 
+    columns = COLUMNS + DATASET_COLUMNS * (study == "datasets")
     with open(RESULTS / study / "results.csv", "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(COLUMNS)
-        writer.writerows([[cell(row[name]) for name in COLUMNS] for row in rows])
-    bits = study == "datasets"  # per dimension too: the data differ in size and kind
-    header = ("| setting | test NELBO | rec | KL | test NLL (K) |" + " NLL (bits/dim) |" * bits
-              + " active units | best epoch |\n| --- | --- | --- | --- | --- |" + " --- |" * bits + " --- | --- |\n")
+        writer.writerow(columns)
+        writer.writerows([[cell(row[name]) for name in columns] for row in rows])
+    bits = study == "datasets"  # per dimension too, and the floor of the draws: the data differ in size and kind
+    header = ("| setting | test NELBO | rec | KL | test NLL (K) |" + " NLL (bits/dim) | floor of the draws |" * bits
+              + " active units | best epoch |\n| --- | --- | --- | --- | --- |" + " --- | --- |" * bits
+              + " --- | --- |\n")
     lines = []
     for r in rows:
-        per_dim = f" {r['nll_bpd']:.3f} |" if bits else ""
+        floor = "–" if r["draw_entropy"] is None else f"{r['draw_entropy']:.2f}"
+        per_dim = f" {r['nll_bpd']:.3f} | {floor} |" if bits else ""
         lines.append(f"| {r['setting']} | {r['test_nelbo']:.2f} ± {r['nelbo_stderr']:.2f} | {r['rec']:.2f} | "
                      f"{r['kl']:.2f} | {r['nll']:.2f} ± {r['nll_stderr']:.2f} ({r['iwae_k']}) |{per_dim} "
                      f"{r['active_units']} | {r['best_epoch']} of {r['epochs']} |\n")
@@ -182,8 +198,15 @@ def plot_datasets(figure: Figure, rows: list[dict]) -> None:
                     textcoords="offset points")
     kl.set_yticks(positions, [r["setting"] for r in rows], fontsize=7)
     kl.set(xlabel="KL(q(z|x) || p(z)) on the test split (nats)", title="what the code carries")
-    nll.barh(positions, [r["nll_bpd"] for r in rows])
+    nll.barh(positions, [r["nll_bpd"] for r in rows], label="test NLL")
+    floors = [(p, r["draw_entropy"] / r["nll"] * r["nll_bpd"]) for p, r in zip(positions, rows, strict=True)
+              if r["draw_entropy"] is not None]  # in the NLL's bits per dimension
+    if floors:
+        nll.plot([f for _, f in floors], [p for p, _ in floors], "k|", markersize=22, label="floor of the draws")
+        nll.legend(fontsize=7)
     nll.set_yticks(positions, [""] * len(rows))
+    for axes in (kl, nll):
+        axes.invert_yaxis()  # the table's order, top down
     nll.set(xlabel=f"test NLL per dimension (bits, K = {rows[0]['iwae_k']})", title="what is left per pixel")
     for column, row in enumerate(rows):
         axes = figure.add_subplot(grid[1, column])
