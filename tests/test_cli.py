@@ -85,7 +85,8 @@ def test_train_without_config_resumes_the_stored_one(tiny_run, data_dir, capsys)
 
 @pytest.mark.parametrize("argv,message", [
     (["train", "--workdir", "{tmp}/w", "--config", "huge"], "unknown config preset 'huge'"),
-    (["train", "--workdir", "{tmp}/w", "--dataset", "cifar10"], "unknown dataset 'cifar10'"),
+    (["train", "--workdir", "{tmp}/w", "--dataset", "no_such_dataset", "--data-dir", "{tmp}/d"],
+     "unknown dataset 'no_such_dataset'; choose one of"),
     (["train", "--workdir", "{tmp}/w", "model.latent_dim=-1"], "latent_dim must be positive"),
     (["train", "--workdir", "{tmp}/w", "--epochs", "1", "--manual-dir", "{tmp}/absent", "--data-dir", "{tmp}/d"],
      "does not exist; pass --manual-dir"),
