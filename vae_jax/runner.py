@@ -1,4 +1,4 @@
-"""Deprecated: the names of `vae_jax.runner` before it was split by what it does, kept for one release (0.3).
+"""Deprecated: the names of `vae_jax.runner` before it was split by what it does, kept through 0.4 (removed in 0.5).
 
 Use `vae_jax.trainer.fit` (was `train_and_evaluate`), `vae_jax.readback` (`evaluate_checkpoint`, `evaluate_gaps`,
 `write_gaps_csv`, `write_sample_figures`), `vae_jax.resolve.open_run` (was `load_checkpoint`) and `vae_jax.workdir`
