@@ -305,3 +305,20 @@ def test_frey_faces_train_resume_evaluate_and_sample_from_the_command_line(frey_
     with Image.open(tmp_path / "faces_reconstructions.png") as image:
         # 4 rows of 4 (input, reconstruction) pairs of 28x20 faces, a pixel between cells.
         assert image.size == (1 + 4 * 2 * (20 + 1), 1 + 4 * (28 + 1))
+
+
+def test_the_scatter_of_a_2d_code_shows_the_runs_own_labelled_test_images(fashion_data, shared_data, data_dir):
+    """Fashion-MNIST's garments for a Fashion-MNIST run, MNIST's digits for binarized MNIST (which has no labels),
+    nothing for Frey faces (no labels, and not MNIST's shape)."""
+    from vae_jax import data, readback
+
+    def shown(name: str, manual_dir) -> tuple:
+        return readback._labelled_test_images(data.describe(name), data_dir, manual_dir, shared_data / "mnist")
+
+    images, labels = shown("fashion_mnist", fashion_data / "fashion_mnist")
+    np.testing.assert_array_equal(images, data.load_split("fashion_mnist", "test", data_dir=data_dir))
+    np.testing.assert_array_equal(labels, data.load_labels("test", "fashion_mnist", data_dir=data_dir))
+    images, labels = shown("binarized_mnist", None)
+    np.testing.assert_array_equal(images, data.load_split("mnist", "test", data_dir=data_dir))
+    assert np.bincount(labels)[1] == 1135  # MNIST's test ones
+    assert shown("frey_faces", None) is None
