@@ -20,7 +20,6 @@ import numpy as np
 from vae_jax.errors import DataError
 
 SPLITS = ("train", "validation", "test")
-FORMS = ("binary", "dynamic", "8bit")  # static 0/1 pixels; grey levels binarized dynamically; grey levels as they are
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +28,8 @@ class Entry:
 
     Attributes:
         image_shape: `(height, width, channels)` of one image.
-        forms: the forms it can take (`FORMS`), its default first.
+        forms: the forms it can take, its default first: `binary` (0/1 pixels), `dynamic` (grey levels binarized
+            afresh per use) or `8bit` (grey levels as they are); `configs.DATA_FORMS` names them.
         split_sizes: examples in train, validation and test.
         labelled: whether it has class labels.
         tfds_splits: the TFDS split (with slicing) behind each of `SPLITS`; empty: read from files (`read_frey_faces`).

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -161,9 +162,10 @@ def split_hash(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAUL
     Args:
         dataset, split, data_dir, manual_dir, progress: as in `load_split`.
     """
-    path = _cache_dir(dataset, data_dir) / f"{_checked_split(split)}.sha256"
+    paths = _cache_paths(dataset, _checked_split(split), data_dir)
+    path = paths["hash"]
     with contextlib.suppress(OSError, UnicodeDecodeError):  # valid while the split it hashes is cached
-        stored = path.read_text().strip() if _cache_paths(dataset, split, data_dir)["image"].exists() else ""
+        stored = path.read_text().strip() if paths["image"].exists() else ""
         if len(stored) == HASH_CHARS and all(c in "0123456789abcdef" for c in stored):
             return stored
     pixels = load_split(dataset, split, data_dir=data_dir, manual_dir=manual_dir, progress=progress)
@@ -187,15 +189,17 @@ def _cache_dir(dataset: str, data_dir: str | os.PathLike) -> Path:
 
 
 def _cache_paths(dataset: str, split: str, data_dir: str | os.PathLike) -> dict[str, Path]:
+    """A split's cached files: its `image` and `label` arrays, and the `hash` of its images (`split_hash`)."""
     cache_dir = _cache_dir(dataset, data_dir)
-    return {"image": cache_dir / f"{split}.npy", "label": cache_dir / f"{split}_labels.npy"}
+    return {"image": cache_dir / f"{split}.npy", "label": cache_dir / f"{split}_labels.npy",
+            "hash": cache_dir / f"{split}.sha256"}
 
 
 def _entry(dataset: str, data_dir: Path, manual_dir: str | os.PathLike | None, progress: bool) -> Entry:
     """The catalogue's entry of `dataset`, or that of a TFDS image dataset: read from its cache, else prepared."""
     if dataset in ENTRIES:
         return ENTRIES[dataset]
-    if not dataset or not dataset.replace("_", "").replace("/", "").replace(":", "").replace(".", "").isalnum():
+    if not re.fullmatch(r"[\w/:.]+", dataset):  # TFDS names: cifar10, downsampled_imagenet/32x32, mnist:3.0.1
         raise DataError(f"unknown dataset {dataset!r}; choose one of {list(ENTRIES)} or a TFDS image dataset's name")
     path = _cache_dir(dataset, data_dir) / DESCRIPTION_FILE
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
@@ -231,15 +235,14 @@ def _load_cached(dataset: str, split: str, feature: str, data_dir: str | os.Path
     split first if the cache is missing."""
     paths = _cache_paths(dataset, _checked_split(split), data_dir)
     if not paths[feature].exists():
-        with contextlib.suppress(OSError):  # the hash of the split decoded before, if any, is recomputed
-            (paths["image"].parent / f"{split}.sha256").unlink(missing_ok=True)
-        if dataset == "frey_faces":
+        data_dir = Path(data_dir).expanduser()
+        tfds_splits = _entry(dataset, data_dir, manual_dir, progress).tfds_splits
+        if not tfds_splits:  # a dataset that TFDS lacks: all its splits come from its file at once (Frey faces)
             for name, pixels in read_frey_faces(manual_dir).items():
                 _write_cache({"image": pixels}, _cache_paths(dataset, name, data_dir))
         else:
-            data_dir = Path(data_dir).expanduser()
-            tfds_split = _entry(dataset, data_dir, manual_dir, progress).tfds_splits[split]
-            _write_cache(_decode_split(_prepared_builder(dataset, data_dir, manual_dir, progress), tfds_split), paths)
+            _write_cache(_decode_split(_prepared_builder(dataset, data_dir, manual_dir, progress),
+                                       tfds_splits[split]), paths)
     try:
         return np.load(paths[feature], mmap_mode="r" if mmap else None)
     except (OSError, ValueError) as error:
@@ -267,7 +270,10 @@ def _write_atomically(path: Path, write: Callable[[Path], object], size: int = 0
 
 
 def _write_cache(features: dict[str, np.ndarray], paths: dict[str, Path]) -> None:
-    """Writes each feature to its `.npy` path (`_write_atomically`)."""
+    """Writes each feature to its `.npy` path (`_write_atomically`), first dropping the hash of the images it
+    replaces, if any (`split_hash` computes it anew)."""
+    with contextlib.suppress(OSError):
+        paths["hash"].unlink(missing_ok=True)
     for name, array in features.items():
         _write_atomically(paths[name], lambda partial, array=array: np.save(partial, array), array.nbytes)
 
