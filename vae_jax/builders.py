@@ -23,18 +23,14 @@ from vae_jax.objective import Elbo, Iwae, Objective
 from vae_jax.train import TrainState, create_train_state, params_ema, run_keys, steps_per_epoch
 
 
-def data_scale(dataset: data.Dataset) -> float:
-    """The largest value of the data as the model receives it: 255 for 8-bit grey levels, 1 for 0/1 pixels."""
-    return 255.0 if dataset.eight_bit else 1.0
-
-
 def build_prior(config: configs.ModelConfig, dataset: data.Dataset) -> Any:
     """The prior that `config.prior` names: None for `normal` (N(0, I)), else a module of `vae_jax.priors` (the
-    VampPrior's pseudo-inputs on the data's scale, `data_scale`, so that they reach the encoder as data does)."""
+    VampPrior's pseudo-inputs on the data's scale, `data.Dataset.scale`, so that they reach the encoder as data
+    does)."""
     if config.prior == "mixture":
         return priors.MixturePrior(config.prior_components, config.latent_dim)
     if config.prior == "vamp":
-        return priors.VampPrior(config.prior_components, dataset.num_pixels, data_scale(dataset))
+        return priors.VampPrior(config.prior_components, dataset.num_pixels, dataset.scale)
     return None
 
 
@@ -56,14 +52,6 @@ def check_likelihood(config: configs.ModelConfig, dataset: data.Dataset) -> None
                           f"{dataset.form}; set data_form=8bit (on grey levels) or model.likelihood=bernoulli")
 
 
-def outputs_per_pixel(likelihood: Any, channels: int) -> int:
-    """The values of a decoder's output per pixel that `likelihood` reads, its output laid out pixel by pixel: the
-    mixture's block (`params_per_pixel()`), else one Bernoulli logit per channel."""
-    if isinstance(likelihood, likelihoods.DiscretizedLogisticMixture):
-        return likelihood.params_per_pixel()
-    return channels
-
-
 def build_model(config: configs.ModelConfig, dataset: data.Dataset) -> Model:
     """The model that `config` describes for examples of `dataset` (`data.describe`): `models.VAE` with MLP or
     convolutional networks, or, with two stochastic layers, `hierarchical.HierarchicalVAE`; with `kernel_init`
@@ -82,28 +70,28 @@ def _build_network(config: configs.ModelConfig, dataset: data.Dataset) -> Model:
     if config.stochastic_layers == 2:
         return FlaxModel(HierarchicalVAE(dataset.num_pixels, config.latent_dim, tuple(config.encoder_hidden),
                                          tuple(config.decoder_hidden), config.activation, logvar_bound, prior, dtype,
-                                         precision, likelihood, 1.0 / data_scale(dataset)))
-    encoder, decoder = _build_networks(config, dataset.image_shape, likelihood, logvar_bound, dtype, precision)
+                                         precision, likelihood, 1.0 / dataset.scale))
+    encoder, decoder = _build_networks(config, dataset, likelihood, logvar_bound, dtype, precision)
     if dataset.eight_bit:
-        encoder = models.ScaledEncoder(encoder, 1.0 / data_scale(dataset))
+        encoder = models.ScaledEncoder(encoder, 1.0 / dataset.scale)
     return models.VAE(encoder, decoder, prior, likelihood, num_pixels=dataset.num_pixels)
 
 
-def _build_networks(config: configs.ModelConfig, image_shape: tuple[int, int, int], likelihood: Any,
+def _build_networks(config: configs.ModelConfig, dataset: data.Dataset, likelihood: Any,
                     logvar_bound: models.LogvarBound, dtype: str | None,
                     precision: str | None) -> tuple[nn.Module, nn.Module]:
-    """The encoder and decoder of `config.architecture` for images of `image_shape`, the decoder's output sized for
-    `likelihood`."""
+    """The encoder and decoder of `config.architecture` for images of `dataset`, the decoder's output sized for
+    `likelihood` (`likelihoods.num_params`, and per pixel `likelihoods.params_per_pixel`)."""
     encoder_hidden, decoder_hidden = tuple(config.encoder_hidden), tuple(config.decoder_hidden)
-    height, width, channels = image_shape
-    per_pixel = outputs_per_pixel(likelihood, channels)
+    image_shape = dataset.image_shape
     if config.architecture == "conv":
-        conv = tuple(config.conv_channels)
+        conv, per_pixel = tuple(config.conv_channels), likelihoods.params_per_pixel(likelihood, image_shape[-1])
         return (models.ConvEncoder(image_shape, config.latent_dim, conv, encoder_hidden, config.activation,
                                    logvar_bound, dtype, precision),
                 models.ConvDecoder(image_shape, conv, decoder_hidden, config.activation, dtype, precision, per_pixel))
+    output_dim = likelihoods.num_params(likelihood, dataset.num_pixels)
     return (models.Encoder(config.latent_dim, encoder_hidden, config.activation, logvar_bound, dtype, precision),
-            models.Decoder(height * width * per_pixel, decoder_hidden, config.activation, dtype, precision))
+            models.Decoder(output_dim, decoder_hidden, config.activation, dtype, precision))
 
 
 def build_optimizer(config: configs.OptimConfig, total_steps: int) -> optax.GradientTransformation:

@@ -69,6 +69,11 @@ class Dataset:
         return self.form == "8bit"
 
     @property
+    def scale(self) -> float:
+        """The largest value of an example as the model receives it: 255 for 8-bit grey levels, 1 for 0/1 pixels."""
+        return 255.0 if self.eight_bit else 1.0
+
+    @property
     def num_pixels(self) -> int:
         """D, the size of one flattened example."""
         return math.prod(self.image_shape)

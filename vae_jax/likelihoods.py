@@ -56,6 +56,13 @@ def num_params(likelihood: Any, num_pixels: int) -> int:
     return likelihood.num_params() if hasattr(likelihood, "num_params") else num_pixels
 
 
+def params_per_pixel(likelihood: Any, channels: int) -> int:
+    """The values of the decoder output that `likelihood` reads per pixel, where it reads them pixel by pixel (a
+    convolutional decoder's output channels): its `params_per_pixel()`, or the C = `channels` logits of
+    `Bernoulli`, which has none."""
+    return likelihood.params_per_pixel() if hasattr(likelihood, "params_per_pixel") else channels
+
+
 def rescale(x: ArrayLike, dtype: jnp.dtype) -> jax.Array:
     """Grey levels 0..255 to the bin centres x / 127.5 - 1 in [-1, 1], in `dtype`."""
     return jnp.asarray(x, dtype=dtype) / 127.5 - 1.0

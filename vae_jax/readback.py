@@ -272,7 +272,7 @@ def write_sample_figures(
         if labelled is not None:  # in the run's own form: grey levels for an 8-bit model, else binarized by a draw
             labelled = (binarized(labelled[0], not run.dataset.eight_bit), labelled[1])
     return figures.sample_figures(run.model, params, out, test_inputs, sample_key, num_images, labelled,
-                                  run.dataset.image_shape[:2], 255.0 if run.dataset.eight_bit else 1.0)
+                                  run.dataset.image_shape[:2], run.dataset.scale)
 
 
 def _labelled_test_images(dataset: data.Dataset, data_dir: str | os.PathLike, manual_dir: str | os.PathLike | None,
