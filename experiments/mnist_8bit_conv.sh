@@ -3,7 +3,7 @@
 # mixture of 10 components per pixel as p(x|z): the `default` recipe (z = 32, dense 512-512 after 3x3 stride-2
 # convolutions of 32 and 64 channels, Adam 1e-3 with cosine decay, 100 epochs), test NLL with K = 5000 in bits per
 # dimension, to set beside the flows' figures on dequantized MNIST (docs/results.md). Its last transposed
-# convolution has 30 output channels at 28x28: about 250 s an epoch on a 2-core CPU, minutes on a GPU.
+# convolution has 30 output channels at 28x28, which makes it slow on a CPU: sized for a GPU.
 # Resumable: re-running it continues from the checkpoints in $RUNS_DIR/mnist_8bit_conv.
 # Output: experiments/results/mnist_8bit_conv/. Usage: bash experiments/mnist_8bit_conv.sh
 set -euo pipefail
