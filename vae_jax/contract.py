@@ -56,8 +56,11 @@ class JointSamples(NamedTuple):
         log_prior: `[S]` log p(z_s).
         log_posterior: `[S]` log q(z_s | x).
         kl: `[]` KL(q(z|x) || p(z)) in closed form, or None where there is none (a learned prior, a deeper
-            hierarchy): the ELBO then uses the Monte-Carlo estimate mean_s [log q(z_s|x) - log p(z_s)].
+            hierarchy): the ELBO then uses the Monte-Carlo estimate mean_s [log q(z_s|x) - log p(z_s)]. Or `[S]`,
+            one per sample: a KL in closed form given the sample's own draws, whose mean over the samples the ELBO
+            takes (a sequence model's sum over steps of KL(q(z_t | z_<t, x) || p(z_t | z_<t)), `vae_jax.recurrent`).
         kl_per_dim: `[J]` the closed-form KL of each latent dimension (they sum to `kl`), or None; free bits need it.
+            `[S, J]` where `kl` is `[S]`.
         posterior_mean: `[J]` E_q[z] (of the top layer in a hierarchy), or None; active units need it.
     """
 

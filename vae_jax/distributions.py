@@ -48,6 +48,19 @@ def gaussian_kl_per_dim(mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
     return 0.5 * (jnp.square(mean) + jnp.exp(logvar) - logvar - 1.0)
 
 
+def gaussian_kl_per_dim_between(mean_q: ArrayLike, logvar_q: ArrayLike, mean_p: ArrayLike,
+                                logvar_p: ArrayLike) -> jax.Array:
+    """KL(N(mean_q_j, exp(logvar_q_j)) || N(mean_p_j, exp(logvar_p_j))) of each dimension j in closed form:
+
+    KL_j = 1/2 (logvar_p_j - logvar_q_j + (exp(logvar_q_j) + (mean_q_j - mean_p_j)^2) / exp(logvar_p_j) - 1),
+
+    `gaussian_kl_per_dim` when p is N(0, 1). All arguments `[..., J]` (broadcast); returns `[..., J]` in nats.
+    """
+    mean_q, logvar_q, mean_p, logvar_p = (jnp.asarray(v) for v in (mean_q, logvar_q, mean_p, logvar_p))
+    ratio = jnp.exp(logvar_q - logvar_p) + jnp.square(mean_q - mean_p) * jnp.exp(-logvar_p)
+    return 0.5 * (ratio - (logvar_q - logvar_p) - 1.0)
+
+
 def gaussian_log_prob(z: ArrayLike, mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
     """log N(z; mean, diag exp(logvar)), summed over the last axis.
 

@@ -52,10 +52,12 @@ def elbo_terms_from_samples(samples: JointSamples) -> ElboTerms:
     if samples.kl is None:
         kl = jnp.mean(samples.log_posterior - samples.log_prior)
     else:
-        kl = samples.kl
+        kl = jnp.mean(samples.kl)  # one closed form, or the mean of one per sample
     empty = jnp.zeros((0,), rec.dtype)
-    return ElboTerms(nelbo=rec + kl, rec=rec, kl=kl,
-                     kl_per_dim=empty if samples.kl_per_dim is None else samples.kl_per_dim,
+    kl_per_dim = samples.kl_per_dim
+    if kl_per_dim is not None and kl_per_dim.ndim == 2:
+        kl_per_dim = jnp.mean(kl_per_dim, axis=0)
+    return ElboTerms(nelbo=rec + kl, rec=rec, kl=kl, kl_per_dim=empty if kl_per_dim is None else kl_per_dim,
                      posterior_mean=empty if samples.posterior_mean is None else samples.posterior_mean)
 
 
@@ -79,11 +81,16 @@ def importance_samples(model: Model, params: Params, x: jax.Array, key: jax.Arra
 
     def one(sample_id: jax.Array) -> JointSamples:
         samples = model.joint_samples(params, x, jax.random.fold_in(key, sample_id), 1)
+        per_sample = samples.kl is not None and samples.kl.ndim == 1
         return samples._replace(log_likelihood=samples.log_likelihood[0], log_prior=samples.log_prior[0],
-                                log_posterior=samples.log_posterior[0])
+                                log_posterior=samples.log_posterior[0],
+                                kl=samples.kl[0] if per_sample else samples.kl,
+                                kl_per_dim=samples.kl_per_dim[0] if per_sample else samples.kl_per_dim)
 
-    # The closed-form KL and the posterior mean do not depend on the noise: one copy, not K.
-    return jax.vmap(one, out_axes=JointSamples(0, 0, 0, None, None, None))(sample_ids)
+    # A closed-form KL and the posterior mean do not depend on the noise: one copy, not K (a KL per sample: K).
+    shapes = jax.eval_shape(lambda: model.joint_samples(params, x, key, 1))
+    kl_axis = 0 if shapes.kl is not None and shapes.kl.ndim == 1 else None
+    return jax.vmap(one, out_axes=JointSamples(0, 0, 0, kl_axis, kl_axis, None))(sample_ids)
 
 
 def iwae_bound(model: Model, params: Params, x: jax.Array, key: jax.Array, num_samples: int,

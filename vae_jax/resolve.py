@@ -224,12 +224,16 @@ def _check_shapes(shapes: Any) -> None:
         if shape != expected:
             raise ConfigError(f"the model's {field} has shape {shape} for {CHECK_SAMPLES} samples, expected "
                               f"{expected}: one number per sample, summed over the example's dimensions")
-    if shapes.kl is not None and shapes.kl.shape != ():
-        raise ConfigError(f"the model's kl has shape {shapes.kl.shape}, expected () (one number per example)")
-    for field in ("kl_per_dim", "posterior_mean"):
+    per_sample = shapes.kl is not None and shapes.kl.shape == expected
+    if shapes.kl is not None and shapes.kl.shape not in ((), expected):
+        raise ConfigError(f"the model's kl has shape {shapes.kl.shape}, expected () (one number per example) or "
+                          f"{expected} (one per sample)")
+    for field, ndim, shape in (("kl_per_dim", 1 + per_sample, "(S, J)" if per_sample else "(J,)"),
+                               ("posterior_mean", 1, "(J,)")):
         value = getattr(shapes, field)
-        if value is not None and value.ndim != 1:
-            raise ConfigError(f"the model's {field} has shape {value.shape}, expected (J,) (one per latent dimension)")
+        if value is not None and value.ndim != ndim:
+            raise ConfigError(f"the model's {field} has shape {value.shape}, expected {shape} (one per latent "
+                              "dimension)")
 
 
 def failing_terms(model: Any, objective: Objective, params: Any, pixels: jax.Array, indices: jax.Array,

@@ -1,0 +1,287 @@
+"""Latent-variable models of sequences, and the recurrent baseline without latents, as models of `vae_jax.contract`.
+
+A sequence example is a `vae_jax.sequences.Sequence(frames [T, D], length [])` of binary frames (piano rolls). Each
+model runs one `lax.scan` over time (SRNN: one per direction), with the S samples as a batch inside the step, and
+sums its per-step log-densities over the sequence's own `length` frames:
+
+    log p(x_1:T | z_1:T) = sum_t log p(x_t | z_<=t, x_<t)      log p(z_1:T) = sum_t log p(z_t | z_<t, x_<t)
+    log q(z_1:T | x_1:T) = sum_t log q(z_t | z_<t, x)
+
+The KL it reports, one per sample, is sum_t KL(q(z_t | .) || p(z_t | .)) in closed form at each step, given the sampled z_<t: an
+unbiased estimate of KL(q(z_1:T | x) || p(z_1:T)) with less variance than log q - log p, whose expectation the
+ELBO's is (Chung et al., 2015, eq. 11; Fraccaro et al., 2016, eq. 9). Step t's noise is `normal(fold_in(key, t))`
+(`step_noise`), so padding a sequence changes none of its numbers.
+
+- `RNNBaseline`: p(x_t | x_<t) Bernoulli from a GRU over the past frames; no latent variable (its log-weight is
+  log p(x) itself), which shows what the latents add.
+- `VRNN` (Chung et al., 2015): a GRU state h_t over x_<=t and z_<=t; the prior p(z_t | h_t-1) is learned, the
+  posterior q(z_t | x_t, h_t-1) filters, and p(x_t | z_t, h_t-1).
+- `SRNN` (Fraccaro et al., 2016): a deterministic GRU d_t over x_<t, a stochastic chain p(z_t | z_t-1, d_t), and
+  a smoothing posterior q(z_t | z_t-1, a_t) from a backward GRU a_t over (d_t:T, x_t:T), whose mean is the prior's
+  plus a learned correction ("resq"); p(x_t | z_t, d_t).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vae_jax import distributions, models
+from vae_jax.contract import JointSamples
+from vae_jax.sequences import Sequence, frame_mask
+
+
+class StepTerms(NamedTuple):
+    """The log-densities of one time step for S samples, 0 at padded steps.
+
+    Attributes:
+        log_likelihood: `[S]` log p(x_t | .).
+        log_prior: `[S]` log p(z_t | .).
+        log_posterior: `[S]` log q(z_t | .).
+        kl_per_dim: `[S, J]` KL(q(z_t | .) || p(z_t | .)) of each latent dimension, in closed form.
+    """
+
+    log_likelihood: jax.Array
+    log_prior: jax.Array
+    log_posterior: jax.Array
+    kl_per_dim: jax.Array
+
+
+def step_noise(key: jax.Array, num_frames: int, num_samples: int, latent_dim: int, dtype: Any) -> jax.Array:
+    """`[T, S, J]` standard normal noise, step t's drawn from `fold_in(key, t)` whatever T is."""
+    return jax.vmap(lambda t: jax.random.normal(jax.random.fold_in(key, t), (num_samples, latent_dim), dtype))(
+        jnp.arange(num_frames))
+
+
+def gaussian_step_terms(x: jax.Array, logits: jax.Array, eps: jax.Array, posterior: tuple[jax.Array, jax.Array],
+                        prior: tuple[jax.Array, jax.Array], mask: jax.Array) -> StepTerms:
+    """The `StepTerms` of one step with Gaussian q and p and Bernoulli frames.
+
+    Args:
+        x: `[D]` the frame, 0/1.
+        logits: `[S, D]` Bernoulli logits of p(x_t | .).
+        eps: `[S, J]` the noise that drew z_t = mean_q + sigma_q * eps.
+        posterior, prior: `(mean, logvar)`, each `[S, J]`.
+        mask: `[]` 1 for a real step, 0 for padding.
+    """
+    z = distributions.reparameterize(*posterior, eps)
+    kl = distributions.gaussian_kl_per_dim_between(*posterior, *prior)
+    return StepTerms(distributions.bernoulli_log_prob(x, logits) * mask,
+                     distributions.gaussian_log_prob(z, *prior) * mask,
+                     distributions.gaussian_log_prob_of_noise(eps, posterior[1]) * mask, kl * mask)
+
+
+def sequence_samples(terms: StepTerms) -> JointSamples:
+    """The `JointSamples` of a sequence from its `[T, S, ...]` step terms, summed over time: the KL one per sample
+    (`[S]`, and `[S, J]` per latent dimension), the sum of its closed-form step KLs."""
+    kl_per_dim = jnp.sum(terms.kl_per_dim, axis=0)
+    return JointSamples(jnp.sum(terms.log_likelihood, axis=0), jnp.sum(terms.log_prior, axis=0),
+                        jnp.sum(terms.log_posterior, axis=0), jnp.sum(kl_per_dim, axis=-1), kl_per_dim)
+
+
+class GRU(nn.Module):
+    """A GRU cell in PyTorch's form (`torch.nn.GRUCell`), with the matrix precision of `models.MLP`:
+
+        r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)     u = sigmoid(W_iu x + b_iu + W_hu h + b_hu)
+        n = tanh(W_in x + b_in + r * (W_hn h + b_hn))   h' = (1 - u) * n + u * h
+
+    Its variables: `input` (kernel `[I, 3H]`, bias `[3H]`) and `hidden` (`[H, 3H]`, `[3H]`), gates in the order
+    r, u, n. `h [..., H], x [..., I] -> h' [..., H]`.
+    """
+
+    features: int
+    precision: str | None = "float32"
+
+    @nn.compact
+    def __call__(self, h: jax.Array, x: jax.Array) -> jax.Array:
+        gates_x = nn.Dense(3 * self.features, precision=self.precision, name="input")(x)
+        gates_h = nn.Dense(3 * self.features, precision=self.precision, name="hidden")(h)
+        reset_x, update_x, new_x = jnp.split(gates_x, 3, axis=-1)
+        reset_h, update_h, new_h = jnp.split(gates_h, 3, axis=-1)
+        reset, update = nn.sigmoid(reset_x + reset_h), nn.sigmoid(update_x + update_h)
+        candidate = jnp.tanh(new_x + reset * new_h)
+        return (1.0 - update) * candidate + update * h
+
+
+def _scanned(cell: type[nn.Module], reverse: bool = False) -> type[nn.Module]:
+    """`cell(carry, inputs) -> (carry, outputs)` as one `lax.scan` over the leading axis of `inputs`, its
+    parameters shared by all steps."""
+    return nn.scan(cell, variable_broadcast="params", split_rngs={"params": False}, in_axes=0, out_axes=0,
+                   reverse=reverse)
+
+
+def _mlp(width: int, activation: str, name: str) -> nn.Module:
+    return models.MLP((width,), activation, name=name)
+
+
+def _frames(x: Sequence) -> tuple[jax.Array, jax.Array]:
+    """`(frames [T, D] as floats, mask [T])` of a sequence example."""
+    frames = x.frames.astype(jnp.result_type(float))
+    return frames, frame_mask(x.length, frames.shape[0])
+
+
+class _RNNStep(nn.Module):
+    hidden: int
+    features: int
+    activation: str
+
+    @nn.compact
+    def __call__(self, h: jax.Array, inputs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        x, mask = inputs
+        logits = nn.Dense(x.shape[-1], name="logits")(_mlp(self.features, self.activation, "decoder")(h))
+        h_next = GRU(self.hidden, name="rnn")(h, _mlp(self.features, self.activation, "phi_x")(x))
+        return jnp.where(mask > 0, h_next, h), distributions.bernoulli_log_prob(x, logits) * mask
+
+
+class RNNBaseline(nn.Module):
+    """p(x_1:T) = prod_t Bernoulli(x_t; f(h_t-1)), h_t = GRU(h_t-1, phi_x(x_t)), h_0 = 0: no latent variable.
+
+    Attributes:
+        hidden: size of the GRU state.
+        features: width of the one-layer MLPs phi_x and the output's.
+        activation: a name in `configs.ACTIVATIONS`.
+    """
+
+    hidden: int = 128
+    features: int = 128
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: Sequence, key: jax.Array, num_samples: int) -> JointSamples:
+        """The contract's samples: log p(x) as each sample's log-likelihood, log p(z) = log q(z) = 0."""
+        frames, mask = _frames(x)
+        step = _scanned(_RNNStep)(self.hidden, self.features, self.activation, name="step")
+        _, log_likelihood = step(jnp.zeros(self.hidden, frames.dtype), (frames, mask))
+        log_px = jnp.full((num_samples,), jnp.sum(log_likelihood))
+        zeros = jnp.zeros_like(log_px)
+        return JointSamples(log_px, zeros, zeros)
+
+
+class _VRNNStep(nn.Module):
+    latent_dim: int
+    hidden: int
+    features: int
+    activation: str
+
+    @nn.compact
+    def __call__(self, h: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, StepTerms]:
+        x, eps, mask = inputs  # [D], [S, J], []
+        mlp = lambda name: _mlp(self.features, self.activation, name)  # noqa: E731
+        phi_x = jnp.broadcast_to(mlp("phi_x")(x), (h.shape[0], self.features))
+        prior = models.split_gaussian(nn.Dense(2 * self.latent_dim, name="prior_head")(mlp("prior")(h)), 0.0)
+        posterior_in = mlp("encoder")(jnp.concatenate([phi_x, h], axis=-1))
+        posterior = models.split_gaussian(nn.Dense(2 * self.latent_dim, name="encoder_head")(posterior_in), 0.0)
+        phi_z = mlp("phi_z")(distributions.reparameterize(*posterior, eps))
+        decoded = mlp("decoder")(jnp.concatenate([phi_z, h], axis=-1))
+        logits = nn.Dense(x.shape[-1], name="logits")(decoded)
+        h_next = GRU(self.hidden, name="rnn")(h, jnp.concatenate([phi_x, phi_z], axis=-1))
+        return (jnp.where(mask > 0, h_next, h),
+                gaussian_step_terms(x, logits, eps, posterior, prior, mask))
+
+
+class _LatentSequenceModel(nn.Module):
+    """What the latent models share: the contract's `__call__` draws the noise, `joint_samples_from_noise` (each
+    model's own) uses it."""
+
+    latent_dim: int = 16
+    hidden: int = 128
+    features: int = 128
+    activation: str = "relu"
+
+    def __call__(self, x: Sequence, key: jax.Array, num_samples: int) -> JointSamples:
+        """`num_samples` joint samples of the sequence `x`, with the noise `step_noise(key, ...)`."""
+        eps = step_noise(key, x.frames.shape[0], num_samples, self.latent_dim, jnp.result_type(float))
+        return self.joint_samples_from_noise(x, eps)
+
+    def joint_samples_from_noise(self, x: Sequence, eps: jax.Array) -> JointSamples:
+        """The joint samples for given noise `eps [T, S, J]`."""
+        raise NotImplementedError
+
+
+class VRNN(_LatentSequenceModel):
+    """The variational RNN (Chung et al., 2015), with a GRU (see the module's docstring).
+
+        prior     p(z_t | h_t-1) = N(mu_0(h_t-1), sigma_0^2(h_t-1))
+        posterior q(z_t | x_t, h_t-1) = N(mu_z(phi_x(x_t), h_t-1), sigma_z^2(.))
+        decoder   p(x_t | z_t, h_t-1) = Bernoulli(f(phi_z(z_t), h_t-1))
+        state     h_t = GRU(h_t-1, [phi_x(x_t), phi_z(z_t)]),  h_0 = 0
+
+    Attributes:
+        latent_dim: size J of z_t.
+        hidden: size of the GRU state h_t.
+        features: width of each one-layer MLP (phi_x, phi_z, the prior's, the encoder's, the decoder's).
+        activation: a name in `configs.ACTIVATIONS`.
+    """
+
+    @nn.compact
+    def joint_samples_from_noise(self, x: Sequence, eps: jax.Array) -> JointSamples:
+        """The joint samples for given noise `eps [T, S, J]`."""
+        frames, mask = _frames(x)
+        step = _scanned(_VRNNStep)(self.latent_dim, self.hidden, self.features, self.activation, name="step")
+        _, terms = step(jnp.zeros((eps.shape[1], self.hidden), frames.dtype), (frames, eps, mask))
+        return sequence_samples(terms)
+
+
+class _GRUStep(nn.Module):
+    hidden: int
+
+    @nn.compact
+    def __call__(self, h: jax.Array, inputs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        u, mask = inputs
+        h_next = GRU(self.hidden, name="rnn")(h, u)
+        return jnp.where(mask > 0, h_next, h), h_next
+
+
+class _SRNNStep(nn.Module):
+    latent_dim: int
+    features: int
+    activation: str
+
+    @nn.compact
+    def __call__(self, z_previous: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, StepTerms]:
+        x, d, a, eps, mask = inputs  # [D], [H], [H], [S, J], []
+        mlp = lambda name: _mlp(self.features, self.activation, name)  # noqa: E731
+        d, a = (jnp.broadcast_to(v, (z_previous.shape[0], v.shape[-1])) for v in (d, a))
+        prior_in = mlp("prior")(jnp.concatenate([z_previous, d], axis=-1))
+        prior = models.split_gaussian(nn.Dense(2 * self.latent_dim, name="prior_head")(prior_in), 0.0)
+        correction_in = mlp("encoder")(jnp.concatenate([z_previous, a], axis=-1))
+        correction, logvar = models.split_gaussian(nn.Dense(2 * self.latent_dim, name="encoder_head")(correction_in),
+                                                   0.0)
+        posterior = (prior[0] + correction, logvar)
+        z = distributions.reparameterize(*posterior, eps)
+        logits = nn.Dense(x.shape[-1], name="logits")(mlp("decoder")(jnp.concatenate([z, d], axis=-1)))
+        return jnp.where(mask > 0, z, z_previous), gaussian_step_terms(x, logits, eps, posterior, prior, mask)
+
+
+class SRNN(_LatentSequenceModel):
+    """The stochastic RNN (Fraccaro et al., 2016), with GRUs and the "resq" smoothing posterior (see the module's
+    docstring).
+
+        deterministic d_t = GRU(d_t-1, x_t-1),  d_0 = 0, x_0 = 0
+        prior         p(z_t | z_t-1, d_t) = N(mu_p(z_t-1, d_t), sigma_p^2(.)),  z_0 = 0
+        decoder       p(x_t | z_t, d_t) = Bernoulli(f(z_t, d_t))
+        backward      a_t = GRU(a_t+1, [d_t, x_t]),  a_length+1 = 0
+        posterior     q(z_t | z_t-1, a_t) = N(mu_p + delta(z_t-1, a_t), sigma_q^2(z_t-1, a_t))
+
+    Attributes:
+        latent_dim: size J of z_t.
+        hidden: size of the GRU states d_t and a_t.
+        features: width of each one-layer MLP (the prior's, the posterior's, the decoder's).
+        activation: a name in `configs.ACTIVATIONS`.
+    """
+
+    @nn.compact
+    def joint_samples_from_noise(self, x: Sequence, eps: jax.Array) -> JointSamples:
+        """The joint samples for given noise `eps [T, S, J]`."""
+        frames, mask = _frames(x)
+        previous = jnp.concatenate([jnp.zeros_like(frames[:1]), frames[:-1]])
+        start = jnp.zeros(self.hidden, frames.dtype)
+        _, d = _scanned(_GRUStep)(self.hidden, name="forward")(start, (previous, mask))
+        _, a = _scanned(_GRUStep, reverse=True)(self.hidden, name="backward")(
+            start, (jnp.concatenate([d, frames], axis=-1), mask))
+        step = _scanned(_SRNNStep)(self.latent_dim, self.features, self.activation, name="step")
+        _, terms = step(jnp.zeros(eps.shape[1:], frames.dtype), (frames, d, a, eps, mask))
+        return sequence_samples(terms)
