@@ -1,5 +1,6 @@
-"""The polyphonic-music datasets read from the real files (../shared/data/polyphonic), padded and hashed."""
+"""The polyphonic-music datasets read from the real files (../shared/data/polyphonic), padded, hashed and bucketed."""
 
+import itertools
 import pickle
 import re
 import shutil
@@ -12,7 +13,7 @@ import scipy.io
 from tests.conftest import _require_folders
 from vae_jax import sequences
 from vae_jax.catalogue import SPLITS
-from vae_jax.errors import DataError
+from vae_jax.errors import ConfigError, DataError
 
 # The split sizes and frames of the README of ../shared/data (Boulanger-Lewandowski et al., 2012).
 SIZES = {"jsb_chorales": ((229, 76, 77), (13_807, 4_602, 4_725)),
@@ -189,3 +190,65 @@ def test_split_sha256_ignores_padding_and_sees_each_note(jsb):
     with pytest.raises(DataError, match="make it with pad_split"):
         sequences.split_sha256(sequences.PaddedSplit(split.frames.astype(np.int32), split.lengths))
 
+
+def _padded_frames(lengths: np.ndarray, buckets: tuple[int, ...]) -> int:
+    return int(sequences.assign_buckets(lengths, buckets).sum())
+
+
+def _brute_force_buckets(lengths: np.ndarray, max_buckets: int) -> int:
+    """The fewest padded frames over every partition of the sorted distinct lengths into at most `max_buckets`
+    contiguous groups, each padded to its longest (every choice of cut points)."""
+    values = np.unique(lengths)
+    best = None
+    for cuts in range(min(max_buckets, len(values))):
+        for ends in itertools.combinations(range(len(values) - 1), cuts):
+            buckets = tuple(int(values[end]) for end in ends) + (int(values[-1]),)
+            padded = _padded_frames(lengths, buckets)
+            best = padded if best is None else min(best, padded)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bucket_lengths_are_optimal(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 60, size=rng.integers(5, 25))
+    for max_buckets in range(1, 6):
+        buckets = sequences.bucket_lengths(lengths, max_buckets)
+        assert len(buckets) <= max_buckets and list(buckets) == sorted(set(buckets))
+        assert buckets[-1] == lengths.max() and set(buckets) <= set(lengths.tolist())
+        assert _padded_frames(lengths, buckets) == _brute_force_buckets(lengths, max_buckets)
+
+
+def test_bucket_lengths_small_cases(jsb):
+    lengths = sequences.pad_split(jsb["train"]).lengths
+    assert sequences.bucket_lengths(lengths, 1) == (129,) == (int(lengths.max()),)
+    # 10 of length 1 and one of 100: two buckets pad nothing; one pads 99 frames per short sequence.
+    lengths = np.array([1] * 10 + [100])
+    assert sequences.bucket_lengths(lengths, 2) == sequences.bucket_lengths(lengths, 9) == (1, 100)
+    assert sequences.padding_fraction(lengths, (1, 100)) == 0.0
+    assert sequences.padding_fraction(lengths, (100,)) == pytest.approx(990 / 1100)
+    # [3, 5, 6, 6] in two buckets: {3} {5, 6, 6} pads 1 frame, {3, 5} {6, 6} pads 2.
+    assert sequences.bucket_lengths(np.array([6, 3, 6, 5]), 2) == (3, 6)
+    with pytest.raises(ConfigError, match="max_buckets is 0; it must be at least 1"):
+        sequences.bucket_lengths(lengths, 0)
+    with pytest.raises(DataError, match="at least one sequence"):
+        sequences.bucket_lengths(np.array([], np.int32), 2)
+
+
+def test_assign_buckets_and_padding_fraction():
+    lengths = np.array([1, 2, 3, 4, 7])
+    np.testing.assert_array_equal(sequences.assign_buckets(lengths, (2, 4, 7)), [2, 2, 4, 4, 7])
+    assert sequences.padding_fraction(lengths, (2, 4, 7)) == pytest.approx(1 - 17 / 19)
+    assert sequences.padding_fraction(lengths, (7,)) == pytest.approx(1 - 17 / 35)
+    with pytest.raises(DataError, match="longer than the longest bucket"):
+        sequences.assign_buckets(lengths, (2, 4))
+    with pytest.raises(DataError, match="not ascending"):
+        sequences.assign_buckets(lengths, (4, 2, 7))
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_more_buckets_waste_less_padding(polyphonic, name):
+    lengths = sequences.pad_split(sequences.read_polyphonic(name, polyphonic)["train"]).lengths
+    fractions = [sequences.padding_fraction(lengths, sequences.bucket_lengths(lengths, k)) for k in (1, 4, 8)]
+    assert 0 < fractions[2] < fractions[1] < fractions[0] < 1
+    assert fractions[0] == pytest.approx(1 - lengths.sum() / (len(lengths) * lengths.max()))

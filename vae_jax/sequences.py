@@ -1,5 +1,5 @@
 """Sequences of frames of varying length, as models see them: padded to a common length, with their own length; and
-the polyphonic-music datasets that are such sequences, read, padded and hashed.
+the polyphonic-music datasets that are such sequences, read, padded, hashed and bucketed by length.
 
 A sequence example is a `Sequence(frames [T, D], length [])`: the first `length` frames are the sequence, the
 rest padding. A sequence model sums its terms over the first `length` frames only and draws the randomness of
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax.catalogue import SPLITS
-from vae_jax.errors import DataError, first_line
+from vae_jax.errors import ConfigError, DataError, first_line
 
 
 class Sequence(NamedTuple):
@@ -210,3 +210,61 @@ def split_sha256(split: PaddedSplit) -> str:
     digest.update(np.ascontiguousarray(frames[real]).tobytes())
     return digest.hexdigest()
 
+
+# Length buckets: sequences are padded to their bucket's length, not the longest's, so that little of a batch is
+# padding and a model compiles once per bucket.
+def bucket_lengths(lengths: np.ndarray, max_buckets: int) -> tuple[int, ...]:
+    """The padded lengths, at most `max_buckets`, that waste the fewest frames on padding.
+
+    Each sequence is padded to the smallest bucket length at least its own (`assign_buckets`); the buckets minimize
+    the total padded frames. Exact: a dynamic program over the sorted distinct lengths, each group of consecutive
+    ones padded to its longest, in O(max_buckets * distinct^2).
+
+    Args:
+        lengths: `[N]` int, the sequences' lengths (N >= 1).
+        max_buckets: the most buckets, >= 1.
+
+    Returns:
+        The bucket lengths, ascending; the last is the longest sequence's length.
+    """
+    if max_buckets < 1:
+        raise ConfigError(f"max_buckets is {max_buckets}; it must be at least 1")
+    values, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
+    if values.size == 0 or values[0] < 1:
+        raise DataError("bucket_lengths needs at least one sequence, each of at least one frame")
+    below = np.concatenate([[0], np.cumsum(counts)])  # [m + 1]: sequences shorter than values[j] at j
+    groups = min(max_buckets, values.size)
+    # cost[k, j]: the fewest padded frames of the sequences of the j shortest lengths in k groups; start[k, j] the
+    # first length of the last of those groups.
+    cost = np.full((groups + 1, values.size + 1), np.inf)
+    cost[0, 0] = 0
+    start = np.zeros((groups + 1, values.size + 1), np.int64)
+    for k in range(1, groups + 1):
+        for j in range(k, values.size + 1):
+            options = cost[k - 1, :j] + values[j - 1] * (below[j] - below[:j])
+            start[k, j] = np.argmin(options)
+            cost[k, j] = options[start[k, j]]
+    buckets, j = [], values.size
+    for k in range(groups, 0, -1):
+        buckets.append(int(values[j - 1]))
+        j = start[k, j]
+    return tuple(reversed(buckets))
+
+
+def assign_buckets(lengths: np.ndarray, bucket_lengths: SequenceOf[int]) -> np.ndarray:
+    """`[N]` int64: the padded length of each sequence, the smallest of `bucket_lengths` (ascending) at least its
+    length `[N]`."""
+    lengths, buckets = np.asarray(lengths), np.asarray(bucket_lengths, dtype=np.int64)
+    if buckets.ndim != 1 or buckets.size == 0 or (np.diff(buckets) <= 0).any():
+        raise DataError(f"bucket lengths {list(buckets)} are not ascending; make them with bucket_lengths")
+    if lengths.size and lengths.max() > buckets[-1]:
+        raise DataError(f"a sequence of {lengths.max()} frames is longer than the longest bucket ({buckets[-1]}); "
+                        "make the buckets with bucket_lengths of these lengths")
+    return buckets[np.searchsorted(buckets, lengths, side="left")]
+
+
+def padding_fraction(lengths: np.ndarray, bucket_lengths: SequenceOf[int]) -> float:
+    """The share of the padded frames that are padding: 1 - sum(lengths) / sum(each sequence's bucket length),
+    for sequences of `lengths` `[N]` padded by `assign_buckets`; 0 where no frame is padding."""
+    padded = int(np.sum(assign_buckets(lengths, bucket_lengths), dtype=np.int64))
+    return 1.0 - num_frames(lengths) / padded if padded else 0.0
