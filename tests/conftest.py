@@ -76,6 +76,12 @@ def fashion_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def polyphonic() -> Path:
+    """The four polyphonic-music datasets, `polyphonic/` (see ../shared/data/README.md)."""
+    return _require_folders("polyphonic") / "polyphonic"
+
+
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """A TFDS data directory shared by the whole test session (datasets are prepared once)."""
     return tmp_path_factory.mktemp("tensorflow_datasets")

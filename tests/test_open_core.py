@@ -180,9 +180,8 @@ def test_one_value_per_run_and_sizes_from_the_data():
     sources = {path.stem: path.read_text() for path in (REPO / "vae_jax").glob("*.py")}
     # Only the resolution builds a preset's model for a run; only it and the advice after a divergence ask about it.
     assert sorted(name for name, text in sources.items() if "build_model(" in text) == ["builders", "resolve"]
-    assert sorted(name for name, text in sources.items() if re.search(r"is_preset", text)) == [
-        "resolve", "trainer", "workdir"]
-    assert [line for line in sources["trainer"].splitlines() if "is_preset" in line] == [
+    assert sorted(name for name, text in sources.items() if re.search(r"is_preset", text)) == ["resolve", "workdir"]
+    assert [line for line in sources["resolve"].splitlines() if "run.is_preset" in line] == [
         "    if run.is_preset and run.config.model.stochastic_layers == 1:", "    if run.is_preset:"]
     # The size of an example is stated once, in the data layer's dataset descriptions (`catalogue.ENTRIES`): no other
     # module has 784 or 28 in its code, and none names a NUM_PIXELS.

@@ -111,13 +111,13 @@ def test_a_non_finite_step_names_its_term_and_advises_what_applies(binary_pixels
         for loss in (objective.Elbo(), objective.Iwae(3)):
             assert trainer.failing_terms(model, loss, params, pixels, indices, key, False) == expected
     cs236, hvae = configs.get_config("cs236"), configs.get_config("hvae")
-    preset = trainer.divergence_advice(resolve.resolve_run(cs236, tmp_path), True)
+    preset = resolve.divergence_advice(resolve.resolve_run(cs236, tmp_path), True)
     assert preset.endswith("or with the encoder's log-variance bounded by model.logvar_bound=10")
-    assert trainer.divergence_advice(resolve.resolve_run(hvae, tmp_path), True).endswith("model.logvar_clip=-6,2")
-    custom = trainer.divergence_advice(resolve.resolve_run(cs236, tmp_path, wrong_models.TinyVAE()), True)
+    assert resolve.divergence_advice(resolve.resolve_run(hvae, tmp_path), True).endswith("model.logvar_clip=-6,2")
+    custom = resolve.divergence_advice(resolve.resolve_run(cs236, tmp_path, wrong_models.TinyVAE()), True)
     assert "model." not in custom and custom.endswith("bound the log-variances (or scales) of your model's "
                                                       "distributions")
-    assert trainer.divergence_advice(resolve.resolve_run(cs236, tmp_path), False) == (
+    assert resolve.divergence_advice(resolve.resolve_run(cs236, tmp_path), False) == (
         "resume with a lower optim.learning_rate or with optim.grad_clip_norm=100")
 
 

@@ -135,13 +135,14 @@ def build_objective(config: configs.Config) -> Objective:
     return Elbo(config.num_samples, config.free_bits)
 
 
-def template_state(config: configs.Config, model: Any, example_shape: tuple[int, ...], train_size: int) -> TrainState:
-    """The freshly initialized train state of a run of `model` (a preset's `build_model`, or yours) on examples of
-    `example_shape`: its parameters from the run's `init` key, and the optimizer that `config.optim` describes
-    (a schedule over `config.epochs` epochs of `train_size` examples)."""
+def template_state(config: configs.Config, model: Any, example: Any, train_size: int) -> TrainState:
+    """The freshly initialized train state of a run of `model` (a preset's `build_model`, or yours) on examples like
+    `example` (a shape `(D,)` or an example: `train.create_train_state`): its parameters from the run's `init` key,
+    and the optimizer that `config.optim` describes (a schedule over `config.epochs` epochs of `train_size`
+    examples)."""
     total_steps = steps_per_epoch(train_size, min(config.batch_size, train_size)) * config.epochs
     tx = build_optimizer(config.optim, total_steps=total_steps)
-    return create_train_state(run_keys(jax.random.key(config.seed)).init, model, tx, example_shape)
+    return create_train_state(run_keys(jax.random.key(config.seed)).init, model, tx, example)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +178,7 @@ def he_normal_kernels(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(scale, params)
 
 
-def abstract_state(config: configs.Config, model: Any, example_shape: tuple[int, ...], train_size: int) -> TrainState:
+def abstract_state(config: configs.Config, model: Any, example: Any, train_size: int) -> TrainState:
     """The shapes and dtypes of `template_state` (`jax.ShapeDtypeStruct` leaves), traced without initializing or
     compiling anything: what a checkpoint restores into."""
-    return jax.eval_shape(lambda: template_state(config, model, example_shape, train_size))
+    return jax.eval_shape(lambda: template_state(config, model, example, train_size))

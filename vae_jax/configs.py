@@ -24,7 +24,7 @@ ARCHITECTURES = ("mlp", "conv")
 PRIORS = ("normal", "mixture", "vamp")
 KERNEL_INITS = ("lecun_normal", "he_normal")
 LIKELIHOODS = ("bernoulli", "logistic_mixture")
-DATA_FORMS = ("", "binary", "dynamic", "8bit")  # empty: the dataset's own (`vae_jax.data.describe`)
+DATA_FORMS = ("", "binary", "dynamic", "8bit", "sequence")  # empty: the dataset's own (`vae_jax.data.describe`)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,13 +25,24 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from vae_jax.catalogue import ENTRIES, SPLITS, Entry, read_frey_faces, tfds_entry, tfds_splits
 from vae_jax.errors import DataError, StorageError, first_line, os_cause
+from vae_jax.sequences import (
+    NUM_KEYS,
+    POLYPHONIC,
+    SPLIT_SIZES,
+    PaddedSplit,
+    Sequence,
+    pad_split,
+    read_polyphonic,
+    split_sha256,
+)
 
-NAMED_DATASETS = tuple(ENTRIES)  # any other name is a TFDS image dataset
+NAMED_DATASETS = (*ENTRIES, *POLYPHONIC)  # any other name is a TFDS image dataset
 LABELED_DATASET = "mnist"  # the labels of the latent scatter figure
 HASH_CHARS = 16  # hex characters kept of a split's sha256
 DESCRIPTION_FILE = "dataset.json"  # a TFDS dataset's `Entry`, kept in its cache folder
@@ -50,6 +61,9 @@ class Dataset:
             `8bit` (grey levels 0..255 reach the model as they are, as floats).
         split_sizes: examples in train, validation and test (`SPLITS`), in that order.
         labelled: whether it has class labels (`load_labels`).
+        split_frames: for a dataset of sequences (form `sequence`: binary frames, e.g. piano rolls), the frames of
+            train, validation and test; its `image_shape` is that of one frame, `(1, D, 1)`, a row of the `[T, D]`
+            sequence (`load_sequences`). None for images.
     """
 
     name: str
@@ -57,6 +71,12 @@ class Dataset:
     form: str
     split_sizes: tuple[int, int, int]
     labelled: bool = False
+    split_frames: tuple[int, int, int] | None = None
+
+    @property
+    def sequential(self) -> bool:
+        """Whether its examples are sequences of frames (`load_sequences`), not images (`load_split`)."""
+        return self.form == "sequence"
 
     @property
     def dynamic(self) -> bool:
@@ -94,11 +114,31 @@ def describe(dataset: str, form: str = "", *, data_dir: str | os.PathLike = DEFA
     Raises:
         DataError: the dataset is unknown or cannot be prepared, or it has no such form.
     """
+    if dataset in POLYPHONIC:
+        if form not in ("", "sequence"):
+            raise DataError(f"{dataset} has no data form {form!r}; its sequences take data_form=sequence")
+        sizes, frames = SPLIT_SIZES[dataset]
+        return Dataset(dataset, (1, NUM_KEYS, 1), "sequence", sizes, False, frames)
     entry = _entry(dataset, Path(data_dir).expanduser(), manual_dir, progress)
     form = form or entry.forms[0]
     if form not in entry.forms:
         raise DataError(f"{dataset} has no data form {form!r}; it takes {list(entry.forms)} (data_form=...)")
     return Dataset(dataset, entry.image_shape, form, entry.split_sizes, entry.labelled)
+
+
+def example_input(dataset: Dataset) -> Any:
+    """One example as a model of `dataset` receives it, zeros: `[D]` float32 for images, a one-frame
+    `Sequence(frames [1, D] uint8, length 1)` for sequences (what models are initialized and checked on)."""
+    if dataset.sequential:
+        return Sequence(np.zeros((1, dataset.num_pixels), np.uint8), np.int32(1))
+    return np.zeros(dataset.num_pixels, np.float32)
+
+
+def describe_example(dataset: Dataset) -> str:
+    """One example of `dataset` in words, for messages: `784 float32 pixels`, `a sequence of 88-key frames`."""
+    if dataset.sequential:
+        return f"a Sequence of frames of {dataset.num_pixels} values and its length"
+    return f"shape ({dataset.num_pixels},), float32"
 
 
 def check_pixels(pixels: np.ndarray, dataset: Dataset, name: str = "data") -> np.ndarray:
@@ -137,6 +177,15 @@ def load_split(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAUL
     return check_pixels(pixels, description, name=f"the cached {dataset}/{split} in {data_dir}")
 
 
+def load_sequences(dataset: str, split: str, *, manual_dir: str | os.PathLike | None) -> PaddedSplit:
+    """A split of a dataset of sequences, padded: `frames [N, T_max, D]` uint8 0/1 and `lengths [N]`, in the files'
+    order (`vae_jax.sequences.read_polyphonic` reads `manual_dir`, the folder of the `.mat` files or the authors'
+    pickles; TFDS has none of them)."""
+    if dataset not in POLYPHONIC:
+        raise DataError(f"{dataset} is not a dataset of sequences; choose one of {list(POLYPHONIC)}")
+    return pad_split(read_polyphonic(dataset, manual_dir)[_checked_split(split)])
+
+
 def load_labels(split: str, dataset: str = LABELED_DATASET, *, data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
                 manual_dir: str | os.PathLike | None = None, progress: bool = False) -> np.ndarray:
     """The class labels of a split, `[N]` uint8 (int32 where there are more than 256 classes), aligned with
@@ -167,6 +216,8 @@ def split_hash(dataset: str, split: str, *, data_dir: str | os.PathLike = DEFAUL
     Args:
         dataset, split, data_dir, manual_dir, progress: as in `load_split`.
     """
+    if dataset in POLYPHONIC:  # read from its files, not cached: hashed anew
+        return split_sha256(load_sequences(dataset, split, manual_dir=manual_dir))[:HASH_CHARS]
     paths = _cache_paths(dataset, _checked_split(split), data_dir)
     path = paths["hash"]
     with contextlib.suppress(OSError, UnicodeDecodeError):  # valid while the split it hashes is cached

@@ -20,19 +20,25 @@ from vae_jax.parallel import shard_batch
 ACTIVE_UNIT_THRESHOLD = 0.01  # a latent dimension is active when Var_x[E_q(z|x)[z_j]] exceeds this (Burda et al.)
 
 
-def map_over_split(fn: Callable[[jax.Array, jax.Array], Any], pixels: jax.Array, batch_size: int,
-                   mesh: Mesh | None, first_index: jax.Array | int = 0) -> Any:
-    """Applies `fn(pixels [B, D], indices [B])` to a whole `[N, D]` split, `batch_size` examples at a time; the
-    examples' indices count from `first_index` (the index in its split of a chunk's first example).
+def map_over_split(fn: Callable[[Any, jax.Array], Any], pixels: Any, batch_size: int, mesh: Mesh | None,
+                   first_index: jax.Array | int = 0, indices: jax.Array | None = None) -> Any:
+    """Applies `fn(pixels [B, D], indices [B])` to a whole `[N, D]` split (or any pytree of `[N, ...]` examples, such
+    as a part of a split of sequences, `vae_jax.buckets`), `batch_size` examples at a time; the examples' indices
+    count from `first_index` (the index in its split of a chunk's first example), or are `indices [N]`.
 
     The split is zero-padded to a whole number of batches; the padding's outputs are dropped. With a `mesh`,
     each batch is split over its devices. Returns `fn`'s outputs with a leading `[N]` axis.
     """
-    num_examples = pixels.shape[0]
+    num_examples = jax.tree.leaves(pixels)[0].shape[0]
     num_chunks = -(-num_examples // batch_size)
-    padded = jnp.pad(pixels, ((0, num_chunks * batch_size - num_examples), (0, 0)))
-    indices = first_index + jnp.arange(num_chunks * batch_size)
-    chunks = (padded.reshape(num_chunks, batch_size, -1), indices.reshape(num_chunks, -1))
+    pad = num_chunks * batch_size - num_examples
+
+    def batched(a: jax.Array) -> jax.Array:
+        a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1))
+        return a.reshape(num_chunks, batch_size, *a.shape[1:])
+
+    indices = first_index + jnp.arange(num_examples) if indices is None else jnp.asarray(indices)
+    chunks = (jax.tree.map(batched, pixels), batched(indices))
     outputs = jax.lax.map(lambda chunk: fn(*shard_batch(chunk, mesh)), chunks)
     return jax.tree.map(lambda t: t.reshape(num_chunks * batch_size, *t.shape[2:])[:num_examples], outputs)
 
@@ -49,6 +55,7 @@ def evaluate_elbo(
     num_samples: int = 1,
     mesh: Mesh | None = None,
     first_index: jax.Array | int = 0,
+    indices: jax.Array | None = None,
 ) -> ElboTerms:
     """Per-example negative-ELBO terms of a whole split, computed `batch_size` examples at a time.
 
@@ -64,6 +71,8 @@ def evaluate_elbo(
         num_samples: Monte-Carlo samples of z per example.
         mesh: split each batch over this device mesh (data parallelism).
         first_index: the index in its split of `pixels[0]`, where `pixels` is a chunk of the split (traced).
+        indices: `[N]` the examples' indices in their split, where they are not consecutive (a part of a split of
+            sequences, `vae_jax.buckets`); None counts from `first_index`.
 
     Returns:
         `ElboTerms`, each with a leading `[N]` axis.
@@ -73,7 +82,7 @@ def evaluate_elbo(
     def chunk_terms(chunk_pixels: jax.Array, chunk_indices: jax.Array) -> ElboTerms:
         return batch_elbo_terms(model, params, chunk_pixels, chunk_indices, key, num_samples, dynamic_binarization)
 
-    return map_over_split(chunk_terms, pixels, batch_size, mesh, first_index)
+    return map_over_split(chunk_terms, pixels, batch_size, mesh, first_index, indices)
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -90,12 +99,13 @@ def evaluate_iwae(
     dynamic_binarization: bool = False,
     mesh: Mesh | None = None,
     first_index: jax.Array | int = 0,
+    indices: jax.Array | None = None,
 ) -> jax.Array:
     """Per-example importance-weighted bounds log (1/K) sum_k w_k on a whole split; `[N]` in nats.
 
     With the same `key`, each example is binarized exactly as in `evaluate_elbo`. The result does not depend
     on `batch_size` (examples at once) or `chunk_size` (importance samples at once), which only bound memory,
-    nor on the `mesh` that splits each batch over devices. `first_index` is that of `evaluate_elbo`.
+    nor on the `mesh` that splits each batch over devices. `first_index` and `indices` are those of `evaluate_elbo`.
     """
     model = as_model(model)
 
@@ -105,13 +115,29 @@ def evaluate_iwae(
 
         return map_examples(bound, chunk_pixels, chunk_indices, key, dynamic_binarization)
 
-    return map_over_split(chunk_bounds, pixels, batch_size, mesh, first_index)
+    return map_over_split(chunk_bounds, pixels, batch_size, mesh, first_index, indices)
 
 
 def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
     """The mean of `[N]` values and its standard error (0 for a single value)."""
     stderr = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
     return float(values.mean()), float(stderr)
+
+
+def per_frame(terms: ElboTerms, iwae_bounds: jax.Array | None, lengths: np.ndarray) -> dict[str, float | int]:
+    """For sequences, the NELBO (and NLL) per time step: the total over the `[N]` sequences divided by their
+    `lengths`' sum, with the standard error of this ratio (delta method: sqrt(sum_i (a_i - r T_i)^2 / (N (N - 1)))
+    / mean T). `nelbo_per_frame`, `nelbo_per_frame_stderr` (`nll_per_frame`, `nll_per_frame_stderr`), `num_frames`."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    result: dict[str, float | int] = {"num_frames": int(lengths.sum())}
+    totals = {"nelbo": terms.nelbo, **({"nll": -iwae_bounds} if iwae_bounds is not None else {})}
+    for name, values in totals.items():
+        values = np.asarray(values, dtype=np.float64)
+        ratio = values.sum() / lengths.sum()
+        spread = np.sum(np.square(values - ratio * lengths)) / max(len(values) * (len(values) - 1), 1)
+        result[f"{name}_per_frame"], result[f"{name}_per_frame_stderr"] = (
+            float(ratio), float(math.sqrt(spread) / lengths.mean()))
+    return result
 
 
 def per_dimension_list(values: np.ndarray | jax.Array) -> list[float]:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from vae_jax.contract import JointSamples, Model, Params, as_model
 from vae_jax.distributions import binarize
 from vae_jax.errors import ConfigError
+from vae_jax.sequences import Sequence
 
 
 class ElboTerms(NamedTuple):
@@ -134,7 +135,8 @@ def map_examples(
 
     Args:
         fn: the per-example computation.
-        pixels: `[B, D]` uint8 images: 0/1 (static binarization) or grey levels 0..255.
+        pixels: `[B, D]` uint8 images: 0/1 (static binarization) or grey levels 0..255; or a batch of sequences,
+            `Sequence(frames [B, T, D] uint8, length [B])`, which reach `fn` as they are.
         indices: `[B]` int positions of the examples in their split.
         base_key: key of this epoch (training) or of this evaluation.
         dynamic_binarization: draw each pixel from Bernoulli(grey / 255) instead of reading 0/1.
@@ -143,8 +145,10 @@ def map_examples(
         `fn`'s outputs with a leading `[B]` axis.
     """
 
-    def one_example(raw: jax.Array, key: jax.Array) -> Any:
+    def one_example(raw: Any, key: jax.Array) -> Any:
         binarize_key, noise_key = jax.random.split(key)
+        if isinstance(raw, Sequence):  # binary frames, which the model reads as they are
+            return fn(raw, noise_key)
         return fn(binarize(binarize_key, raw, dynamic_binarization), noise_key)
 
     return jax.vmap(one_example)(pixels, example_keys(base_key, indices))

@@ -44,7 +44,8 @@ def protocol_card(dataset: data.Dataset, split: str, num_examples: int, iwae_k: 
     Args:
         dataset: the dataset (`data.describe`); the model was trained on its `train` split. Its form sets the
             preprocessing: `binarization` is `static` (0/1 pixels), `dynamic`, or `none (8-bit)`, whose results come
-            in nats and bits per dimension (`units` "nats, bits/dim").
+            in nats and bits per dimension (`units` "nats, bits/dim"), or `none (binary frames)` for sequences,
+            whose results come in nats per sequence and per time step (`units` "nats, nats/frame").
         split: the evaluated split.
         num_examples: how many of its examples were evaluated.
         iwae_k: importance samples of the NLL estimate, or None for the ELBO alone.
@@ -58,14 +59,15 @@ def protocol_card(dataset: data.Dataset, split: str, num_examples: int, iwae_k: 
 
     return {
         "dataset": dataset.name,
-        "binarization": {"binary": "static", "dynamic": "dynamic", "8bit": "none (8-bit)"}[dataset.form],
+        "binarization": {"binary": "static", "dynamic": "dynamic", "8bit": "none (8-bit)",
+                         "sequence": "none (binary frames)"}[dataset.form],
         "split": split,
         "split_size": dataset.split_size(split),
         "num_examples": num_examples,
         "estimator": "iwae" if iwae_k else "elbo",
         "iwae_k": iwae_k,
         "eval_seed": eval_seed,
-        "units": "nats, bits/dim" if dataset.eight_bit else "nats",
+        "units": "nats, bits/dim" if dataset.eight_bit else "nats, nats/frame" if dataset.sequential else "nats",
         "train_set": f"{dataset.name}/train ({dataset.split_size('train')} examples)",
         "inference": inference,
         "data_hash": data_hash,
@@ -174,20 +176,27 @@ def compare_tables(results: list[dict[str, Any]]) -> str:
             differing = sorted({PROTOCOL_FIELDS[i] for other in others for i in range(len(PROTOCOL_FIELDS))
                                 if other[i] != protocol[i]})
             lines.append(f"Not comparable with the other tables: they differ in {', '.join(differing)}.")
-        lines += ["", *_table(rows, in_bits="bits/dim" in str(_protocol_value(first, "units")))]
+        lines += ["", *_table(rows, str(_protocol_value(first, "units")))]
         sections.append("\n".join(lines))
     return "\n\n".join(sections) + "\n"
 
 
-def _table(rows: list[dict[str, Any]], in_bits: bool) -> list[str]:
-    """The Markdown lines of one protocol's table: a row per result, with bits-per-dimension columns if `in_bits`."""
-    bits_header, bits_rule = (" NELBO (bits/dim) | NLL (bits/dim) |", " --- | --- |") if in_bits else ("", "")
+_SECOND_UNITS = {"bits/dim": "bpd", "nats/frame": "per_frame"}  # a second unit of the card: its fields' suffix
+
+
+def _table(rows: list[dict[str, Any]], units: str) -> list[str]:
+    """The Markdown lines of one protocol's table: a row per result, with columns in its `units`' second unit too
+    (bits per dimension for 8-bit data, nats per time step for sequences)."""
+    second = next((unit for unit in _SECOND_UNITS if unit in units), None)
+    bits_header, bits_rule = (f" NELBO ({second}) | NLL ({second}) |", " --- | --- |") if second else ("", "")
+    suffix = _SECOND_UNITS.get(second)
     lines = [f"| run | model | config | NELBO | NLL |{bits_header} KL | active units |",
              f"| --- | --- | --- | --- | --- |{bits_rule} --- | --- |"]
     for row in rows:
         run = row.get("run") or Path(row["source"]).parent.name
         units = row.get("active_units")
-        bits = f" {_format(row.get('nelbo_bpd'))} | {_format(row.get('nll_bpd'))} |" if in_bits else ""
+        bits = (f" {_format(row.get(f'nelbo_{suffix}'), row.get(f'nelbo_{suffix}_stderr'))}"
+                f" | {_format(row.get(f'nll_{suffix}'), row.get(f'nll_{suffix}_stderr'))} |" if second else "")
         lines.append(f"| {run} | {model_name(row.get('config', {}))} | {_config_hash(row)}"
                      f" | {_format(row['nelbo'], row.get('nelbo_stderr'))}"
                      f" | {_format(row.get('nll'), row.get('nll_stderr'))} |{bits} {_format(row.get('kl'))}"

@@ -15,12 +15,13 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from vae_jax import compilation_cache, configs, contract, data, evaluate, inference, parallel, protocol, stream
+from vae_jax import buckets, compilation_cache, configs, contract, data, evaluate, inference, parallel, protocol, stream
 from vae_jax.checkpoint import Restored
 from vae_jax.errors import ConfigError
 from vae_jax.likelihoods import bits_per_dim
 from vae_jax.objective import map_examples
 from vae_jax.resolve import Run, check_model, open_run
+from vae_jax.sequences import PaddedSplit, Sequence
 from vae_jax.trainer import mesh_for
 from vae_jax.workdir import EVAL_FILE, append_json_line
 
@@ -33,7 +34,8 @@ class Opened(NamedTuple):
     Attributes:
         run: the resolved run.
         restored: the checkpoint (`restored.state.eval_params` are the parameters to read).
-        pixels: `[N, D]` uint8 examples of the split (a memory map of its cached file).
+        pixels: `[N, D]` uint8 examples of the split (a memory map of its cached file); for a dataset of sequences,
+            `Sequence(frames [N, T_max, D], length [N])`.
         key: the evaluation's key, `jax.random.key(eval_seed)`.
         data_hash: the content hash of the whole split (`data.split_hash`), for the protocol card.
     """
@@ -57,8 +59,12 @@ def open_split(workdir: str | os.PathLike, split: str, *, model: Any = None, epo
     them at the checkpoint's parameters (`resolve.check_model`), and the split's content hash."""
     compilation_cache.enable()
     run, restored = open_run(workdir, model, epoch, data_dir=data_dir, manual_dir=manual_dir)
-    pixels = data.load_split(run.config.dataset, split, data_dir=data_dir, manual_dir=manual_dir,
-                             mmap=True)[:num_examples]
+    if run.dataset.sequential:
+        padded = data.load_sequences(run.config.dataset, split, manual_dir=manual_dir)
+        pixels = Sequence(padded.frames[:num_examples], padded.lengths[:num_examples])
+    else:
+        pixels = data.load_split(run.config.dataset, split, data_dir=data_dir, manual_dir=manual_dir,
+                                 mmap=True)[:num_examples]
     data_hash = data.split_hash(run.config.dataset, split, data_dir=data_dir, manual_dir=manual_dir)
     key = jax.random.key(eval_seed)
     check_model(run, restored.state.eval_params, pixels, key)
@@ -111,20 +117,33 @@ def evaluate_checkpoint(
     run, state = opened.run, opened.restored.state
     elbo_batch, iwae_batch = batch_size or run.config.eval_batch_size, batch_size or 100
     mesh = mesh_for(run.config, batch_size=elbo_batch, **({"iwae_batch_size": iwae_batch} if iwae_samples else {}))
-    pixels = stream.place(opened.pixels, budget, mesh, f"{run.config.dataset}/{split}", log)
     params, options = parallel.replicate(state.eval_params, mesh), {"dynamic_binarization": run.dataset.dynamic}
+    over = _over_split(opened.pixels, budget, mesh, f"{run.config.dataset}/{split}", log)
     elbo = functools.partial(evaluate.evaluate_elbo, run.model, batch_size=elbo_batch, mesh=mesh, **options)
-    terms, bounds = stream.over_split(elbo, pixels, elbo_batch)(params, opened.key), None
+    terms, bounds = over(elbo, elbo_batch)(params, opened.key), None
     if iwae_samples:
         iwae = functools.partial(evaluate.evaluate_iwae, run.model, num_samples=iwae_samples, batch_size=iwae_batch,
                                  chunk_size=iwae_chunk, mesh=mesh, **options)
-        bounds = stream.over_split(iwae, pixels, iwae_batch)(params, opened.key)
+        bounds = over(iwae, iwae_batch)(params, opened.key)
     summary = evaluate.summarize(terms, bounds)
+    if run.dataset.sequential:
+        summary.update(evaluate.per_frame(terms, bounds, opened.pixels.length))
     result = {**summary, **in_bits_per_dim(summary, run.dataset), **opened.provenance(),
               **protocol.protocol_card(run.dataset, split, summary["num_examples"], iwae_samples or None,
                                        eval_seed, run.metadata, data_hash=opened.data_hash)}
     append_json_line(run.workdir / EVAL_FILE, result)
     return result
+
+
+def _over_split(pixels: Any, budget: int, mesh: Any, name: str, log: Callable[[str], None]) -> Callable[..., Any]:
+    """`over(fn, batch_size)`: an evaluation `fn(params, examples, key, ...)` as a function `(params, key)` of the
+    whole split: images placed or streamed (`stream.over_split`), sequences in length buckets (`buckets.over_parts`)."""
+    if isinstance(pixels, Sequence):
+        parts = [part._replace(examples=parallel.replicate(part.examples, mesh))
+                 for part in buckets.sequence_parts(PaddedSplit(pixels.frames, pixels.length))]
+        return lambda fn, batch_size: buckets.over_parts(fn, parts)
+    placed = stream.place(pixels, budget, mesh, name, log)
+    return lambda fn, batch_size: stream.over_split(fn, placed, batch_size)
 
 
 def evaluate_gaps(

@@ -7,10 +7,10 @@ sums its per-step log-densities over the sequence's own `length` frames:
     log p(x_1:T | z_1:T) = sum_t log p(x_t | z_<=t, x_<t)      log p(z_1:T) = sum_t log p(z_t | z_<t, x_<t)
     log q(z_1:T | x_1:T) = sum_t log q(z_t | z_<t, x)
 
-The KL it reports, one per sample, is sum_t KL(q(z_t | .) || p(z_t | .)) in closed form at each step, given the sampled z_<t: an
-unbiased estimate of KL(q(z_1:T | x) || p(z_1:T)) with less variance than log q - log p, whose expectation the
-ELBO's is (Chung et al., 2015, eq. 11; Fraccaro et al., 2016, eq. 9). Step t's noise is `normal(fold_in(key, t))`
-(`step_noise`), so padding a sequence changes none of its numbers.
+The KL it reports, one per sample, is sum_t KL(q(z_t | .) || p(z_t | .)) in closed form at each step, given the
+sampled z_<t: an unbiased estimate of KL(q(z_1:T | x) || p(z_1:T)), with less variance than log q - log p, whose
+expectation the ELBO's is (Chung et al., 2015, eq. 11; Fraccaro et al., 2016, eq. 9). Step t's noise is
+`normal(fold_in(key, t))` (`step_noise`), so padding a sequence changes none of its numbers.
 
 - `RNNBaseline`: p(x_t | x_<t) Bernoulli from a GRU over the past frames; no latent variable (its log-weight is
   log p(x) itself), which shows what the latents add.
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from vae_jax import distributions, models
 from vae_jax.contract import JointSamples
-from vae_jax.sequences import Sequence, frame_mask
+from vae_jax.sequences import Sequence
 
 
 class StepTerms(NamedTuple):
@@ -118,9 +118,10 @@ def _mlp(width: int, activation: str, name: str) -> nn.Module:
 
 
 def _frames(x: Sequence) -> tuple[jax.Array, jax.Array]:
-    """`(frames [T, D] as floats, mask [T])` of a sequence example."""
+    """`(frames [T, D] as floats, mask [T])` of a sequence example: the mask 1 for its first `length` frames, 0 for
+    the padding."""
     frames = x.frames.astype(jnp.result_type(float))
-    return frames, frame_mask(x.length, frames.shape[0])
+    return frames, (jnp.arange(frames.shape[0]) < x.length).astype(frames.dtype)
 
 
 class _RNNStep(nn.Module):

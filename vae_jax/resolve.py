@@ -51,9 +51,9 @@ class Run:
     metadata: dict[str, Any]
 
     @property
-    def example_shape(self) -> tuple[int, ...]:
-        """The shape of one example as the model receives it, `(D,)`."""
-        return (self.dataset.num_pixels,)
+    def example(self) -> Any:
+        """One example as the model receives it, zeros (`data.example_input`): `[D]` float32, or a `Sequence`."""
+        return data.example_input(self.dataset)
 
     @property
     def is_preset(self) -> bool:
@@ -62,11 +62,11 @@ class Run:
 
     def template_state(self) -> TrainState:
         """The freshly initialized train state (`builders.template_state`)."""
-        return builders.template_state(self.config, self.model, self.example_shape, self.dataset.split_size("train"))
+        return builders.template_state(self.config, self.model, self.example, self.dataset.split_size("train"))
 
     def abstract_state(self) -> TrainState:
         """The shapes of `template_state`, what a checkpoint restores into."""
-        return builders.abstract_state(self.config, self.model, self.example_shape, self.dataset.split_size("train"))
+        return builders.abstract_state(self.config, self.model, self.example, self.dataset.split_size("train"))
 
 
 def as_model(model: Any) -> Model:
@@ -191,13 +191,13 @@ def check_model(run: Run, params: Any, pixels: np.ndarray, key: jax.Array) -> No
     """Checks the contract at the door: the model's joint samples of one example are `JointSamples` with `[S]`
     log-densities (and the optional fields of their shapes), finite on the first `CHECK_EXAMPLES` examples of
     `pixels [N, D]` (binarized as the run does, keyed by `key`). Raises a one-line `ConfigError` naming the field."""
-    model, first = run.model, np.asarray(pixels[:CHECK_EXAMPLES])
-    example = jax.ShapeDtypeStruct(run.example_shape, np.float32)
+    model, first = run.model, jax.tree.map(lambda a: np.asarray(a[:CHECK_EXAMPLES]), pixels)
+    example = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), run.example)
     try:
         shapes = jax.eval_shape(lambda p, x: model.joint_samples(p, x, key, CHECK_SAMPLES), params, example)
     except Exception as error:  # whatever the model's own code raises on an example of the dataset's shape
-        raise ConfigError(f"the model fails on one example of shape {run.example_shape} (float32): "
-                          f"{type(error).__name__}: {first_line(error)}") from None
+        raise ConfigError(f"the model fails on one example of {run.dataset.name} ({data.describe_example(run.dataset)})"
+                          f": {type(error).__name__}: {first_line(error)}") from None
     _check_shapes(shapes)
 
     def log_terms(x: jax.Array, noise_key: jax.Array) -> tuple[jax.Array, ...]:
@@ -205,7 +205,7 @@ def check_model(run: Run, params: Any, pixels: np.ndarray, key: jax.Array) -> No
         return tuple(getattr(samples, field) for field in LOG_TERMS)
 
     values = jax.jit(lambda x, indices: map_examples(log_terms, x, indices, key, run.dataset.dynamic))(
-        first, np.arange(len(first)))
+        first, np.arange(len(jax.tree.leaves(first)[0])))
     for (field, name), value in zip(LOG_TERMS.items(), values):
         bad = np.flatnonzero(~np.isfinite(np.asarray(value)).all(axis=1))
         if bad.size:
@@ -247,3 +247,16 @@ def failing_terms(model: Any, objective: Objective, params: Any, pixels: jax.Arr
 
     drawn = jax.jit(lambda x, i: map_examples(samples, x, i, key, dynamic))(pixels, indices)
     return [name for field, name in LOG_TERMS.items() if not np.isfinite(np.asarray(getattr(drawn, field))).all()]
+
+
+def divergence_advice(run: Run, term_non_finite: bool) -> str:
+    """What to try after a divergence, only what applies to the run's model: config fields of the preset's networks
+    for a preset, the model's own code otherwise."""
+    common = "resume with a lower optim.learning_rate or with optim.grad_clip_norm=100"
+    if not term_non_finite:
+        return common
+    if run.is_preset and run.config.model.stochastic_layers == 1:
+        return f"{common}, or with the encoder's log-variance bounded by model.logvar_bound=10"
+    if run.is_preset:
+        return f"{common}, or with the log-variances clipped by model.logvar_clip=-6,2"
+    return f"{common}, or bound the log-variances (or scales) of your model's distributions"

@@ -2,8 +2,8 @@
 the polyphonic-music datasets that are such sequences, read, padded, hashed and bucketed by length.
 
 A sequence example is a `Sequence(frames [T, D], length [])`: the first `length` frames are the sequence, the
-rest padding. A sequence model sums its terms over the first `length` frames only and draws the randomness of
-frame t from `fold_in(key, t)`, so that padding changes none of its numbers.
+rest padding (a pytree: `jax.vmap` batches it). A sequence model sums its terms over the first `length` frames
+only and draws the randomness of frame t from `fold_in(key, t)`, so that padding changes none of its numbers.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from collections.abc import Sequence as SequenceOf
 from pathlib import Path
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vae_jax.catalogue import SPLITS
@@ -33,13 +31,8 @@ class Sequence(NamedTuple):
         length: `[]` int, the number of real frames, 1 <= length <= T.
     """
 
-    frames: jax.Array
-    length: jax.Array
-
-
-def frame_mask(length: jax.Array, num_frames: int) -> jax.Array:
-    """`[T]` float, 1 for the first `length` of `num_frames` frames and 0 for the padding."""
-    return (jnp.arange(num_frames) < length).astype(jnp.result_type(float))
+    frames: np.ndarray  # or a jax.Array: this module imports no JAX (`vae_jax compare` reads the data layer)
+    length: np.ndarray
 
 
 # The polyphonic-music datasets of Boulanger-Lewandowski, Bengio & Vincent (2012): piano rolls of 88 keys (MIDI notes
@@ -49,6 +42,13 @@ def frame_mask(length: jax.Array, num_frames: int) -> jax.Array:
 POLYPHONIC: dict[str, str] = {"jsb_chorales": "JSB_Chorales", "nottingham": "Nottingham", "musedata": "MuseData",
                               "piano_midi": "Piano_midi"}
 NUM_KEYS = 88
+# (sequences, frames) of train, validation and test: the numbers of ../shared/data/README.md, tested on the files.
+SPLIT_SIZES = {
+    "jsb_chorales": ((229, 76, 77), (13_807, 4_602, 4_725)),
+    "nottingham": ((694, 173, 170), (176_561, 45_513, 44_463)),
+    "musedata": ((524, 135, 124), (245_202, 82_755, 64_339)),
+    "piano_midi": ((87, 12, 25), (75_911, 8_540, 19_036)),
+}
 LOWEST_NOTE = 21  # MIDI note of the first key (A0); the last, 108, is C8
 _MAT_KEYS = dict(zip(SPLITS, ("traindata", "validdata", "testdata")))
 _PICKLE_KEYS = dict(zip(SPLITS, ("train", "valid", "test")))

@@ -209,3 +209,14 @@ def over_split(fn: Callable[..., Any], split: jax.Array | Streamed, batch_size: 
         return jax.tree.map(lambda *parts: np.concatenate([np.asarray(part) for part in parts])[:len(split)], *outputs)
 
     return over_chunks
+
+
+def piece_of(options: dict[str, Any]) -> Callable[[int, int], Any]:
+    """`new_piece(part, steps)`: `train_epoch` as the trainer's piece of an epoch of `steps` steps on a streamed split
+    (one part, `vae_jax.buckets.whole`), with `options` (`train_epoch`'s)."""
+    def new_piece(part: int, steps: int) -> Callable[..., Any]:
+        def piece(state: TrainState, whole: Any, epoch_key: jax.Array, *, epoch_offset: Any,
+                  **step_options: Any) -> Any:
+            return train_epoch(state, whole.examples, epoch_key, num_steps=steps, **options, **step_options)
+        return piece
+    return new_piece

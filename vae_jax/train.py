@@ -75,15 +75,16 @@ class TrainState(struct.PyTreeNode):
         return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
 
 
-def create_train_state(key: jax.Array, model: Any, tx: optax.GradientTransformation,
-                       example_shape: tuple[int, ...]) -> TrainState:
-    """A fresh train state: `model.init(key, zeros(example_shape))`, and the optimizer's state of it.
+def create_train_state(key: jax.Array, model: Any, tx: optax.GradientTransformation, example: Any) -> TrainState:
+    """A fresh train state: `model.init(key, x)`, and the optimizer's state of it.
 
     `model` is a `vae_jax.contract.Model` or a Flax module that keeps the contract (`contract.as_model`);
-    `example_shape` is that of one example as the model receives it, `(D,)` (`data.Dataset.num_pixels`).
+    `example` is the shape of one example as the model receives it, `(D,)` (`data.Dataset.num_pixels`), and x zeros
+    of it; or x itself, e.g. a `sequences.Sequence` (`data.example_input`).
     """
     model = as_model(model)
-    params = model.init(key, jnp.zeros(example_shape, jnp.float32))
+    shape_only = isinstance(example, tuple) and all(isinstance(size, int) for size in example)
+    params = model.init(key, jnp.zeros(example, jnp.float32) if shape_only else example)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model=model, tx=tx)
 
 

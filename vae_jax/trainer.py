@@ -21,13 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from vae_jax import builders, compilation_cache, configs, data, evaluate, parallel, stream, train
+from vae_jax import buckets, builders, compilation_cache, configs, data, evaluate, parallel, stream, train
 from vae_jax.checkpoint import AnotherModelError, Checkpointer, Restored, first_differences
 from vae_jax.errors import CheckpointError, ConfigError, DivergenceError
 from vae_jax.interrupt import StopRequested, StopSignals
 from vae_jax.lock import WorkdirLock
 from vae_jax.partial import PARTIAL_DIR, Partial, clear_partial, concatenate, load_partial, save_partial
-from vae_jax.resolve import Run, check_model, failing_terms, resolve_run
+from vae_jax.progress import ProgressBar
+from vae_jax.resolve import Run, check_model, divergence_advice, failing_terms, resolve_run
+from vae_jax.sequences import PaddedSplit
 from vae_jax.train import EpochResult
 from vae_jax.workdir import MetricsLog, check_resumable, config_of
 
@@ -170,7 +172,7 @@ def initial_state(run: Run, log: Callable[[str], None] = print) -> train.TrainSt
             raise CheckpointError(f"work directory {parent_dir} has no checkpoints")
         with Checkpointer(parent_dir) as checkpointer:
             parent_config = config_of(checkpointer.read_metadata(checkpointer.best_epoch()))
-            template = builders.abstract_state(parent_config, run.model, run.example_shape,
+            template = builders.abstract_state(parent_config, run.model, run.example,
                                                run.dataset.split_size("train"))
             parent = checkpointer.restore(template, jax.random.key(0), epoch=checkpointer.best_epoch())
     except AnotherModelError as error:
@@ -185,10 +187,25 @@ def initial_state(run: Run, log: Callable[[str], None] = print) -> train.TrainSt
 
 
 def _splits(run: Run, data_dir: str | os.PathLike, manual_dir: str | os.PathLike | None,
-            progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The run's training and validation splits, `[N, D]` uint8 each, memory maps of their cached files."""
+            progress: bool) -> tuple[Any, Any]:
+    """The run's training and validation splits: `[N, D]` uint8 each, memory maps of their cached files; or, for a
+    dataset of sequences, `sequences.PaddedSplit`s read from `manual_dir`."""
+    if run.dataset.sequential:
+        return tuple(data.load_sequences(run.config.dataset, split, manual_dir=manual_dir)
+                     for split in ("train", "validation"))
     return tuple(data.load_split(run.config.dataset, split, data_dir=data_dir, manual_dir=manual_dir,
                                  progress=progress, mmap=True) for split in ("train", "validation"))
+
+
+def _parts(split: Any, budget: int, mesh: Mesh | None, name: str, log: Callable[[str], None],
+           batch_size: int = 1) -> list[buckets.Part]:
+    """A split in the parts that the compiled functions run on (`vae_jax.buckets`), on the device: an image split
+    whole (streamed from the host above `budget`: `stream.place`); a split of sequences in length buckets, aligned
+    on `batch_size`."""
+    if isinstance(split, PaddedSplit):
+        return [part._replace(examples=parallel.replicate(part.examples, mesh))
+                for part in buckets.sequence_parts(split, batch_size=batch_size)]
+    return buckets.whole(stream.place(split, budget=budget, mesh=mesh, name=name, log=log))
 
 
 def mesh_for(config: configs.Config, **batch_sizes: int) -> Mesh | None:
@@ -207,31 +224,6 @@ def compile_in_parallel(*lowerings: Callable[[], Any]) -> list[Any]:
         return list(pool.map(lambda lowering: lowering().compile(), lowerings))
 
 
-class _ProgressBar:
-    """The training progress bar (tqdm), moved by the compiled epoch's host callback on the CPU and once per epoch
-    elsewhere."""
-
-    def __init__(self, total_steps: int, first_step: int, enabled: bool) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total_steps, initial=first_step, desc="train", unit="step",
-                        disable=not enabled or jax.process_index() != 0, dynamic_ncols=True)
-        self.epoch, self.epoch_start = 0, first_step
-
-    def start_epoch(self, epoch: int, first_step: int) -> None:
-        self.epoch, self.epoch_start = epoch, first_step
-
-    def report(self, steps_done: jax.Array, running_loss: jax.Array) -> None:
-        """`train.train_epoch`'s `progress` callback."""
-        self.bar.update(self.epoch_start + int(steps_done) - self.bar.n)
-        self.bar.set_postfix(epoch=self.epoch, loss=f"{float(running_loss):.2f}", refresh=False)
-
-    def end_epoch(self, step: int, record: dict[str, Any]) -> None:
-        self.bar.update(step - self.bar.n)
-        self.bar.set_postfix(epoch=record["epoch"], train_nelbo=f"{record['train_nelbo']:.2f}",
-                             val_nelbo=f"{record['val_nelbo']:.2f}")
-
-
 @dataclasses.dataclass
 class _Loop:
     """The epochs of one `fit` call: the run, where it writes, its data, and the stop it listens for."""
@@ -240,27 +232,30 @@ class _Loop:
     checkpointer: Checkpointer
     metrics: MetricsLog
     log: Callable[[str], None]
-    train_pixels: Any  # on the host, then `stream.place`d by `train`: on the device or `stream.Streamed`
-    val_pixels: Any
+    train_split: Any  # on the host (`_splits`), then in parts on the device (`_parts`) by `train`
+    val_split: Any
     root_key: jax.Array
     stop: StopSignals
     stop_check_steps: int | None
     budget: int  # the device memory budget, bytes
     steps: int = dataclasses.field(init=False, default=0)  # steps per epoch, set by `train`
-    _new_piece: Callable[[int], Any] = dataclasses.field(init=False, default=None)  # set by `_compile`
-    _pieces: dict[int, Any] = dataclasses.field(default_factory=dict)  # compiled pieces of an epoch, by length
+    part_steps: list[int] = dataclasses.field(init=False, default_factory=list)  # each training part's, likewise
+    _new_piece: Callable[[int, int], Any] = dataclasses.field(init=False, default=None)  # set by `_compile`
+    _pieces: dict[tuple[int, int], Any] = dataclasses.field(default_factory=dict)  # compiled, by (part, length)
 
     def train(self, start: Partial, progress: bool) -> dict[str, Any]:
         """The epochs from `start` to `config.epochs`; returns the last one's metrics line."""
         config, keys = self.run.config, train.run_keys(self.root_key)
         mesh = mesh_for(config, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
-        place = functools.partial(stream.place, budget=self.budget, mesh=mesh, log=self.log)
-        self.train_pixels = place(self.train_pixels, name=f"{config.dataset}/train")
-        self.val_pixels = place(self.val_pixels, name=f"{config.dataset}/validation")
+        place = functools.partial(_parts, budget=self.budget, mesh=mesh, log=self.log)
+        self.train_split = place(self.train_split, name=f"{config.dataset}/train", batch_size=config.batch_size)
+        self.val_split = place(self.val_split, name=f"{config.dataset}/validation")
         state = parallel.replicate(start.state, mesh)
-        check_model(self.run, state.params, self.train_pixels, keys.eval)
-        self.steps = train.steps_per_epoch(self.train_pixels.shape[0], config.batch_size)
-        bar = _ProgressBar(config.epochs * self.steps, (start.epoch - 1) * self.steps + start.step, progress)
+        check_model(self.run, state.params, self.train_split[0].examples, keys.eval)
+        self.part_steps = buckets.part_steps(self.train_split, config.batch_size)
+        buckets.check_batch_size(self.train_split, config.batch_size)
+        self.steps = sum(self.part_steps)
+        bar = ProgressBar(config.epochs * self.steps, (start.epoch - 1) * self.steps + start.step, progress)
         try:
             validate, validate_bound = self._compile(state, keys, mesh, bar.report if not bar.bar.disable else None)
             record: dict[str, Any] = {}
@@ -292,45 +287,59 @@ class _Loop:
         config, model, dynamic = self.run.config, self.run.model, self.run.dataset.dynamic
         options = {"batch_size": config.batch_size, "objective": builders.build_objective(config),
                    "dynamic_binarization": dynamic, "mesh": mesh, "progress": report}
-        lower_piece = functools.partial(train.train_epoch_jit.lower, state, self.train_pixels, keys.train,
-                                        kl_weight=jnp.float32(1.0), first_step=jnp.int32(0), **options)
-        streamed = isinstance(self.train_pixels, stream.Streamed)
-        self._new_piece = ((lambda steps: functools.partial(stream.train_epoch, num_steps=steps, **options))
-                           if streamed else (lambda steps: lower_piece(num_steps=steps).compile()))
-        piece_steps = min(self.stop_check_steps or self.steps, self.steps)
-        evaluation = {"batch_size": config.eval_batch_size, "dynamic_binarization": dynamic, "mesh": mesh,
-                      "first_index": jnp.int32(0)}
-        val_input = stream.chunk_input(self.val_pixels, config.eval_batch_size)
+        whole = len(self.train_split) == 1
+
+        def lower_piece(part: int, steps: int) -> Any:
+            return buckets.train_part_jit.lower(
+                state, self.train_split[part], keys.train, part_number=None if whole else part, num_steps=steps,
+                kl_weight=jnp.float32(1.0), first_step=jnp.int32(0), epoch_offset=jnp.int32(0), **options)
+
+        streamed = isinstance(self.train_split[0].examples, stream.Streamed)
+        self._new_piece = (stream.piece_of(options) if streamed
+                           else (lambda part, steps: lower_piece(part, steps).compile()))
+        evaluation = {"batch_size": config.eval_batch_size, "dynamic_binarization": dynamic, "mesh": mesh}
+        validate = functools.partial(evaluate.evaluate_elbo, model, **evaluation)
+        bound = functools.partial(evaluate.evaluate_iwae, model, num_samples=config.num_samples, **evaluation)
+        if self.run.dataset.sequential:  # each part's piece and evaluation compile at their first call
+            return (buckets.over_parts(validate, self.val_split),
+                    buckets.over_parts(bound, self.val_split) if config.objective == "iwae" else None)
+        val_pixels = self.val_split[0].examples
+        val_input = stream.chunk_input(val_pixels, config.eval_batch_size)
+        evaluation["first_index"] = jnp.int32(0)
         lowerings = {"validate": lambda: evaluate.evaluate_elbo.lower(model, state.params, val_input, keys.eval,
                                                                       **evaluation)}
         if config.objective == "iwae":
             lowerings["bound"] = lambda: evaluate.evaluate_iwae.lower(model, state.params, val_input, keys.eval,
                                                                       num_samples=config.num_samples, **evaluation)
+        piece_steps = min(self.stop_check_steps or self.steps, self.steps)
         if not streamed:
-            lowerings["piece"] = lambda: lower_piece(num_steps=piece_steps)
+            lowerings["piece"] = lambda: lower_piece(0, piece_steps)
         compiled = dict(zip(lowerings, compile_in_parallel(*lowerings.values())))
         if "piece" in compiled:
-            self._pieces[piece_steps] = compiled["piece"]
-        return tuple(stream.over_split(compiled[name], self.val_pixels, config.eval_batch_size) if name in compiled
+            self._pieces[0, piece_steps] = compiled["piece"]
+        return tuple(stream.over_split(compiled[name], val_pixels, config.eval_batch_size) if name in compiled
                      else None for name in ("validate", "bound"))
 
-    def _piece(self, num_steps: int) -> Any:
-        """The piece of `num_steps` steps (compiled on first use for a length other than the usual), called as
-        `piece(state, train_pixels, epoch_key, kl_weight=, first_step=)`."""
-        if num_steps not in self._pieces:
-            self._pieces[num_steps] = self._new_piece(num_steps)
-        return self._pieces[num_steps]
+    def _piece(self, part: int, num_steps: int) -> Any:
+        """The piece of `num_steps` steps of training part `part` (compiled on first use for a length other than the
+        usual), called as `piece(state, part, epoch_key, kl_weight=, first_step=, epoch_offset=)`."""
+        if (part, num_steps) not in self._pieces:
+            self._pieces[part, num_steps] = self._new_piece(part, num_steps)
+        return self._pieces[part, num_steps]
 
     def _steps(self, state: train.TrainState, keys: train.RunKeys, epoch: int, first: int,
                before: EpochResult | None) -> tuple[train.TrainState, EpochResult]:
         """The steps `first ..` of `epoch`, in pieces of `stop_check_steps`, after the results `before` of its
         steps before `first`; a stop signal between two pieces keeps the epoch's state so far (`partial`)."""
         epoch_key, weight = jax.random.fold_in(keys.train, epoch), kl_weight(self.run.config, epoch)
+        schedule = buckets.epoch_schedule(epoch_key, self.part_steps)
         step, result = first, before
         while step < self.steps:
-            num_steps = min(self.stop_check_steps or self.steps, self.steps - step)
-            state, piece = self._piece(num_steps)(state, self.train_pixels, epoch_key, kl_weight=jnp.float32(weight),
-                                                  first_step=jnp.int32(step))
+            part, offset, in_part = buckets.locate(schedule, self.part_steps, step)
+            num_steps = min(self.stop_check_steps or self.steps, self.part_steps[part] - in_part)
+            state, piece = self._piece(part, num_steps)(
+                state, self.train_split[part], epoch_key, kl_weight=jnp.float32(weight),
+                first_step=jnp.int32(in_part), epoch_offset=jnp.int32(offset))
             failed_step = int(piece.failed_step)
             if failed_step >= 0:
                 self.metrics.write({"epoch": epoch, "status": "diverged", "failed_step_in_epoch": failed_step,
@@ -372,27 +381,18 @@ class _Loop:
         """The error of a step that went non-finite, naming the term: the failing batch is replayed at the
         parameters it met (no later update was applied) and its joint samples checked term by term."""
         config = self.run.config
-        examples_key, batches = train.epoch_batches(epoch_key, self.train_pixels.shape[0], config.batch_size)
-        indices = batches[failed_step]
-        objective = builders.build_objective(config)
-        terms = failing_terms(self.run.model, objective, state.params, self.train_pixels[indices], indices,
-                              examples_key, self.run.dataset.dynamic)
+        part, _, in_part = buckets.locate(buckets.epoch_schedule(epoch_key, self.part_steps), self.part_steps,
+                                          failed_step)
+        examples = self.train_split[part]
+        examples_key, batches = buckets.part_batches(epoch_key, None if len(self.train_split) == 1 else part,
+                                                     len(examples.indices), config.batch_size)
+        positions = np.asarray(batches[in_part])
+        batch = jax.tree.map(lambda a: a[positions], examples.examples)
+        terms = failing_terms(self.run.model, builders.build_objective(config), state.params, batch,
+                              examples.indices[positions], examples_key, self.run.dataset.dynamic)
         where = (f"at epoch {epoch}, step {failed_step} of the epoch (global step {int(state.step)}); "
                  f"checkpoints up to epoch {epoch - 1} are kept")
         if terms:
             return DivergenceError(f"{', '.join(terms)} became non-finite {where}; {divergence_advice(self.run, True)}")
         return DivergenceError(f"the loss or gradient became non-finite (NaN, Inf or past float32) {where}; "
                                f"{divergence_advice(self.run, False)}")
-
-
-def divergence_advice(run: Run, term_non_finite: bool) -> str:
-    """What to try after a divergence, only what applies to the run's model: config fields of the preset's networks
-    for a preset, the model's own code otherwise."""
-    common = "resume with a lower optim.learning_rate or with optim.grad_clip_norm=100"
-    if not term_non_finite:
-        return common
-    if run.is_preset and run.config.model.stochastic_layers == 1:
-        return f"{common}, or with the encoder's log-variance bounded by model.logvar_bound=10"
-    if run.is_preset:
-        return f"{common}, or with the log-variances clipped by model.logvar_clip=-6,2"
-    return f"{common}, or bound the log-variances (or scales) of your model's distributions"

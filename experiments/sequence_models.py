@@ -1,0 +1,25 @@
+"""The sequence models of the polyphonic-music study (docs/studies.md), by name for `--model`: the recurrent
+baseline without latents, the VRNN and the SRNN (`vae_jax.recurrent`), all with GRU states of 128 units, one-layer
+MLPs of 128 and latents of 32 per step, sized for a CPU.
+
+    python -m vae_jax train --model experiments/sequence_models.py:vrnn --dataset jsb_chorales ...
+"""
+
+from vae_jax import recurrent
+
+HIDDEN, FEATURES, LATENT = 128, 128, 32
+
+
+def rnn() -> recurrent.RNNBaseline:
+    """p(x_t | x_<t) from a GRU: no latent variable."""
+    return recurrent.RNNBaseline(hidden=HIDDEN, features=FEATURES)
+
+
+def vrnn() -> recurrent.VRNN:
+    """The VRNN of Chung et al. (2015): filtering posterior, learned transition prior."""
+    return recurrent.VRNN(latent_dim=LATENT, hidden=HIDDEN, features=FEATURES)
+
+
+def srnn() -> recurrent.SRNN:
+    """The SRNN of Fraccaro et al. (2016): deterministic and stochastic layers, smoothing posterior."""
+    return recurrent.SRNN(latent_dim=LATENT, hidden=HIDDEN, features=FEATURES)
