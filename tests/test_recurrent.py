@@ -63,7 +63,8 @@ class TorchVRNN:
         return torch.relu(out) if relu else out
 
     def _gaussian(self, body, head, h):
-        mean, logvar = self._dense(head, self._dense(body, h), relu=False).chunk(2, dim=-1)
+        mean, raw = self._dense(head, self._dense(body, h), relu=False).chunk(2, dim=-1)
+        logvar = 10.0 * torch.tanh(raw / 10.0)  # the models' default logvar_bound
         return torch.distributions.Normal(mean, torch.exp(0.5 * logvar)), mean, logvar
 
     def terms(self, frames, length, eps):

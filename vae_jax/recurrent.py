@@ -166,15 +166,17 @@ class _VRNNStep(nn.Module):
     hidden: int
     features: int
     activation: str
+    logvar_bound: float
 
     @nn.compact
     def __call__(self, h: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, StepTerms]:
         x, eps, mask = inputs  # [D], [S, J], []
         mlp = lambda name: _mlp(self.features, self.activation, name)  # noqa: E731
         phi_x = jnp.broadcast_to(mlp("phi_x")(x), (h.shape[0], self.features))
-        prior = models.split_gaussian(nn.Dense(2 * self.latent_dim, name="prior_head")(mlp("prior")(h)), 0.0)
-        posterior_in = mlp("encoder")(jnp.concatenate([phi_x, h], axis=-1))
-        posterior = models.split_gaussian(nn.Dense(2 * self.latent_dim, name="encoder_head")(posterior_in), 0.0)
+        gaussian = lambda name, h: models.split_gaussian(  # noqa: E731
+            nn.Dense(2 * self.latent_dim, name=name)(h), self.logvar_bound)
+        prior = gaussian("prior_head", mlp("prior")(h))
+        posterior = gaussian("encoder_head", mlp("encoder")(jnp.concatenate([phi_x, h], axis=-1)))
         phi_z = mlp("phi_z")(distributions.reparameterize(*posterior, eps))
         decoded = mlp("decoder")(jnp.concatenate([phi_z, h], axis=-1))
         logits = nn.Dense(x.shape[-1], name="logits")(decoded)
@@ -191,6 +193,7 @@ class _LatentSequenceModel(nn.Module):
     hidden: int = 128
     features: int = 128
     activation: str = "relu"
+    logvar_bound: float = 10.0
 
     def __call__(self, x: Sequence, key: jax.Array, num_samples: int) -> JointSamples:
         """`num_samples` joint samples of the sequence `x`, with the noise `step_noise(key, ...)`."""
@@ -215,13 +218,16 @@ class VRNN(_LatentSequenceModel):
         hidden: size of the GRU state h_t.
         features: width of each one-layer MLP (phi_x, phi_z, the prior's, the encoder's, the decoder's).
         activation: a name in `configs.ACTIVATIONS`.
+        logvar_bound: the log-variances of the prior and the posterior are `bound * tanh(raw / bound)`, in
+            (-bound, bound) (`models.bound_logvar`): their exp stays finite, whatever the networks output.
     """
 
     @nn.compact
     def joint_samples_from_noise(self, x: Sequence, eps: jax.Array) -> JointSamples:
         """The joint samples for given noise `eps [T, S, J]`."""
         frames, mask = _frames(x)
-        step = _scanned(_VRNNStep)(self.latent_dim, self.hidden, self.features, self.activation, name="step")
+        step = _scanned(_VRNNStep)(self.latent_dim, self.hidden, self.features, self.activation, self.logvar_bound,
+                                   name="step")
         _, terms = step(jnp.zeros((eps.shape[1], self.hidden), frames.dtype), (frames, eps, mask))
         return sequence_samples(terms)
 
@@ -240,17 +246,17 @@ class _SRNNStep(nn.Module):
     latent_dim: int
     features: int
     activation: str
+    logvar_bound: float
 
     @nn.compact
     def __call__(self, z_previous: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, StepTerms]:
         x, d, a, eps, mask = inputs  # [D], [H], [H], [S, J], []
         mlp = lambda name: _mlp(self.features, self.activation, name)  # noqa: E731
         d, a = (jnp.broadcast_to(v, (z_previous.shape[0], v.shape[-1])) for v in (d, a))
-        prior_in = mlp("prior")(jnp.concatenate([z_previous, d], axis=-1))
-        prior = models.split_gaussian(nn.Dense(2 * self.latent_dim, name="prior_head")(prior_in), 0.0)
-        correction_in = mlp("encoder")(jnp.concatenate([z_previous, a], axis=-1))
-        correction, logvar = models.split_gaussian(nn.Dense(2 * self.latent_dim, name="encoder_head")(correction_in),
-                                                   0.0)
+        gaussian = lambda name, h: models.split_gaussian(  # noqa: E731
+            nn.Dense(2 * self.latent_dim, name=name)(h), self.logvar_bound)
+        prior = gaussian("prior_head", mlp("prior")(jnp.concatenate([z_previous, d], axis=-1)))
+        correction, logvar = gaussian("encoder_head", mlp("encoder")(jnp.concatenate([z_previous, a], axis=-1)))
         posterior = (prior[0] + correction, logvar)
         z = distributions.reparameterize(*posterior, eps)
         logits = nn.Dense(x.shape[-1], name="logits")(mlp("decoder")(jnp.concatenate([z, d], axis=-1)))
@@ -272,6 +278,7 @@ class SRNN(_LatentSequenceModel):
         hidden: size of the GRU states d_t and a_t.
         features: width of each one-layer MLP (the prior's, the posterior's, the decoder's).
         activation: a name in `configs.ACTIVATIONS`.
+        logvar_bound: as in `VRNN`.
     """
 
     @nn.compact
@@ -283,6 +290,6 @@ class SRNN(_LatentSequenceModel):
         _, d = _scanned(_GRUStep)(self.hidden, name="forward")(start, (previous, mask))
         _, a = _scanned(_GRUStep, reverse=True)(self.hidden, name="backward")(
             start, (jnp.concatenate([d, frames], axis=-1), mask))
-        step = _scanned(_SRNNStep)(self.latent_dim, self.features, self.activation, name="step")
+        step = _scanned(_SRNNStep)(self.latent_dim, self.features, self.activation, self.logvar_bound, name="step")
         _, terms = step(jnp.zeros(eps.shape[1:], frames.dtype), (frames, d, a, eps, mask))
         return sequence_samples(terms)
