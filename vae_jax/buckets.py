@@ -112,12 +112,12 @@ def part_batches(epoch_key: jax.Array, part_number: int | None, num_examples: in
                  batch_size: int) -> tuple[jax.Array, jax.Array]:
     """The epoch's per-example key base and the `[steps, batch_size]` positions in part `part_number` of its
     batches: a permutation by `fold_in(shuffle_key, part_number)` less its last `num_examples mod batch_size`. For a
-    whole split (`part_number` None) the permutation's key is the shuffle key itself: `train.epoch_batches`."""
+    whole split (`part_number` None): `train.epoch_batches`, whose permutation's key is the shuffle key itself."""
+    if part_number is None:
+        return train.epoch_batches(epoch_key, num_examples, batch_size)
     shuffle_key, examples_key = jax.random.split(epoch_key)
     num_steps = num_examples // batch_size
-    if part_number is not None:
-        shuffle_key = jax.random.fold_in(shuffle_key, part_number)
-    order = jax.random.permutation(shuffle_key, num_examples)
+    order = jax.random.permutation(jax.random.fold_in(shuffle_key, part_number), num_examples)
     return examples_key, order[: num_steps * batch_size].reshape(num_steps, batch_size)
 
 

@@ -106,8 +106,8 @@ def evaluate_checkpoint(
     Returns:
         A JSON-ready dict, the line appended to `eval.jsonl`: `nelbo`, `nelbo_stderr`, `rec`, `kl`, `kl_per_dim`,
         `active_units` (None without a posterior mean), `num_examples`, (`nll`, `nll_stderr`,) on 8-bit data
-        `nelbo_bpd` (and `nll_bpd`) in bits per dimension, `run`, `epoch`, `step` and the protocol card of
-        `protocol.protocol_card`.
+        `nelbo_bpd` (`nll_bpd`) in bits per dimension, for sequences the figures per time step of
+        `evaluate.per_frame`, `run`, `epoch`, `step` and the protocol card of `protocol.protocol_card`.
     """
     if iwae_samples < 0 or iwae_chunk <= 0 or (batch_size is not None and batch_size <= 0):
         raise ConfigError("--iwae-samples must be >= 0, and --iwae-chunk and --batch-size positive")
@@ -120,15 +120,13 @@ def evaluate_checkpoint(
     params, options = parallel.replicate(state.eval_params, mesh), {"dynamic_binarization": run.dataset.dynamic}
     over = _over_split(opened.pixels, budget, mesh, f"{run.config.dataset}/{split}", log)
     elbo = functools.partial(evaluate.evaluate_elbo, run.model, batch_size=elbo_batch, mesh=mesh, **options)
-    terms, bounds = over(elbo, elbo_batch)(params, opened.key), None
-    if iwae_samples:
-        iwae = functools.partial(evaluate.evaluate_iwae, run.model, num_samples=iwae_samples, batch_size=iwae_batch,
-                                 chunk_size=iwae_chunk, mesh=mesh, **options)
-        bounds = over(iwae, iwae_batch)(params, opened.key)
+    iwae = functools.partial(evaluate.evaluate_iwae, run.model, num_samples=iwae_samples, batch_size=iwae_batch,
+                             chunk_size=iwae_chunk, mesh=mesh, **options)
+    terms = over(elbo, elbo_batch)(params, opened.key)
+    bounds = over(iwae, iwae_batch)(params, opened.key) if iwae_samples else None
     summary = evaluate.summarize(terms, bounds)
-    if run.dataset.sequential:
-        summary.update(evaluate.per_frame(terms, bounds, opened.pixels.length))
-    result = {**summary, **in_bits_per_dim(summary, run.dataset), **opened.provenance(),
+    per_frame = evaluate.per_frame(terms, bounds, opened.pixels.length) if run.dataset.sequential else {}
+    result = {**summary, **per_frame, **in_bits_per_dim(summary, run.dataset), **opened.provenance(),
               **protocol.protocol_card(run.dataset, split, summary["num_examples"], iwae_samples or None,
                                        eval_seed, run.metadata, data_hash=opened.data_hash)}
     append_json_line(run.workdir / EVAL_FILE, result)
