@@ -95,6 +95,25 @@ def save_latent_scatter(path: str | os.PathLike, codes: np.ndarray, labels: np.n
     figure.savefig(path)
 
 
+def save_piano_rolls(path: str | os.PathLike, rolls: dict[str, np.ndarray], lowest_note: int = 21) -> None:
+    """Writes a PNG of piano rolls, one panel per `[T, K]` roll of `rolls` (titled by its key): time to the right,
+    keys upwards (MIDI notes `lowest_note` ..), a sounding key (or its probability) dark."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 1.6 * len(rolls) + 0.4), dpi=110)
+    for index, (title, roll) in enumerate(rolls.items(), start=1):
+        axes = figure.add_subplot(len(rolls), 1, index)
+        roll = np.asarray(roll, dtype=np.float64)
+        axes.imshow(roll.T, origin="lower", aspect="auto", cmap="Greys", vmin=0.0, vmax=1.0, interpolation="nearest",
+                    extent=(0, roll.shape[0], lowest_note, lowest_note + roll.shape[1]))
+        axes.set_title(title, fontsize=9, loc="left")
+        axes.set_ylabel("MIDI note", fontsize=8)
+        axes.tick_params(labelsize=7)
+    axes.set_xlabel("time step")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
 def sample_figures(model: Model, params: Params, out: str | os.PathLike, test_inputs: jax.Array, key: jax.Array,
                    num_images: int, labelled: tuple[np.ndarray, np.ndarray] | None,
                    image_shape: tuple[int, int], pixel_max: float = 1.0) -> dict[str, Path]:
