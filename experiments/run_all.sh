@@ -28,6 +28,9 @@ bash experiments/binarization.sh
 bash experiments/architecture.sh
 bash experiments/datasets.sh
 bash experiments/frey_faces.sh
+bash experiments/sequences.sh
+python experiments/sequence_report.py
+python experiments/piano_rolls.py
 bash experiments/nll_k5000.sh binarization/dynamic
 python experiments/amortization.py --runs cs236 default
 python experiments/time_to_result.py --manual-dir "$MANUAL_DIR"
