@@ -18,15 +18,10 @@ from vae_jax import models, recurrent
 from vae_jax.contract import Params
 
 
-class _Cell(nn.Module):
+class _Cell(recurrent.StepSizes):
     """One step of ancestral sampling for the three models (`kind`): carry `(h, z, x_previous)` of `[S, ...]`."""
 
-    kind: str
-    latent_dim: int
-    hidden: int
-    features: int
-    activation: str
-    logvar_bound: float
+    kind: str = "vrnn"
 
     @nn.compact
     def __call__(self, carry: tuple[jax.Array, ...], key: jax.Array) -> tuple[tuple[jax.Array, ...], Any]:
@@ -79,8 +74,8 @@ def sample_rolls(model: Any, params: Params, key: jax.Array, num_sequences: int,
         raise TypeError(f"sample_rolls draws from RNNBaseline, VRNN or SRNN, got {type(model).__name__}")
     latent = getattr(model, "latent_dim", 1)
     cell = nn.scan(_Cell, variable_broadcast="params", split_rngs={"params": False}, in_axes=0, out_axes=0)(
-        kinds[type(model)], latent, model.hidden, model.features, model.activation,
-        getattr(model, "logvar_bound", 0.0))
+        latent, model.hidden, model.features, model.activation, getattr(model, "logvar_bound", 0.0),
+        kind=kinds[type(model)])
     dtype = jax.tree.leaves(params)[0].dtype
     start = (jnp.zeros((num_sequences, model.hidden), dtype), jnp.zeros((num_sequences, latent), dtype),
              jnp.zeros((num_sequences, num_keys), dtype))

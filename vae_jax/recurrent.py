@@ -161,12 +161,17 @@ class RNNBaseline(nn.Module):
         return JointSamples(log_px, zeros, zeros)
 
 
-class _VRNNStep(nn.Module):
+class StepSizes(nn.Module):
+    """The sizes of a sequence model's step (see `VRNN`), which its cells share."""
+
     latent_dim: int
     hidden: int
     features: int
     activation: str
     logvar_bound: float
+
+
+class _VRNNStep(StepSizes):
 
     @nn.compact
     def __call__(self, h: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, StepTerms]:
