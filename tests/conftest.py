@@ -45,6 +45,15 @@ def strict_promotion():
         yield
 
 
+@pytest.fixture(autouse=True, scope="module")
+def fresh_compiled_programs():
+    """Each test module's compiled programs are dropped after it (`jax.clear_caches`). XLA:CPU maps each compiled
+    program's code into memory; one process that keeps every program of the whole suite crashed in the compiler
+    (SIGSEGV) once the suite grew past 360 tests, near Linux's limit of 65,530 memory maps per process."""
+    yield
+    jax.clear_caches()
+
+
 def _require_folders(*names: str) -> Path:
     """`SHARED_DATA` if it holds the folders `names`; else skips the test, or fails it under VAE_JAX_REQUIRE_DATA=1."""
     missing = [name for name in names if not (SHARED_DATA / name).is_dir()]
