@@ -7,9 +7,10 @@ whatever the parts, example i draws from `fold_in(examples_key, i)`.
 
 An epoch on parts: `fold_in(train_key, epoch)` is split into a shuffle key and the base of the per-example keys, as
 for a whole split (`train.epoch_batches`). The parts are taken in an order drawn from the shuffle key
-(`part_order`); part p's examples are permuted by `fold_in(shuffle_key, p)` and cut into batches. Training parts are
-batch-aligned (`training_parts`): each bucket but the longest holds a whole number of batches, its longest
-sequences moved up into the next bucket, so an epoch leaves out fewer than one batch, as on a whole split.
+(`epoch_schedule`); part p's examples are permuted by `fold_in(shuffle_key, p)` and cut into batches
+(`part_batches`). Training parts are batch-aligned (`sequence_parts` with a `batch_size`): each bucket but the
+longest holds a whole number of batches, its longest sequences moved up into the next bucket, so an epoch leaves out
+fewer than one batch, as on a whole split.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from vae_jax import train
+from vae_jax import parallel, train
 from vae_jax.errors import ConfigError
 from vae_jax.sequences import PaddedSplit, Sequence, bucket_lengths
 from vae_jax.train import EpochResult, ScanCarry, TrainState
@@ -62,6 +64,11 @@ def sequence_parts(split: PaddedSplit, max_buckets: int = MAX_BUCKETS, batch_siz
             num_frames = int(lengths[indices].max())
             parts.append(Part(Sequence(split.frames[indices, :num_frames], lengths[indices]), indices))
     return parts
+
+
+def on_device(parts: list[Part], mesh: Mesh | None) -> list[Part]:
+    """`parts` with their examples on the device, replicated over `mesh` (`parallel.replicate`)."""
+    return [part._replace(examples=parallel.replicate(part.examples, mesh)) for part in parts]
 
 
 def part_steps(parts: list[Part], batch_size: int) -> list[int]:
@@ -134,10 +141,10 @@ def train_part(
     **step_options: Any,
 ) -> tuple[TrainState, EpochResult]:
     """The steps `first_step .. first_step + num_steps - 1` of part `part_number` (None: a whole split, one part) in
-    an epoch, one `lax.scan` of
-    `train.scan_steps` (jit this; `part_number`, `batch_size`, `num_steps` static): the examples of each batch
-    gathered from `part`, keyed by their indices in the split. `epoch_offset` is the epoch's steps before the part's
-    (`EpochResult.failed_step` counts within the epoch). `step_options` as in `train.train_epoch`."""
+    an epoch, one `lax.scan` of `train.scan_steps` (jit this; `part_number`, `batch_size`, `num_steps` static): the
+    examples of each batch gathered from `part`, keyed by their indices in the split. `epoch_offset` is the epoch's
+    steps before the part's (`EpochResult.failed_step` counts within the epoch). `step_options` as in
+    `train.train_epoch`."""
     examples_key, batches = part_batches(epoch_key, part_number, len(part.indices), batch_size)
     batches = jax.lax.dynamic_slice_in_dim(batches, first_step, num_steps)
 

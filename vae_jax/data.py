@@ -135,7 +135,8 @@ def example_input(dataset: Dataset) -> Any:
 
 
 def describe_example(dataset: Dataset) -> str:
-    """One example of `dataset` in words, for messages: `784 float32 pixels`, `a sequence of 88-key frames`."""
+    """One example of `dataset` in words, for messages: `shape (784,), float32`, or `a Sequence of frames of 88
+    values and its length`."""
     if dataset.sequential:
         return f"a Sequence of frames of {dataset.num_pixels} values and its length"
     return f"shape ({dataset.num_pixels},), float32"

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import models, recurrent
+from vae_jax import distributions, models, recurrent
 from vae_jax.contract import Params
 
 
@@ -52,7 +52,7 @@ class _Cell(recurrent.StepSizes):
 
 def _draw(key: jax.Array, gaussian: tuple[jax.Array, jax.Array]) -> jax.Array:
     mean, logvar = gaussian
-    return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+    return distributions.reparameterize(mean, logvar, jax.random.normal(key, mean.shape, mean.dtype))
 
 
 def _sampler_params(model: Any, params: Params) -> Params:

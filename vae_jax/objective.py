@@ -80,17 +80,18 @@ def importance_samples(model: Model, params: Params, x: jax.Array, key: jax.Arra
     (vmap leaves unbatched what does not depend on k)."""
     model = as_model(model)
 
+    # A closed-form KL and the posterior mean do not depend on the noise: one copy, not K (a KL per sample: K).
+    shapes = jax.eval_shape(lambda: model.joint_samples(params, x, key, 1))
+    per_sample = shapes.kl is not None and shapes.kl.ndim == 1
+
     def one(sample_id: jax.Array) -> JointSamples:
         samples = model.joint_samples(params, x, jax.random.fold_in(key, sample_id), 1)
-        per_sample = samples.kl is not None and samples.kl.ndim == 1
         return samples._replace(log_likelihood=samples.log_likelihood[0], log_prior=samples.log_prior[0],
                                 log_posterior=samples.log_posterior[0],
                                 kl=samples.kl[0] if per_sample else samples.kl,
                                 kl_per_dim=samples.kl_per_dim[0] if per_sample else samples.kl_per_dim)
 
-    # A closed-form KL and the posterior mean do not depend on the noise: one copy, not K (a KL per sample: K).
-    shapes = jax.eval_shape(lambda: model.joint_samples(params, x, key, 1))
-    kl_axis = 0 if shapes.kl is not None and shapes.kl.ndim == 1 else None
+    kl_axis = 0 if per_sample else None
     return jax.vmap(one, out_axes=JointSamples(0, 0, 0, kl_axis, kl_axis, None))(sample_ids)
 
 

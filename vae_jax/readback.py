@@ -137,8 +137,7 @@ def _over_split(pixels: Any, budget: int, mesh: Any, name: str, log: Callable[[s
     """`over(fn, batch_size)`: an evaluation `fn(params, examples, key, ...)` as a function `(params, key)` of the
     whole split: images placed or streamed (`stream.over_split`), sequences in length buckets (`buckets.over_parts`)."""
     if isinstance(pixels, Sequence):
-        parts = [part._replace(examples=parallel.replicate(part.examples, mesh))
-                 for part in buckets.sequence_parts(PaddedSplit(pixels.frames, pixels.length))]
+        parts = buckets.on_device(buckets.sequence_parts(PaddedSplit(pixels.frames, pixels.length)), mesh)
         return lambda fn, batch_size: buckets.over_parts(fn, parts)
     placed = stream.place(pixels, budget, mesh, name, log)
     return lambda fn, batch_size: stream.over_split(fn, placed, batch_size)

@@ -203,8 +203,7 @@ def _parts(split: Any, budget: int, mesh: Mesh | None, name: str, log: Callable[
     whole (streamed from the host above `budget`: `stream.place`); a split of sequences in length buckets, aligned
     on `batch_size`."""
     if isinstance(split, PaddedSplit):
-        return [part._replace(examples=parallel.replicate(part.examples, mesh))
-                for part in buckets.sequence_parts(split, batch_size=batch_size)]
+        return buckets.on_device(buckets.sequence_parts(split, batch_size=batch_size), mesh)
     return buckets.whole(stream.place(split, budget=budget, mesh=mesh, name=name, log=log))
 
 
@@ -287,11 +286,9 @@ class _Loop:
         config, model, dynamic = self.run.config, self.run.model, self.run.dataset.dynamic
         options = {"batch_size": config.batch_size, "objective": builders.build_objective(config),
                    "dynamic_binarization": dynamic, "mesh": mesh, "progress": report}
-        whole = len(self.train_split) == 1
-
         def lower_piece(part: int, steps: int) -> Any:
             return buckets.train_part_jit.lower(
-                state, self.train_split[part], keys.train, part_number=None if whole else part, num_steps=steps,
+                state, self.train_split[part], keys.train, part_number=self._part_number(part), num_steps=steps,
                 kl_weight=jnp.float32(1.0), first_step=jnp.int32(0), epoch_offset=jnp.int32(0), **options)
 
         streamed = isinstance(self.train_split[0].examples, stream.Streamed)
@@ -319,6 +316,10 @@ class _Loop:
             self._pieces[0, piece_steps] = compiled["piece"]
         return tuple(stream.over_split(compiled[name], val_pixels, config.eval_batch_size) if name in compiled
                      else None for name in ("validate", "bound"))
+
+    def _part_number(self, part: int) -> int | None:
+        """`buckets.train_part`'s `part_number` of training part `part`: None for a split in one part."""
+        return None if len(self.train_split) == 1 else part
 
     def _piece(self, part: int, num_steps: int) -> Any:
         """The piece of `num_steps` steps of training part `part` (compiled on first use for a length other than the
@@ -384,8 +385,8 @@ class _Loop:
         part, _, in_part = buckets.locate(buckets.epoch_schedule(epoch_key, self.part_steps), self.part_steps,
                                           failed_step)
         examples = self.train_split[part]
-        examples_key, batches = buckets.part_batches(epoch_key, None if len(self.train_split) == 1 else part,
-                                                     len(examples.indices), config.batch_size)
+        examples_key, batches = buckets.part_batches(epoch_key, self._part_number(part), len(examples.indices),
+                                                     config.batch_size)
         positions = np.asarray(batches[in_part])
         batch = jax.tree.map(lambda a: a[positions], examples.examples)
         terms = failing_terms(self.run.model, builders.build_objective(config), state.params, batch,
