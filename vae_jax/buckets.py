@@ -27,7 +27,7 @@ from vae_jax.errors import ConfigError
 from vae_jax.sequences import PaddedSplit, Sequence, bucket_lengths
 from vae_jax.train import EpochResult, ScanCarry, TrainState
 
-MAX_BUCKETS = 4  # buckets of a split of sequences: 12% of JSB Chorales' training frames padding, 20% of Nottingham's
+MAX_BUCKETS = 4  # buckets of a split of sequences (`sequences.padding_fraction` tells what they leave padded)
 
 
 class Part(NamedTuple):
