@@ -109,6 +109,17 @@ def _add_eval_command(commands: Any) -> None:
                           help="K: also estimate log p(x) by the importance-weighted bound (standard: 5000)")
     evaluate.add_argument("--iwae-chunk", type=int, default=500, help="importance samples at once (memory only)")
     evaluate.add_argument("--seed", type=int, default=0, help="evaluation seed (noise, dynamic binarization)")
+    evaluate.add_argument("--sample-quality", type=int, default=0, metavar="N",
+                          help="instead of the likelihood: FID, KID, precision/recall, density/coverage of N samples "
+                               "against N examples of the split (standard: 10000)")
+    evaluate.add_argument("--latent-density", default="prior", choices=configs.LATENT_DENSITIES,
+                          help="with --sample-quality: decode codes from the prior, or from a Gaussian mixture or a "
+                               "second-stage VAE fitted to the aggregate posterior")
+    evaluate.add_argument("--temperature", type=float, default=1.0,
+                          help="with --sample-quality: scale the N(0, I) prior's standard deviation")
+    evaluate.add_argument("--latent-components", type=int, default=10, help="components of --latent-density gmm")
+    evaluate.add_argument("--sample-grid", default=None, metavar="PNG",
+                          help="with --sample-quality: save the first 100 scored images as a 10 x 10 grid")
     _add_device_options(evaluate)
     _add_budget_option(evaluate)
     _add_data_options(evaluate)
@@ -213,6 +224,14 @@ def _eval(args: argparse.Namespace) -> object:
     from vae_jax import readback
 
     _require_workdir(args.workdir)
+    if args.sample_quality:
+        from vae_jax import samples
+
+        return samples.evaluate_samples(
+            args.workdir, args.split, num_samples=args.sample_quality, model=_model(args), epoch=args.epoch,
+            latent=args.latent_density, temperature=args.temperature, components=args.latent_components,
+            eval_seed=args.seed, grid=args.sample_grid, data_dir=args.data_dir, manual_dir=args.manual_dir,
+            log=_notice)
     return readback.evaluate_checkpoint(
         args.workdir, args.split, model=_model(args), epoch=args.epoch, batch_size=args.batch_size,
         iwae_samples=args.iwae_samples, iwae_chunk=args.iwae_chunk, eval_seed=args.seed, data_dir=args.data_dir,

@@ -24,6 +24,7 @@ ARCHITECTURES = ("mlp", "conv")
 PRIORS = ("normal", "mixture", "vamp")
 KERNEL_INITS = ("lecun_normal", "he_normal")
 LIKELIHOODS = ("bernoulli", "logistic_mixture")
+LATENT_DENSITIES = ("prior", "gmm", "two-stage")  # where sampled codes come from (`vae_jax.samples.latent_sampler`)
 DATA_FORMS = ("", "binary", "dynamic", "8bit", "sequence")  # empty: the dataset's own (`vae_jax.data.describe`)
 
 

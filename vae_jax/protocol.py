@@ -80,6 +80,19 @@ def protocol_card(dataset: data.Dataset, split: str, num_examples: int, iwae_k: 
     }
 
 
+def sample_quality_card(dataset: data.Dataset, split: str, num_samples: int, extractor: Any, eval_seed: int,
+                        config: dict[str, Any], data_hash: str | None = None) -> dict[str, Any]:
+    """The card of a sample-quality result (`vae_jax.samples`): `protocol_card`'s fields, with `estimator`
+    `sample quality`, `num_examples` the reference images (as many as the samples), `units` naming the feature
+    space (the extractor and its hash: measures in other features do not compare), and `sample_quality`: the
+    extractor, the number of samples and the form in which images are compared."""
+    card = protocol_card(dataset, split, num_samples, None, eval_seed, config, data_hash=data_hash)
+    form = "decoded means, grey levels in [0, 1]" if dataset.eight_bit else "Bernoulli draws of the decoded means"
+    return {**card, "estimator": "sample quality", "units": f"features of {extractor.dataset} ({extractor.sha256})",
+            "sample_quality": {"extractor": extractor.dataset, "extractor_sha256": extractor.sha256,
+                               "num_samples": num_samples, "sample_form": form}}
+
+
 def _eval_records(file: Path) -> list[dict[str, Any]]:
     """The evaluation results in a JSON-lines file, or in a JSON document (one result or a list of them)."""
     text = file.read_text()
@@ -93,7 +106,8 @@ def _eval_records(file: Path) -> list[dict[str, Any]]:
                 candidates.append(json.loads(line) if line.strip() else None)
             except json.JSONDecodeError:
                 raise VaeError(f"{file}:{number} is not JSON; pass evaluation files (eval.jsonl)") from None
-    return [{**c, "source": str(file)} for c in candidates if isinstance(c, dict) and "nelbo" in c and "split" in c]
+    return [{**c, "source": str(file)} for c in candidates if isinstance(c, dict) and "split" in c
+            and ("nelbo" in c or "fid" in c)]
 
 
 def read_results(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -154,9 +168,16 @@ def _config_hash(result: dict[str, Any]) -> str:
         return result.get("config_hash", "–")
 
 
+def _rank(result: dict[str, Any]) -> tuple[bool, float]:
+    """What a table is ranked by: the NLL, else the NELBO, else (sample quality) the FID."""
+    return result.get("nll") is None, next(result[name] for name in ("nll", "nelbo", "fid")
+                                             if result.get(name) is not None)
+
+
 def compare_tables(results: list[dict[str, Any]]) -> str:
     """Markdown: a section per dataset, in it one table per protocol, each ranked by NLL (else NELBO), naming how the
-    protocols differ; results in bits per dimension as well (8-bit data) get those columns too."""
+    protocols differ; results in bits per dimension as well (8-bit data) get those columns too, and sample-quality
+    results (`vae_jax.samples`) a table of their own measures, ranked by FID."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for result in results:
         groups.setdefault(_protocol(result), []).append(result)
@@ -167,7 +188,7 @@ def compare_tables(results: list[dict[str, Any]]) -> str:
     for number, protocol in enumerate(protocols, start=1):
         if number == 1 or dataset[protocol] != dataset[protocols[number - 2]]:
             sections.append(f"## {dataset[protocol]}")
-        rows = sorted(groups[protocol], key=lambda r: (r.get("nll") is None, r.get("nll") or r["nelbo"]))
+        rows = sorted(groups[protocol], key=_rank)
         first = rows[0]
         card = ", ".join(f"{field}={_protocol_value(first, field)}" for field in PROTOCOL_FIELDS)
         lines = [f"### Protocol {number} of {len(protocols)}", "", card]
@@ -176,12 +197,25 @@ def compare_tables(results: list[dict[str, Any]]) -> str:
             differing = sorted({PROTOCOL_FIELDS[i] for other in others for i in range(len(PROTOCOL_FIELDS))
                                 if other[i] != protocol[i]})
             lines.append(f"Not comparable with the other tables: they differ in {', '.join(differing)}.")
-        lines += ["", *_table(rows, str(_protocol_value(first, "units")))]
+        table = _sample_quality_table if "fid" in first else _table
+        lines += ["", *table(rows, str(_protocol_value(first, "units")))]
         sections.append("\n".join(lines))
     return "\n\n".join(sections) + "\n"
 
 
 _SECOND_UNITS = {"bits/dim": "bpd", "nats/frame": "per_frame"}  # a second unit of the card: its fields' suffix
+
+
+def _sample_quality_table(rows: list[dict[str, Any]], units: str) -> list[str]:
+    """The Markdown lines of one sample-quality protocol's table (`vae_jax.samples`), ranked by FID."""
+    lines = ["| run | model | config | sampled | FID | KID | precision | recall | density | coverage |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        run = row.get("run") or Path(row["source"]).parent.name
+        cells = [f"{row[name]:.3f}" for name in ("precision", "recall", "density", "coverage")]
+        lines.append(f"| {run} | {model_name(row.get('config', {}))} | {_config_hash(row)} | {row.get('sampled', '')}"
+                     f" | {_format(row['fid'])} | {row['kid']:.4g} ± {row['kid_stderr']:.2g} | {' | '.join(cells)} |")
+    return lines
 
 
 def _table(rows: list[dict[str, Any]], units: str) -> list[str]:
