@@ -13,7 +13,8 @@ The Python API (each name loads its module on first use, so `import vae_jax` its
 - configs and what they build: `Config`, `ModelConfig`, `OptimConfig`, `get_config`, `build_model`,
   `build_optimizer`, `build_objective`;
 - evaluation: `evaluate_elbo`, `evaluate_iwae`, `summarize`; per-example inference and the amortization gaps:
-  `refine_posteriors`, `amortization_gaps`;
+  `refine_posteriors`, `amortization_gaps`; features for sample quality (FID, KID) from classifiers trained here:
+  `Classifier`, `Extractor`, `load_extractor`, `extract`, `train_classifier` (`vae_jax.features`);
 - data: `load_split`, `load_labels`, `split_hash`, `describe_dataset` (a `Dataset`); checkpoints: `Checkpointer`;
 - runs in a work directory, as the CLI does them, for presets and for any model: `fit` (training; its old name
   `train_and_evaluate` stays an alias for one release), `evaluate_checkpoint`, `evaluate_gaps`,
@@ -41,6 +42,7 @@ _EXPORTS = {
     "vae_jax.builders": ("build_model", "build_optimizer", "build_objective"),
     "vae_jax.evaluate": ("evaluate_elbo", "evaluate_iwae", "summarize"),
     "vae_jax.inference": ("refine_posteriors", "amortization_gaps"),
+    "vae_jax.features": ("Classifier", "Extractor", "load_extractor", "extract", "train_classifier"),
     "vae_jax.data": ("load_split", "load_labels", "split_hash", "Dataset"),
     "vae_jax.checkpoint": ("Checkpointer",),
     "vae_jax.trainer": ("fit",),
