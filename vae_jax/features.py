@@ -40,8 +40,8 @@ HASH_CHARS = 16  # `Extractor.sha256`: the first 16 hex characters of the weight
 WEIGHTS_DIR = Path(__file__).resolve().parent / "extractors"
 # The sha256 of each committed weights file (written by experiments/train_extractors.py).
 WEIGHTS_SHA256 = {
-    "mnist": "",
-    "fashion_mnist": "",
+    "mnist": "4b45fc84ff0219990992a18dcd870f9afc1aa9910a3917087dba38db8e40ed3f",
+    "fashion_mnist": "383360d364d634911c0a46b5862991a234e9df7ef16465178ff0868b789b4c55",
 }
 # The extractor of each dataset that has one.
 EXTRACTOR_OF = {"mnist": "mnist", "binarized_mnist": "mnist", "fashion_mnist": "fashion_mnist"}
@@ -144,8 +144,19 @@ def load_extractor(dataset: str) -> Extractor:
     if digest != WEIGHTS_SHA256[name]:
         raise DataError(f"the {name} extractor's weights {path} have sha256 {digest[:HASH_CHARS]}, expected "
                         f"{WEIGHTS_SHA256[name][:HASH_CHARS]} (a corrupt or changed file); {fix}")
-    params = serialization.from_bytes(init_params(jax.random.key(0)), path.read_bytes())
-    return Extractor(name, params, digest[:HASH_CHARS])
+    return Extractor(name, read_params(path), digest[:HASH_CHARS])
+
+
+def read_params(path: Path) -> Params:
+    """The `Classifier` variables in a weights file (`save_params`); `DataError` if they do not fit the module."""
+    template = jax.eval_shape(init_params, jax.random.key(0))
+    try:
+        params = serialization.from_bytes(template, path.read_bytes())
+    except (ValueError, TypeError, KeyError) as error:
+        raise DataError(f"{path} holds no Classifier weights: {first_line(error)}") from error
+    if jax.tree_util.tree_map(np.shape, params) != jax.tree_util.tree_map(lambda leaf: leaf.shape, template):
+        raise DataError(f"{path} holds weights of another shape than vae_jax.features.Classifier's")
+    return params
 
 
 def check_images(images: np.ndarray | jax.Array, name: str = "images") -> None:
