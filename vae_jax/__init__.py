@@ -14,7 +14,8 @@ The Python API (each name loads its module on first use, so `import vae_jax` its
   `build_optimizer`, `build_objective`;
 - evaluation: `evaluate_elbo`, `evaluate_iwae`, `summarize`; per-example inference and the amortization gaps:
   `refine_posteriors`, `amortization_gaps`;
-- sample quality: `fid`, `kid`, `precision_recall`, `density_coverage` (`vae_jax.sample_quality`), `draw_images`,
+- sample quality: features from classifiers trained here: `Classifier`, `Extractor`, `load_extractor`, `extract`,
+  `train_classifier` (`vae_jax.features`); the measures `fid`, `kid`, `precision_recall`, `density_coverage` (`vae_jax.sample_quality`), `draw_images`,
   `evaluate_samples` (`vae_jax.samples`), and codes beyond the prior: `temperature_sampler`,
   `fit_gaussian_mixture`, `fit_second_stage` (`vae_jax.latent_density`);
 - data: `load_split`, `load_labels`, `split_hash`, `describe_dataset` (a `Dataset`); checkpoints: `Checkpointer`;
@@ -44,6 +45,7 @@ _EXPORTS = {
     "vae_jax.builders": ("build_model", "build_optimizer", "build_objective"),
     "vae_jax.evaluate": ("evaluate_elbo", "evaluate_iwae", "summarize"),
     "vae_jax.inference": ("refine_posteriors", "amortization_gaps"),
+    "vae_jax.features": ("Classifier", "Extractor", "load_extractor", "extract", "train_classifier"),
     "vae_jax.sample_quality": ("fid", "kid", "precision_recall", "density_coverage"),
     "vae_jax.samples": ("draw_images", "evaluate_samples"),
     "vae_jax.latent_density": ("temperature_sampler", "fit_gaussian_mixture", "fit_second_stage"),
