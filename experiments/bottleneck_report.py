@@ -108,7 +108,8 @@ def plot(dataset: str, rows: list[dict]) -> None:
         panels[2].plot(rate, [r["i_q"] for r in sweep], marker, label=f"I_q, {label}")
         for r in sweep:
             name = f"beta {r['beta']:g}" if label.startswith("beta") else f"z {r['z']}"
-            panels[1].annotate(name, (r["rate"], 100 * r["probe_accuracy"]), fontsize=7)
+            if name != "z 10":  # the shared run is named once, as beta 1
+                panels[1].annotate(name, (r["rate"], 100 * r["probe_accuracy"]), fontsize=7)
     shared = next(r for r in rows if r["z"] == 10 and r["beta"] == 1)
     for axes, value in zip(panels, (shared["distortion"], 100 * shared["probe_accuracy"], shared["i_q"]), strict=True):
         axes.plot([shared["rate"]], [value], "*", color="black", markersize=14, label="beta = 1, z = 10 (the ELBO)")
