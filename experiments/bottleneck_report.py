@@ -72,7 +72,7 @@ def collect(dataset: str, iwae_k: int, runs_dir: Path | None, data_dir: str, man
 def write_tables(dataset: str, rows: list[dict]) -> str:
     """results.csv and results.md; returns the Markdown."""
     def cell(value: object) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
 
     with open(RESULTS / dataset / "results.csv", "w", newline="") as file:
         writer = csv.writer(file)
