@@ -100,7 +100,7 @@ def plot(dataset: str, rows: list[dict]) -> None:
     figure = Figure(figsize=(15, 4.5), layout="constrained")
     panels = figure.subplots(1, 3)
     sweeps = {"beta sweep (z = 10)": [r for r in rows if r["z"] == 10],
-              "latent size (beta = 1)": [r for r in rows if r["beta"] == 1]}
+              "latent size (beta = 1)": sorted((r for r in rows if r["beta"] == 1), key=lambda r: r["z"])}
     for (label, sweep), marker in zip(sweeps.items(), ("o-", "s--"), strict=True):
         rate = [r["rate"] for r in sweep]
         panels[0].plot(rate, [r["distortion"] for r in sweep], marker, label=label)
