@@ -30,14 +30,17 @@ from vae_jax import bottleneck, data
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bottleneck"
 COLUMNS = ("run", "setting", "beta", "z", "rate", "distortion", "nelbo", "nll", "h_minus_d", "floor_minus_d",
-           "i_q", "log_n", "marginal_kl", "active_units", "probe_accuracy", "probe_l2", "best_epoch", "epochs")
+           "i_q", "log_n", "marginal_kl", "active_units", "probe_accuracy", "probe_l2", "probe_accuracy_active",
+           "best_epoch", "epochs")
 
 
 def bottleneck_numbers(run_dir: Path, epoch: int, runs_dir: Path | None, data_dir: str, manual_dir: str | None) -> dict:
     """The run's `bottleneck.json` if it is of `epoch`, else `bottleneck.read_run` of its checkpoint (then kept)."""
     cached = run_dir / "bottleneck.json"
-    if cached.exists() and json.loads(cached.read_text())["epoch"] == epoch:
-        return json.loads(cached.read_text())
+    if cached.exists():
+        numbers = json.loads(cached.read_text())
+        if numbers["epoch"] == epoch and "probe_accuracy_active" in numbers:
+            return numbers
     if runs_dir is None or not (runs_dir / run_dir.name).exists():
         raise SystemExit(f"{cached} is missing or not of epoch {epoch}, and no run in --runs-dir to compute it from")
     numbers = bottleneck.read_run(runs_dir / run_dir.name, epoch=epoch, data_dir=data_dir, manual_dir=manual_dir)
@@ -59,6 +62,7 @@ def collect(dataset: str, iwae_k: int, runs_dir: Path | None, data_dir: str, man
             "nll_stderr": result["nll_stderr"], "iwae_k": iwae_k, "i_q": numbers["mutual_information"],
             "log_n": numbers["log_n"], "marginal_kl": numbers["marginal_kl"], "active_units": result["active_units"],
             "probe_accuracy": numbers["probe_accuracy"], "probe_l2": numbers["probe_l2"],
+            "probe_accuracy_active": numbers["probe_accuracy_active"],
             "best_epoch": result["epoch"], "epochs": len(json_lines(eval_file.parent / "metrics.jsonl")),
             "floor": draw_entropy(result),
         })
@@ -83,12 +87,13 @@ def write_tables(dataset: str, rows: list[dict]) -> str:
              f"NLL with K = {rows[0]['iwae_k']}; H_hat = best test NLL = {entropy:.2f}; floor of the draws = "
              f"{rows[0]['floor']:.2f}\n\n",
              "| setting | R: KL | D: rec | NELBO | test NLL | H_hat - D | I_q | marginal KL | active units | "
-             "probe accuracy | best epoch |\n",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"]
+             "probe accuracy | probe, active units only | best epoch |\n",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"]
     for r in rows:
         lines.append(f"| {r['setting']} | {r['rate']:.2f} | {r['distortion']:.2f} | {r['nelbo']:.2f} | "
                      f"{r['nll']:.2f} ± {r['nll_stderr']:.2f} | {r['h_minus_d']:.2f} | {r['i_q']:.2f} | "
                      f"{r['marginal_kl']:.2f} | {r['active_units']} | {100 * r['probe_accuracy']:.2f}% | "
+                     f"{100 * r['probe_accuracy_active']:.2f}% | "
                      f"{r['best_epoch']} of {r['epochs']} |\n")
     text = "".join(lines)
     (RESULTS / dataset / "results.md").write_text(text)

@@ -254,8 +254,9 @@ def read_run(workdir: str | os.PathLike, *, model: Any = None, epoch: int | None
 
     Returns:
         `mutual_information`, `marginal_kl`, `average_kl` (the Monte-Carlo KL of the same draws), `log_n` (None for
-        the first four without a `posterior`), `active_units` (as `eval` counts them), `probe_accuracy` (test),
-        `probe_validation_accuracy`, `probe_l2`, `num_classes`, `latent_size`, `run`, `epoch`, `step`.
+        the first four without a `posterior`), `active_units` (as `eval` counts them: Var_x E[z_j] > 0.01 on the test
+        split), `probe_accuracy` (test), `probe_validation_accuracy`, `probe_l2`, the same three of a probe on the
+        active units only (`probe_accuracy_active`, ...), `latent_size`, `num_samples`, `run`, `epoch`, `step`.
     """
     from vae_jax.readback import open_split
 
@@ -269,16 +270,29 @@ def read_run(workdir: str | os.PathLike, *, model: Any = None, epoch: int | None
                                                                       manual_dir=manual_dir, mmap=True)
         codes[split] = posterior_of_split(run.model, params, np.asarray(pixels), opened.key, dynamic)
         labels[split] = data.load_labels(split, dataset, data_dir=data_dir, manual_dir=manual_dir)
-    num_classes = int(max(labels["train"].max(), labels["test"].max())) + 1
-    probe, l2, validation_accuracy = select_probe((codes["train"][0], labels["train"]),
-                                                  (codes["validation"][0], labels["validation"]), num_classes, l2s)
     mean, logvar = codes["test"]
+    active = mean.var(axis=0) > evaluate.ACTIVE_UNIT_THRESHOLD  # as `eval` counts them, on the test split
     result: dict[str, Any] = {"mutual_information": None, "marginal_kl": None, "average_kl": None, "log_n": None}
     if logvar is not None:
         information = aggregate_posterior_information(jnp.asarray(mean), jnp.asarray(logvar),
                                                       jax.random.fold_in(opened.key, 1), num_samples, log_prior)
         result = {name: float(value) for name, value in information._asdict().items()}
-    return {**result, "active_units": int(np.sum(mean.var(axis=0) > evaluate.ACTIVE_UNIT_THRESHOLD)),
-            "probe_accuracy": probe_accuracy(probe, mean, labels["test"]),
-            "probe_validation_accuracy": validation_accuracy, "probe_l2": l2, "num_classes": num_classes,
-            "latent_size": int(mean.shape[1]), "num_samples": num_samples, **opened.provenance()}
+    probes = {"": np.ones_like(active), "_active": active}  # all dimensions; the active ones only
+    for suffix, kept in probes.items():
+        result |= _probe_scores({split: codes[split][0][:, kept] for split in codes}, labels, l2s, suffix)
+    return {**result, "active_units": int(active.sum()), "latent_size": int(mean.shape[1]),
+            "num_samples": num_samples, **opened.provenance()}
+
+
+def _probe_scores(features: dict[str, np.ndarray], labels: dict[str, np.ndarray], l2s: Sequence[float],
+                  suffix: str) -> dict[str, Any]:
+    """`select_probe` on the `train` and `validation` features `[N, J]`, scored on `test`: `probe_accuracy`,
+    `probe_validation_accuracy`, `probe_l2` (`suffix` appended to each name; None for features without a column)."""
+    names = [f"probe_accuracy{suffix}", f"probe_validation_accuracy{suffix}", f"probe_l2{suffix}"]
+    if features["test"].shape[1] == 0:
+        return dict.fromkeys(names)
+    num_classes = int(max(labels["train"].max(), labels["test"].max())) + 1
+    probe, l2, validation_accuracy = select_probe((features["train"], labels["train"]),
+                                                  (features["validation"], labels["validation"]), num_classes, l2s)
+    return dict(zip(names, (probe_accuracy(probe, features["test"], labels["test"]), validation_accuracy, l2),
+                    strict=True))
