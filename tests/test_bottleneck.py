@@ -96,3 +96,26 @@ def test_select_probe_takes_the_penalty_best_on_validation():
     assert l2 == 1e-3
     assert accuracy == bottleneck.probe_accuracy(probe, *validation)
     assert accuracy > bottleneck.probe_accuracy(bottleneck.fit_probe(*train, 10, 1e3), *validation) + 0.1
+
+
+def test_posterior_of_split_is_the_models_posterior_per_example_whatever_the_batch(small_model):
+    """Each example's (mean, logvar) is the model's posterior at that example, binarized with `fold_in(key, i)` as
+    `vae_jax eval` does; the batch size changes nothing but rounding. Without `posterior`, `encode` gives the means
+    alone."""
+    grey = np.random.default_rng(5).integers(0, 256, (7, 784)).astype(np.uint8)
+    params, key = small_model.init(jax.random.key(0), jnp.zeros(784)), jax.random.key(3)
+    mean, logvar = bottleneck.posterior_of_split(small_model, params, grey, key, dynamic=True, batch_size=3)
+    whole, _ = bottleneck.posterior_of_split(small_model, params, grey, key, dynamic=True)
+    np.testing.assert_allclose(mean, whole, rtol=1e-5, atol=1e-6)  # the same draws; matmul rounding by batch shape
+    binarize_key = jax.random.split(jax.random.fold_in(key, 4))[0]  # example 4's, as map_examples draws it
+    x = jax.random.bernoulli(binarize_key, grey[4].astype(jnp.float32) / 255).astype(jnp.float32)
+    expected = small_model.posterior(params, x)
+    np.testing.assert_allclose(mean[4], np.asarray(expected[0]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logvar[4], np.asarray(expected[1]), rtol=1e-5, atol=1e-6)
+
+    class EncodeOnly:  # a model with a point code and no posterior
+        encode = staticmethod(small_model.encode)
+
+    means, none = bottleneck.posterior_of_split(EncodeOnly(), params, grey, key, dynamic=True)
+    assert none is None
+    np.testing.assert_allclose(means, mean, rtol=1e-5, atol=1e-6)
