@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results" / "gan"
 DATA_DIR = os.path.expanduser("~/tensorflow_datasets")
 SETTINGS = ("dataset", "seed", "batch_size", "latent_dim", "g_channels", "d_channels", "learning_rate", "b1",
-            "checkpoint_every")
+            "checkpoint_every", "fake_input")
 
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -68,8 +68,8 @@ def train_epoch(state: GanState, pixels: jax.Array, epoch_key: jax.Array,
     examples_key, batches = epoch_batches(epoch_key, pixels.shape[0], batch_size)
 
     def step(state: GanState, indices: jax.Array) -> tuple[GanState, dict[str, jax.Array]]:
-        real, z_d, z_g = batch_inputs(pixels[indices], indices, examples_key, state.latent_dim)
-        return train_step(state, real, z_d, z_g)
+        return train_step(state, batch_inputs(pixels[indices], indices, examples_key, state.latent_dim,
+                                              state.binary_fakes))
 
     return jax.lax.scan(step, state, batches)
 
@@ -122,7 +122,7 @@ def load_pixels(dataset: str, split: str, manual_dir: str | None = None) -> np.n
 def template_state(config: dict[str, Any]) -> GanState:
     """A fresh state of the run's `config`, initialized from its init key."""
     return create_state(run_keys(config["seed"])[0], config["latent_dim"], config["learning_rate"], config["b1"],
-                        config["g_channels"], config["d_channels"])
+                        config["g_channels"], config["d_channels"], config["fake_input"] == "sample")
 
 
 def _trim_metrics(path: Path, last_epoch: int) -> None:
@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
                                 ("g-channels", int, 32), ("d-channels", int, 16), ("learning-rate", float, 2e-4),
                                 ("b1", float, 0.5), ("checkpoint-every", int, 2)):
         train.add_argument(f"--{name}", type=kind, default=default)
+    train.add_argument("--fake-input", choices=("mean", "sample"), default="mean",
+                       help="what the discriminator sees of fakes: the Bernoulli means, or draws (straight-through)")
     for name, command in (("select", "validation FID of every checkpoint"), ("score", "the test-split scores"),
                           ("sample", "a grid of samples and their means")):
         sub = commands.add_parser(name, help=command)

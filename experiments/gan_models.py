@@ -3,17 +3,20 @@
 A DCGAN with the non-saturating loss for 28x28x1 images in vae_jax's `[N, 784]` layout. The generator's output is
 the logit of a Bernoulli mean per pixel, as a VAE decoder's is: a sample is a Bernoulli draw from that mean (binary
 pixels, what gets scored), and the means themselves are for figures. The discriminator sees binary real images
-(dynamically binarized) and the generator's means.
+(dynamically binarized) and either the generator's means (`binary_fakes` False) or Bernoulli draws from them with
+the straight-through gradient (True): binary images on both sides, which Fashion-MNIST needs (its binarized grey
+textures are noise that smooth means cannot imitate: with means, the discriminator won within 7 epochs).
 
 Keys: every per-example draw is keyed by the example's index, never by its place in a batch. Training reuses
 vae_jax's own binarization (`objective.map_examples`): example `i` of an epoch gets `fold_in(examples_key, i)`,
-split into its binarization key and a noise key, which gives the latent codes it is paired with (one for the
-discriminator's step, one for the generator's). Sample `j` is keyed by `fold_in(key, j)`.
+split into its binarization key and a noise key, split in two: the keys of the latent codes it is paired with
+(one for the discriminator's step, one for the generator's), whose `fold_in(., 1)` draw the fakes' pixels.
+Sample `j` is keyed by `fold_in(key, j)`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -104,12 +107,25 @@ class GanState(struct.PyTreeNode):
     discriminator: Discriminator = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     latent_dim: int = struct.field(pytree_node=False, default=64)
+    binary_fakes: bool = struct.field(pytree_node=False, default=False)
+
+
+class Batch(NamedTuple):
+    """A step's inputs: `real [B, 784]` binary images; `z_d`, `z_g` `[B, L]` latent codes of the discriminator's and
+    the generator's step; `u_d`, `u_g` `[B, 784]` uniform noise that draws their fakes' pixels (`[B, 0]` when the
+    discriminator sees the means)."""
+
+    real: jax.Array
+    z_d: jax.Array
+    z_g: jax.Array
+    u_d: jax.Array
+    u_g: jax.Array
 
 
 def create_state(key: jax.Array, latent_dim: int = 64, learning_rate: float = 2e-4, b1: float = 0.5,
-                 g_channels: int = 32, d_channels: int = 16) -> GanState:
+                 g_channels: int = 32, d_channels: int = 16, binary_fakes: bool = False) -> GanState:
     """A fresh `GanState`: `Generator(g_channels)` and `Discriminator(d_channels)` initialized from `key`,
-    Adam(`learning_rate`, `b1`) for each."""
+    Adam(`learning_rate`, `b1`) for each; `binary_fakes` see the module's docstring."""
     generator, discriminator = Generator(g_channels), Discriminator(d_channels)
     tx = optax.adam(learning_rate, b1=b1)
     g_key, d_key = jax.random.split(key)
@@ -117,11 +133,11 @@ def create_state(key: jax.Array, latent_dim: int = 64, learning_rate: float = 2e
     d_params = discriminator.init(d_key, jnp.zeros((1, NUM_PIXELS), jnp.float32))
     return GanState(step=jnp.zeros((), jnp.int32), g_params=g_params, d_params=d_params, g_opt=tx.init(g_params),
                     d_opt=tx.init(d_params), generator=generator, discriminator=discriminator, tx=tx,
-                    latent_dim=latent_dim)
+                    latent_dim=latent_dim, binary_fakes=binary_fakes)
 
 
-def batch_inputs(pixels: jax.Array, indices: jax.Array, examples_key: jax.Array,
-                 latent_dim: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def batch_inputs(pixels: jax.Array, indices: jax.Array, examples_key: jax.Array, latent_dim: int,
+                 binary_fakes: bool = False) -> Batch:
     """A batch's real images, dynamically binarized, and the latent codes paired with them, all keyed per example.
 
     Args:
@@ -129,17 +145,27 @@ def batch_inputs(pixels: jax.Array, indices: jax.Array, examples_key: jax.Array,
         indices: `[B]` int positions of the examples in their split.
         examples_key: the epoch's key of its examples (`train.epoch_batches`).
         latent_dim: L.
+        binary_fakes: whether to draw the noise of binary fakes.
 
     Returns:
-        `[B, 784]` float 0/1 images (`objective.map_examples`, as a VAE's training binarizes them), and `[B, L]`
-        codes for the discriminator's step and `[B, L]` for the generator's.
+        The `Batch`: the real images binarized by `objective.map_examples`, as a VAE's training binarizes them.
     """
 
-    def one(x: jax.Array, noise_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def one(x: jax.Array, noise_key: jax.Array) -> Batch:
         d_key, g_key = jax.random.split(noise_key)
-        return x, jax.random.normal(d_key, (latent_dim,)), jax.random.normal(g_key, (latent_dim,))
+        size = NUM_PIXELS if binary_fakes else 0
+        u_d, u_g = (jax.random.uniform(jax.random.fold_in(k, 1), (size,)) for k in (d_key, g_key))
+        return Batch(x, jax.random.normal(d_key, (latent_dim,)), jax.random.normal(g_key, (latent_dim,)), u_d, u_g)
 
     return map_examples(one, pixels, indices, examples_key, dynamic_binarization=True)
+
+
+def fake_input(means: jax.Array, u: jax.Array) -> jax.Array:
+    """What the discriminator sees of fakes: the means `[B, 784]`, or with noise `u [B, 784]` the draws `u < means`
+    whose gradient is the means' (straight-through)."""
+    if u.shape[-1] == 0:
+        return means
+    return means + jax.lax.stop_gradient((u < means).astype(means.dtype) - means)
 
 
 def _adam(tx: optax.GradientTransformation, grads: Params, opt: optax.OptState,
@@ -150,23 +176,21 @@ def _adam(tx: optax.GradientTransformation, grads: Params, opt: optax.OptState,
         return optax.apply_updates(params, updates), opt
 
 
-def train_step(state: GanState, real: jax.Array, z_d: jax.Array,
-               z_g: jax.Array) -> tuple[GanState, dict[str, jax.Array]]:
+def train_step(state: GanState, batch: Batch) -> tuple[GanState, dict[str, jax.Array]]:
     """One discriminator step, then one generator step (non-saturating loss), pure (jit it).
 
     Args:
         state: the `GanState`.
-        real: `[B, 784]` binary real images.
-        z_d, z_g: `[B, L]` latent codes of the discriminator's and the generator's step.
+        batch: the step's `Batch` (`batch_inputs`).
 
     Returns:
         The new state and `[]` metrics: `d_loss` (-log D(x) - log(1 - D(G(z)))), `g_loss` (-log D(G(z))),
         `d_real` and `d_fake` (the mean probabilities the discriminator gives real and generated images).
     """
-    gen, disc = state.generator, state.discriminator
+    gen, disc, real = state.generator, state.discriminator, batch.real
 
     def d_loss_fn(d_params: Params) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        fake = jax.nn.sigmoid(gen.apply(state.g_params, z_d))
+        fake = fake_input(jax.nn.sigmoid(gen.apply(state.g_params, batch.z_d)), batch.u_d)
         real_logits, fake_logits = disc.apply(d_params, real), disc.apply(d_params, fake)
         loss = jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
         return loss, (jnp.mean(jax.nn.sigmoid(real_logits)), jnp.mean(jax.nn.sigmoid(fake_logits)))
@@ -175,7 +199,7 @@ def train_step(state: GanState, real: jax.Array, z_d: jax.Array,
     d_params, d_opt = _adam(state.tx, d_grads, state.d_opt, state.d_params)
 
     def g_loss_fn(g_params: Params) -> jax.Array:
-        fake = jax.nn.sigmoid(gen.apply(g_params, z_g))
+        fake = fake_input(jax.nn.sigmoid(gen.apply(g_params, batch.z_g)), batch.u_g)
         return jnp.mean(jax.nn.softplus(-disc.apply(d_params, fake)))
 
     g_loss, g_grads = jax.value_and_grad(g_loss_fn)(state.g_params)
