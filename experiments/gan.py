@@ -1,10 +1,12 @@
 """A GAN baseline for issue #35 (VAE samples against a GAN): a DCGAN (`gan_models.py`) on dynamically binarized
 MNIST or Fashion-MNIST, the VAEs' data and splits (train 50,000 / validation 10,000 / test 10,000).
 
-    python experiments/gan.py train --dataset mnist --workdir runs/gan/mnist --epochs 20
+    python experiments/gan.py train --dataset mnist --workdir runs/gan/mnist --epochs 15 --checkpoint-every 1
+    python experiments/gan.py train --dataset fashion_mnist --workdir runs/gan/fashion_mnist --epochs 20 \
+        --checkpoint-every 1 --fake-input sample
     python experiments/gan.py select --workdir runs/gan/mnist     # validation FID of every checkpoint
     python experiments/gan.py score --workdir runs/gan/mnist      # the selected one against the test split
-    python experiments/gan.py sample --workdir runs/gan/mnist --out samples.png
+    python experiments/gan.py sample --workdir runs/gan/mnist --out DIR   # DIR/samples.png, means.png (latest)
 
 `train` keeps a checkpoint (Orbax) every `--checkpoint-every` epochs, all of them, and resumes bit for bit from the
 latest when run again (with more `--epochs` to train on). Keys: `jax.random.key(seed)` split into an init, a train
