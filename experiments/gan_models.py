@@ -6,8 +6,8 @@ pixels, what gets scored), and the means themselves are for figures. The discrim
 (dynamically binarized) and either the generator's means (`binary_fakes` False) or Bernoulli draws from them with
 the straight-through gradient (True): binary images on both sides, which Fashion-MNIST needs (its binarized grey
 textures are noise that smooth means cannot imitate: with means, the discriminator won within 7 epochs). MNIST,
-nearly binary already, trains on the means: with draws its discriminator won (D(fake) 0.02 by epoch 9) and the
-samples collapsed to one noisy loop (`experiments/results/gan/mnist_fake_input_sample/`).
+nearly binary already, trains on the means: with draws its discriminator won (D(fake) 0.008 at epoch 15) and the
+samples collapsed to noisy loops (`experiments/results/gan/mnist_fake_input_sample/`).
 
 Keys: every per-example draw is keyed by the example's index, never by its place in a batch. Training reuses
 vae_jax's own binarization (`objective.map_examples`): example `i` of an epoch gets `fold_in(examples_key, i)`,
