@@ -13,10 +13,12 @@ latest when run again (with more `--epochs` to train on). Keys: `jax.random.key(
 and a sample key; epoch e is `fold_in(train_key, e)`, split into a shuffle key and its examples' key
 (`vae_jax.train.epoch_batches`, as a VAE's training); example i then draws its binarization and latent codes from
 `fold_in(examples_key, i)` (`gan_models.batch_inputs`). `select` scores each checkpoint's 10,000 binary samples
-(`fold_in(sample_key, 0)`) by FID against the validation split binarized with `jax.random.key(real_seed)`
-(`gan_models.binarize_split`) and keeps the lowest; `score` draws the selected checkpoint's samples with
-`fold_in(sample_key, 1)` and measures them against the test split binarized the same way
-(`vae_jax.sample_quality`), into `experiments/results/gan/<dataset>/sample_quality.json` with a grid of samples.
+(`fold_in(sample_key, 0)`) by FID against the validation split binarized as the VAEs' references are
+(`vae_jax.samples.reference_images`, `--real-seed` as `eval --seed`) and keeps the lowest; `score` draws the selected
+checkpoint's samples with `fold_in(sample_key, 1)` and measures them against the first 10,000 test images binarized
+the same way, the VAEs' references, into `experiments/results/gan/<dataset>/eval.jsonl`: one line with the card of
+`vae_jax eval --sample-quality` (`protocol.sample_quality_card`), which `compare` tables beside the VAEs', and the
+first 100 scored samples in `grid.png`.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from gan_models import GanState, batch_inputs, binarize_split, create_state, sample_binary, sample_means, train_step
+from gan_models import GanState, batch_inputs, create_state, sample_binary, sample_means, train_step
 
-from vae_jax import data, figures
+from vae_jax import data, figures, protocol, samples
 from vae_jax.train import epoch_batches
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,8 +180,10 @@ def draw(state: GanState, key: jax.Array, num: int, binary: bool = True, chunk: 
 
 
 def real_images(dataset: str, split: str, real_seed: int, manual_dir: str | None = None) -> np.ndarray:
-    """`[N, 784]` float 0/1: the split binarized once with `jax.random.key(real_seed)` (`binarize_split`)."""
-    return np.asarray(binarize_split(jnp.asarray(load_pixels(dataset, split, manual_dir)), jax.random.key(real_seed)))
+    """`[N, 784]` float 0/1: the split binarized as `vae_jax eval --sample-quality --seed real_seed` binarizes the
+    VAEs' references (`samples.reference_images`), so that both score against the same images."""
+    key = jax.random.fold_in(jax.random.key(real_seed), 1)
+    return samples.reference_images(load_pixels(dataset, split, manual_dir), data.describe(dataset), key)
 
 
 def _features(extractor: Any, images: np.ndarray) -> np.ndarray:
@@ -224,13 +228,20 @@ def score(workdir: str | os.PathLike, epoch: int | None = None, num_samples: int
     state = restore(manager, epoch, template_state(config))
     manager.close()
     extractor = features.load_extractor(config["dataset"])
-    real = _features(extractor, real_images(config["dataset"], "test", real_seed, manual_dir))
+    real = _features(extractor, real_images(config["dataset"], "test", real_seed, manual_dir)[:num_samples])
     key = jax.random.fold_in(run_keys(config["seed"])[2], 1)
-    quality = sample_quality.sample_quality(real, _features(extractor, draw(state, key, num_samples)))
-    result = {"model": "dcgan", "dataset": config["dataset"], "epoch": epoch, "split": "test",
-              "num_samples": num_samples, "real_seed": real_seed, **{k: float(v) for k, v in quality.items()}}
-    _write_json(result, RESULTS / config["dataset"] / "sample_quality.json")
-    write_grids(state, key, RESULTS / config["dataset"])
+    fake = draw(state, key, num_samples)
+    quality = sample_quality.sample_quality(real, _features(extractor, fake))
+    description = {"model": {"class": "DCGAN", **config}, "dataset": config["dataset"]}
+    card = protocol.sample_quality_card(data.describe(config["dataset"]), "test", num_samples, extractor, real_seed,
+                                        description, data_hash=data.split_hash(config["dataset"], "test"))
+    result = {**quality, "sampled": f"generator, epoch {epoch} (best validation FID)", "run": "dcgan",
+              "epoch": epoch, **card}
+    out = RESULTS / config["dataset"]
+    (out / "eval.jsonl").write_text(json.dumps(result) + "\n")
+    print(json.dumps(result), flush=True)
+    figures.save_png(out / "grid.png", figures.image_grid(fake[:100], 10, (28, 28)))
+    write_grids(state, key, out)
     return result
 
 

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from vae_jax.distributions import binarize
 from vae_jax.objective import example_keys, map_examples
 
 Params = Any
@@ -225,10 +224,3 @@ def sample_binary(generator: Generator, g_params: Params, key: jax.Array, indice
     means = sample_means(generator, g_params, key, indices, latent_dim)
     keys = jax.vmap(jax.random.split)(example_keys(key, indices))[:, 1]
     return jax.vmap(lambda k, p: jax.random.bernoulli(k, p).astype(p.dtype))(keys, means)
-
-
-def binarize_split(pixels: jax.Array, key: jax.Array) -> jax.Array:
-    """`[N, 784]` float 0/1: a split's grey levels `[N, 784]` uint8 binarized once, example i by `fold_in(key, i)`
-    (`distributions.binarize`), e.g. the validation or test split that samples are scored against."""
-    keys = example_keys(key, jnp.arange(pixels.shape[0]))
-    return jax.vmap(lambda k, x: binarize(k, x, True))(keys, pixels)

@@ -73,8 +73,6 @@ def test_binarization_and_codes_keyed_by_example_index_not_batch():
     for full, some in zip(whole, part):
         np.testing.assert_array_equal(np.asarray(full)[np.asarray(picked)], some)
     assert set(np.unique(np.asarray(whole[0]))) <= {0.0, 1.0}
-    split = gan_models.binarize_split(pixels, key)
-    np.testing.assert_array_equal(gan_models.binarize_split(pixels[:4], key), split[:4])
 
 
 def test_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does(tmp_path):

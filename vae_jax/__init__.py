@@ -15,9 +15,9 @@ The Python API (each name loads its module on first use, so `import vae_jax` its
 - evaluation: `evaluate_elbo`, `evaluate_iwae`, `summarize`; per-example inference and the amortization gaps:
   `refine_posteriors`, `amortization_gaps`;
 - sample quality: features from classifiers trained here: `Classifier`, `Extractor`, `load_extractor`, `extract`,
-  `train_classifier` (`vae_jax.features`); the measures `fid`, `kid`, `precision_recall`, `density_coverage` (`vae_jax.sample_quality`), `draw_images`,
-  `evaluate_samples` (`vae_jax.samples`), and codes beyond the prior: `temperature_sampler`,
-  `fit_gaussian_mixture`, `fit_second_stage` (`vae_jax.latent_density`);
+  `train_classifier` (`vae_jax.features`); the measures `fid`, `kid`, `precision_recall`, `density_coverage`
+  (`vae_jax.sample_quality`); `draw_images`, `evaluate_samples` (`vae_jax.samples`); codes beyond the prior:
+  `temperature_sampler`, `fit_gaussian_mixture`, `fit_second_stage` (`vae_jax.latent_density`);
 - data: `load_split`, `load_labels`, `split_hash`, `describe_dataset` (a `Dataset`); checkpoints: `Checkpointer`;
 - runs in a work directory, as the CLI does them, for presets and for any model: `fit` (training; its old name
   `train_and_evaluate` stays an alias for one release), `evaluate_checkpoint`, `evaluate_gaps`,
