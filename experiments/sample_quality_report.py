@@ -4,7 +4,8 @@
 Reads `experiments/results/samples/<dataset>/<run>/eval.jsonl` (the K = 1000 NLL line on the test split and the
 sample-quality lines) and `experiments/results/gan/<dataset>/eval.jsonl`; writes, per dataset,
 `experiments/results/samples/<dataset>/results.csv`, `results.md` and `samples.png` (the first 36 scored images of
-each row, side by side).
+each row, side by side). Its first row is the data against itself: the first 10,000 training images, binarized as
+the references are (with another key), scored against the same references; no model can be expected to beat it.
 
 Usage: python experiments/sample_quality_report.py [--datasets mnist fashion_mnist]
 """
@@ -16,11 +17,15 @@ import csv
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from vae_jax import data, features, figures, samples
+
 RESULTS = Path(__file__).resolve().parent / "results"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # the original files, where TFDS has no cache yet
 RUNS = {"vae": "VAE", "vampprior": "VampPrior", "hvae_vampprior": "HVAE + VampPrior"}
 COLUMNS = ("model", "sampled", "nll", "nll_stderr", "fid", "kid", "kid_stderr", "precision", "recall", "density",
            "coverage", "grid")
@@ -39,9 +44,24 @@ def _grid_tag(sampled: str) -> str:
     return {"prior": "prior"}.get(sampled, "gmm" if sampled.startswith("ex-post") else "two_stage")
 
 
+def data_row(dataset: str, num_images: int = 10_000) -> dict:
+    """The measures of `num_images` training images against the references of `vae_jax eval --sample-quality
+    --seed 0` (the first `num_images` test images, binarized with `fold_in(key(0), 1)`); the training images are
+    binarized with `fold_in(key(0), 4)`. Writes their grid as `data.png`."""
+    description = data.describe(dataset)
+    images = {split: data.load_split(dataset, split, manual_dir=SHARED / dataset)[:num_images]
+              for split in ("train", "test")}
+    real = samples.reference_images(images["test"], description, jax.random.fold_in(jax.random.key(0), 1))
+    fake = samples.reference_images(images["train"], description, jax.random.fold_in(jax.random.key(0), 4))
+    grid = RESULTS / "samples" / dataset / "data.png"
+    figures.save_png(grid, figures.image_grid(fake[:100], 10, description.image_shape[:2]))
+    return {"model": "data", "sampled": f"{num_images:,} training images", "nll": None, "nll_stderr": None,
+            "grid": grid, **samples.measure(real, fake, features.load_extractor(dataset))}
+
+
 def rows(dataset: str) -> list[dict]:
-    """One row per scored sampler: the VAEs' (with their model's NLL), then the GAN's."""
-    table = []
+    """One row per scored sampler: the data's, the VAEs' (with their model's NLL), then the GAN's."""
+    table = [data_row(dataset)]
     for run, name in RUNS.items():
         folder = RESULTS / "samples" / dataset / run
         lines = json_lines(folder / "eval.jsonl")
@@ -79,6 +99,14 @@ def write_tables(dataset: str, table: list[dict]) -> None:
     print(f"## {dataset}\n\n" + "\n".join(lines) + "\n")
 
 
+def _short(sampled: str) -> str:
+    """A figure title's version of a row's `sampled`."""
+    for long, short in (("prior at temperature ", "prior, T = "), ("ex-post Gaussian mixture", "ex-post GMM"),
+                        (" on q(z) of the training split", ""), (" (best validation FID)", "")):
+        sampled = sampled.replace(long, short)
+    return sampled
+
+
 def save_figure(dataset: str, table: list[dict]) -> None:
     """`samples.png`: a 6 x 6 corner of each row's grid of scored images, titled by its model and sampler."""
     columns = 4
@@ -88,7 +116,7 @@ def save_figure(dataset: str, table: list[dict]) -> None:
         picture = np.asarray(Image.open(row["grid"]))
         side = GRID_CELLS * (picture.shape[0] - 1) // 10 + 1
         axes.imshow(picture[:side, :side], cmap="gray", vmin=0, vmax=255)
-        axes.set_title(f"{row['model']}\n{row['sampled'][:34]}\nFID {row['fid']:.1f}", fontsize=8)
+        axes.set_title(f"{row['model']}\n{_short(row['sampled'])}\nFID {row['fid']:.1f}", fontsize=8)
         axes.axis("off")
     figure.tight_layout()
     figure.savefig(RESULTS / "samples" / dataset / "samples.png", dpi=100)
