@@ -41,7 +41,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "extractors"
 # The sha256 of each committed weights file (written by experiments/train_extractors.py).
 WEIGHTS_SHA256 = {
     "mnist": "4b45fc84ff0219990992a18dcd870f9afc1aa9910a3917087dba38db8e40ed3f",
-    "fashion_mnist": "383360d364d634911c0a46b5862991a234e9df7ef16465178ff0868b789b4c55",
+    "fashion_mnist": "84f5f6f26e477685e448b66a310228ad6f3e6145fdcd13c07a8cbe8ec106f036",
 }
 # The extractor of each dataset that has one.
 EXTRACTOR_OF = {"mnist": "mnist", "binarized_mnist": "mnist", "fashion_mnist": "fashion_mnist"}
