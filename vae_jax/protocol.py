@@ -22,6 +22,7 @@ from vae_jax.errors import ConfigError, VaeError
 
 PROTOCOL_FIELDS = ("dataset", "binarization", "split", "split_size", "num_examples", "estimator", "iwae_k",
                    "units", "train_set", "inference", "data_hash")
+SAMPLE_QUALITY = "sample quality"  # the estimator of a sample-quality line (`sample_quality_card`)
 AMORTIZED = "amortized"  # the inference of every result line written before the field existed
 # A line written before `data_hash` existed reads None: such lines group together, apart from any hashed line.
 
@@ -88,7 +89,7 @@ def sample_quality_card(dataset: data.Dataset, split: str, num_samples: int, ext
     extractor, the number of samples and the form in which images are compared."""
     card = protocol_card(dataset, split, num_samples, None, eval_seed, config, data_hash=data_hash)
     form = "decoded means, grey levels in [0, 1]" if dataset.eight_bit else "Bernoulli draws of the decoded means"
-    return {**card, "estimator": "sample quality", "units": f"features of {extractor.dataset} ({extractor.sha256})",
+    return {**card, "estimator": SAMPLE_QUALITY, "units": f"features of {extractor.dataset} ({extractor.sha256})",
             "sample_quality": {"extractor": extractor.dataset, "extractor_sha256": extractor.sha256,
                                "num_samples": num_samples, "sample_form": form}}
 
@@ -107,7 +108,7 @@ def _eval_records(file: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 raise VaeError(f"{file}:{number} is not JSON; pass evaluation files (eval.jsonl)") from None
     return [{**c, "source": str(file)} for c in candidates if isinstance(c, dict) and "split" in c
-            and ("nelbo" in c or "fid" in c)]
+            and ("nelbo" in c or c.get("estimator") == SAMPLE_QUALITY)]
 
 
 def read_results(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -197,7 +198,7 @@ def compare_tables(results: list[dict[str, Any]]) -> str:
             differing = sorted({PROTOCOL_FIELDS[i] for other in others for i in range(len(PROTOCOL_FIELDS))
                                 if other[i] != protocol[i]})
             lines.append(f"Not comparable with the other tables: they differ in {', '.join(differing)}.")
-        table = _sample_quality_table if "fid" in first else _table
+        table = _sample_quality_table if first.get("estimator") == SAMPLE_QUALITY else _table
         lines += ["", *table(rows, str(_protocol_value(first, "units")))]
         sections.append("\n".join(lines))
     return "\n\n".join(sections) + "\n"
