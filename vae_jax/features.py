@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,12 +30,13 @@ import numpy as np
 import optax
 from flax import serialization
 
+from vae_jax import catalogue
 from vae_jax.errors import ConfigError, DataError, first_line
 
 FEATURE_DIM = 128
 NUM_CLASSES = 10
-IMAGE_SHAPE = (28, 28, 1)
-NUM_PIXELS = 784
+IMAGE_SHAPE = catalogue.ENTRIES["mnist"].image_shape  # MNIST's and Fashion-MNIST's (H, W, C)
+IMAGE_SIZE = math.prod(IMAGE_SHAPE)  # D of one flattened image
 CHUNK_SIZE = 1000
 HASH_CHARS = 16  # `Extractor.sha256`: the first 16 hex characters of the weights file's sha256
 WEIGHTS_DIR = Path(__file__).resolve().parent / "extractors"
@@ -107,7 +109,7 @@ def file_sha256(path: Path) -> str:
 
 def init_params(key: jax.Array) -> Params:
     """Fresh `Classifier` variables (the template that weights files are read into)."""
-    return CLASSIFIER.init(key, jnp.zeros((1, NUM_PIXELS), jnp.float32))
+    return CLASSIFIER.init(key, jnp.zeros((1, IMAGE_SIZE), jnp.float32))
 
 
 def num_params(params: Params) -> int:
@@ -161,9 +163,10 @@ def read_params(path: Path) -> Params:
 
 def check_images(images: np.ndarray | jax.Array, name: str = "images") -> None:
     """Raises `DataError` unless `images` is `[N, 784]` (flattened 28x28x1 images)."""
-    if images.ndim != 2 or images.shape[1] != NUM_PIXELS:
-        raise DataError(f"{name} have shape {tuple(images.shape)}, expected (N, {NUM_PIXELS}): flattened 28x28x1 "
-                        f"images with values in [0, 1]")
+    if images.ndim != 2 or images.shape[1] != IMAGE_SIZE:
+        height, width, channels = IMAGE_SHAPE
+        raise DataError(f"{name} have shape {tuple(images.shape)}, expected (N, {IMAGE_SIZE}): flattened "
+                        f"{height}x{width}x{channels} images with values in [0, 1]")
 
 
 @jax.jit
@@ -181,7 +184,7 @@ def _chunked(params: Params, images: np.ndarray, chunk_size: int, output: int) -
         chunk = np.asarray(images[start:start + chunk_size], np.float32)
         rows = chunk.shape[0]
         if rows < chunk_size and images.shape[0] > chunk_size:
-            chunk = np.concatenate([chunk, np.zeros((chunk_size - rows, NUM_PIXELS), np.float32)])
+            chunk = np.concatenate([chunk, np.zeros((chunk_size - rows, IMAGE_SIZE), np.float32)])
         parts.append(np.asarray(_apply(params, chunk)[output])[:rows])
     if not parts:
         return np.zeros((0, FEATURE_DIM if output == 0 else NUM_CLASSES), np.float32)
@@ -238,7 +241,7 @@ def _shown(key: jax.Array, image: jax.Array, binary_fraction: float, max_shift: 
         shift = jax.random.randint(shift_key, (2,), 0, 2 * max_shift + 1)
         padded = jnp.pad(image, max_shift)
         image = jax.lax.dynamic_slice(padded, (shift[0], shift[1]), IMAGE_SHAPE[:2])
-    return image.reshape(NUM_PIXELS)
+    return image.reshape(IMAGE_SIZE)
 
 
 def cross_entropy(params: Params, images: jax.Array, labels: jax.Array) -> jax.Array:
