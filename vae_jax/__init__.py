@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 _EXPORTS = {
     "vae_jax.contract": ("JointSamples", "Model", "FlaxModel", "as_model"),
