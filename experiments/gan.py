@@ -38,7 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from gan_models import GanState, batch_inputs, create_state, sample_binary, sample_means, train_step
 
-from vae_jax import data, figures, protocol, samples
+from vae_jax import data, features, figures, protocol, sample_quality, samples
 from vae_jax.train import epoch_batches
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,26 +186,18 @@ def real_images(dataset: str, split: str, real_seed: int, manual_dir: str | None
     return samples.reference_images(load_pixels(dataset, split, manual_dir), data.describe(dataset), key)
 
 
-def _features(extractor: Any, images: np.ndarray) -> np.ndarray:
-    from vae_jax import features  # written beside this baseline (issue #35)
-
-    return features.extract(extractor, images)
-
-
 def select(workdir: str | os.PathLike, num_samples: int = 10_000, real_seed: int = 0,
            manual_dir: str | None = None) -> dict[str, Any]:
     """Scores every checkpoint by the FID of its `num_samples` binary samples (`fold_in(sample_key, 0)`) against
     the validation split binarized with `jax.random.key(real_seed)`; writes and returns `selection.json`
     (`{"fid": {epoch: fid}, "selected_epoch": ...}`) in the workdir and in `experiments/results/gan/<dataset>/`."""
-    from vae_jax import features, sample_quality
-
     config, manager = load_config(workdir), checkpoint_manager(workdir)
     extractor = features.load_extractor(config["dataset"])
-    real = _features(extractor, real_images(config["dataset"], "validation", real_seed, manual_dir))
+    real = features.extract(extractor, real_images(config["dataset"], "validation", real_seed, manual_dir))
     key, template, fids = jax.random.fold_in(run_keys(config["seed"])[2], 0), template_state(config), {}
     for epoch in manager.all_steps():
         fake = draw(restore(manager, epoch, template), key, num_samples)
-        fids[str(epoch)] = float(sample_quality.fid(real, _features(extractor, fake)))
+        fids[str(epoch)] = float(sample_quality.fid(real, features.extract(extractor, fake)))
         print(f"epoch {epoch}: validation FID {fids[str(epoch)]:.3f}", flush=True)
     manager.close()
     selected = min(fids, key=fids.__getitem__)
@@ -220,18 +212,16 @@ def score(workdir: str | os.PathLike, epoch: int | None = None, num_samples: int
     """`sample_quality` of the selected checkpoint's (or `epoch`'s) `num_samples` binary samples
     (`fold_in(sample_key, 1)`) against the test split binarized with `jax.random.key(real_seed)`, written to
     `experiments/results/gan/<dataset>/sample_quality.json` with `samples.png` and `means.png` beside it."""
-    from vae_jax import features, sample_quality
-
     config = load_config(workdir)
     epoch = epoch or json.loads((Path(workdir) / "selection.json").read_text())["selected_epoch"]
     manager = checkpoint_manager(workdir)
     state = restore(manager, epoch, template_state(config))
     manager.close()
     extractor = features.load_extractor(config["dataset"])
-    real = _features(extractor, real_images(config["dataset"], "test", real_seed, manual_dir)[:num_samples])
+    real = features.extract(extractor, real_images(config["dataset"], "test", real_seed, manual_dir)[:num_samples])
     key = jax.random.fold_in(run_keys(config["seed"])[2], 1)
     fake = draw(state, key, num_samples)
-    quality = sample_quality.sample_quality(real, _features(extractor, fake))
+    quality = sample_quality.sample_quality(real, features.extract(extractor, fake))
     description = {"model": {"class": "DCGAN", **config}, "dataset": config["dataset"]}
     card = protocol.sample_quality_card(data.describe(config["dataset"]), "test", num_samples, extractor, real_seed,
                                         description, data_hash=data.split_hash(config["dataset"], "test"))
