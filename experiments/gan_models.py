@@ -26,11 +26,10 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from vae_jax.features import IMAGE_SHAPE, IMAGE_SIZE
 from vae_jax.objective import example_keys, map_examples
 
 Params = Any
-IMAGE_SHAPE = (28, 28)
-NUM_PIXELS = 28 * 28
 
 
 def depth_to_space(h: jax.Array, r: int = 2) -> jax.Array:
@@ -73,7 +72,7 @@ class Generator(nn.Module):
         h = nn.relu(nn.Dense(7 * 7 * c)(z)).reshape(z.shape[0], 7, 7, c)
         h = nn.relu(depth_to_space(PatchConv(4 * (c // 2), kernel=3, stride=1)(h)))
         logits = depth_to_space(PatchConv(4, kernel=3, stride=1)(h))
-        return logits.reshape(z.shape[0], NUM_PIXELS)
+        return logits.reshape(z.shape[0], IMAGE_SIZE)
 
 
 class Discriminator(nn.Module):
@@ -84,7 +83,7 @@ class Discriminator(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = (2 * x - 1).reshape(x.shape[0], *IMAGE_SHAPE, 1)
+        h = (2 * x - 1).reshape(x.shape[0], *IMAGE_SHAPE)
         h = nn.leaky_relu(PatchConv(self.channels)(h), 0.2)
         h = nn.leaky_relu(PatchConv(2 * self.channels)(h), 0.2)
         return nn.Dense(1)(h.reshape(x.shape[0], -1))[:, 0]
@@ -131,7 +130,7 @@ def create_state(key: jax.Array, latent_dim: int = 64, learning_rate: float = 2e
     tx = optax.adam(learning_rate, b1=b1)
     g_key, d_key = jax.random.split(key)
     g_params = generator.init(g_key, jnp.zeros((1, latent_dim), jnp.float32))
-    d_params = discriminator.init(d_key, jnp.zeros((1, NUM_PIXELS), jnp.float32))
+    d_params = discriminator.init(d_key, jnp.zeros((1, IMAGE_SIZE), jnp.float32))
     return GanState(step=jnp.zeros((), jnp.int32), g_params=g_params, d_params=d_params, g_opt=tx.init(g_params),
                     d_opt=tx.init(d_params), generator=generator, discriminator=discriminator, tx=tx,
                     latent_dim=latent_dim, binary_fakes=binary_fakes)
@@ -154,7 +153,7 @@ def batch_inputs(pixels: jax.Array, indices: jax.Array, examples_key: jax.Array,
 
     def one(x: jax.Array, noise_key: jax.Array) -> Batch:
         d_key, g_key = jax.random.split(noise_key)
-        size = NUM_PIXELS if binary_fakes else 0
+        size = IMAGE_SIZE if binary_fakes else 0
         u_d, u_g = (jax.random.uniform(jax.random.fold_in(k, 1), (size,)) for k in (d_key, g_key))
         return Batch(x, jax.random.normal(d_key, (latent_dim,)), jax.random.normal(g_key, (latent_dim,)), u_d, u_g)
 

@@ -19,7 +19,7 @@ def tiny_state(fake_input: str = "mean") -> gan_models.GanState:
 
 
 def grey_pixels(num: int) -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, (num, gan_models.NUM_PIXELS), dtype=np.uint8)
+    return np.random.default_rng(0).integers(0, 256, (num, gan_models.IMAGE_SIZE), dtype=np.uint8)
 
 
 def test_shapes():

@@ -43,6 +43,18 @@ def map_over_split(fn: Callable[[Any, jax.Array], Any], pixels: Any, batch_size:
     return jax.tree.map(lambda t: t.reshape(num_chunks * batch_size, *t.shape[2:])[:num_examples], outputs)
 
 
+def map_in_chunks(fn: Callable[..., jax.Array], num_examples: int, arrays: tuple[Any, ...] = (),
+                  batch_size: int = 1000) -> np.ndarray:
+    """`fn(*chunks, indices [B])`, jitted, over examples `[start, start + batch_size)` of `num_examples`, each array
+    of `arrays` (`[N, ...]`, host or device) sliced alike, concatenated on the host: `[N, ...]` NumPy. Unlike
+    `map_over_split`, only one chunk at a time is on the device (for splits read from disk, and loops of draws)."""
+    jitted = jax.jit(fn)
+    return np.concatenate([
+        np.asarray(jitted(*(jnp.asarray(a[start:start + batch_size]) for a in arrays),
+                          jnp.arange(start, min(start + batch_size, num_examples))))
+        for start in range(0, num_examples, batch_size)])
+
+
 @functools.partial(jax.jit, static_argnames=("model", "batch_size", "dynamic_binarization", "num_samples", "mesh"))
 def evaluate_elbo(
     model: Model,

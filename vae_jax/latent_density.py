@@ -30,6 +30,7 @@ import scipy.special
 
 from vae_jax import distributions, models
 from vae_jax.contract import Params
+from vae_jax.evaluate import map_in_chunks
 
 LatentSampler = Callable[[jax.Array], jax.Array]  # key -> one code `[J]`
 
@@ -48,18 +49,12 @@ def aggregate_posterior_codes(model: Any, params: Params, pixels: jax.Array, key
     if not hasattr(model, "posterior"):
         raise TypeError(f"{type(model).__name__} has no `posterior(params, x)`; ex-post densities need one")
 
-    @jax.jit
-    def draw(chunk: jax.Array, indices: jax.Array) -> jax.Array:
-        def one(x: jax.Array, index: jax.Array) -> jax.Array:
-            mean, logvar = model.posterior(params, x)
-            eps = jax.random.normal(jax.random.fold_in(key, index), mean.shape, mean.dtype)
-            return distributions.reparameterize(mean, logvar, eps)
-        return jax.vmap(one)(chunk, indices)
+    def one(x: jax.Array, index: jax.Array) -> jax.Array:
+        mean, logvar = model.posterior(params, x.astype(jnp.float32))
+        eps = jax.random.normal(jax.random.fold_in(key, index), mean.shape, mean.dtype)
+        return distributions.reparameterize(mean, logvar, eps)
 
-    chunks = [draw(jnp.asarray(pixels[start:start + batch_size], jnp.float32),
-                   jnp.arange(start, min(start + batch_size, len(pixels))))
-              for start in range(0, len(pixels), batch_size)]
-    return np.concatenate([np.asarray(chunk, np.float64) for chunk in chunks])
+    return map_in_chunks(jax.vmap(one), len(pixels), (pixels,), batch_size).astype(np.float64)
 
 
 class GaussianMixture(NamedTuple):

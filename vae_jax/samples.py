@@ -26,6 +26,7 @@ import numpy as np
 from vae_jax import configs, data, features, figures, latent_density, protocol, sample_quality
 from vae_jax.contract import Params
 from vae_jax.errors import ConfigError
+from vae_jax.evaluate import map_in_chunks
 from vae_jax.objective import map_examples
 from vae_jax.readback import open_split
 from vae_jax.workdir import EVAL_FILE, append_json_line
@@ -52,18 +53,14 @@ def draw_images(model: Any, params: Params, key: jax.Array, num_images: int, *, 
             mean = model.decode(params, sampler(code_key))
         return jax.random.bernoulli(pixel_key, mean).astype(mean.dtype) if binary else mean
 
-    draw = jax.jit(jax.vmap(one))
-    return np.concatenate([np.asarray(draw(jnp.arange(start, min(start + BATCH_SIZE, num_images))))
-                           for start in range(0, num_images, BATCH_SIZE)])
+    return map_in_chunks(jax.vmap(one), num_images, batch_size=BATCH_SIZE)
 
 
 def model_inputs(pixels: np.ndarray, dataset: data.Dataset, key: jax.Array) -> np.ndarray:
     """`[N, D]` float examples as the model reads them from `[N, D]` uint8 pixels: 0/1 (dynamic data binarized as
     evaluation does, example n by `fold_in(key, n)`), or 8-bit grey levels 0..255."""
-    identity = jax.jit(lambda chunk, indices: map_examples(lambda x, _: x, chunk, indices, key, dataset.dynamic))
-    return np.concatenate([np.asarray(identity(jnp.asarray(pixels[start:start + BATCH_SIZE]),
-                                               jnp.arange(start, min(start + BATCH_SIZE, len(pixels)))))
-                           for start in range(0, len(pixels), BATCH_SIZE)])
+    return map_in_chunks(lambda chunk, indices: map_examples(lambda x, _: x, chunk, indices, key, dataset.dynamic),
+                         len(pixels), (pixels,), BATCH_SIZE)
 
 
 def latent_sampler(run: Any, params: Params, density: str, temperature: float, key: jax.Array, *,
