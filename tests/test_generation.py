@@ -17,11 +17,12 @@ SMALL = dict(hidden=8, features=8)
 ALL = np.array(list(itertools.product([0, 1], repeat=6)), np.uint8).reshape(64, 2, 3)
 
 
-def _params(model):
+def _params(model, scale: float = 1.5):
     params = as_model(model).init(jax.random.key(0), Sequence(jnp.asarray(ALL[0]), jnp.asarray(2)))
     # Frames that depend more on the latents and the past; much larger weights (or a prior far from the posterior)
-    # leave the importance-sampling estimates of p(x) too biased to compare with.
-    return jax.tree.map(lambda p: 1.5 * p, params)
+    # leave the importance-sampling estimates of p(x) too biased to compare with: the DMM's posterior, which sees
+    # no past frames, proposes worse at 1.5 (its 64 estimates then sum to 0.71 with K = 4096, 0.77 with 65,536).
+    return jax.tree.map(lambda p: scale * p, params)
 
 
 def test_the_baseline_draws_with_its_own_probabilities():
@@ -36,10 +37,11 @@ def test_the_baseline_draws_with_its_own_probabilities():
         np.testing.assert_allclose(float(log_p), expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("model", [recurrent.VRNN(latent_dim=2, **SMALL), recurrent.SRNN(latent_dim=2, **SMALL)],
-                         ids=["vrnn", "srnn"])
-def test_latent_models_draw_sequences_as_often_as_their_likelihood_says(model):
-    params = _params(model)
+@pytest.mark.parametrize(("model", "scale"), [(recurrent.VRNN(latent_dim=2, **SMALL), 1.5),
+                                              (recurrent.SRNN(latent_dim=2, **SMALL), 1.5),
+                                              (recurrent.DMM(latent_dim=2, **SMALL), 1.0)], ids=["vrnn", "srnn", "dmm"])
+def test_latent_models_draw_sequences_as_often_as_their_likelihood_says(model, scale):
+    params = _params(model, scale)
     rolls, _ = generation.sample_rolls(model, params, jax.random.key(2), 40_000, 2, num_keys=3)
     codes = np.asarray(rolls, np.int64).reshape(40_000, 6) @ (2 ** np.arange(5, -1, -1))
     frequencies = np.bincount(codes, minlength=64) / 40_000
@@ -58,5 +60,5 @@ def test_latent_models_draw_sequences_as_often_as_their_likelihood_says(model):
 
 
 def test_only_the_sequence_models_draw_rolls():
-    with pytest.raises(TypeError, match="RNNBaseline, VRNN or SRNN"):
+    with pytest.raises(TypeError, match="RNNBaseline, VRNN, SRNN or DMM"):
         generation.sample_rolls(object(), {}, jax.random.key(0), 1, 1)

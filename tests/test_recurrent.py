@@ -1,7 +1,8 @@
 """The sequence models of `vae_jax.recurrent`: the VRNN against an independent float64 PyTorch implementation with
 copied weights and the same noise (per-sequence terms and gradients, to 1e-10 relative), padding that changes
-nothing, the baseline's probabilities that sum to 1 over every sequence of a tiny space, and the closed-form KL
-between two Gaussians against PyTorch's."""
+nothing, the baseline's probabilities that sum to 1 over every sequence of a tiny space, the frame logits of
+the figures that are the model's own likelihood, and the closed-form KL between two Gaussians against
+PyTorch's."""
 
 import itertools
 
@@ -21,6 +22,7 @@ MODELS = {
     "rnn": recurrent.RNNBaseline(hidden=HIDDEN, features=FEATURES),
     "vrnn": recurrent.VRNN(**SMALL),
     "srnn": recurrent.SRNN(**SMALL),
+    "dmm": recurrent.DMM(**SMALL),
 }
 
 
@@ -133,6 +135,26 @@ def test_padding_and_what_lies_in_it_change_nothing(name):
     assert np.asarray(in_batch.log_likelihood[1] != in_batch.log_likelihood[0]).all()
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_frame_logits_are_the_likelihood_the_model_scores(name):
+    """Bernoulli log-probabilities of the frames under `frame_logits`, summed over the sequence's own frames, equal
+    the log-likelihood of its joint samples drawn with the same noise (an independent NumPy sum; the padding's
+    logits are left out)."""
+    model, frames = MODELS[name], np.concatenate([_rolls(8, 9), _rolls(9, 4)])
+    x = Sequence(jnp.asarray(frames), jnp.asarray(9))
+    with jax.enable_x64(True):
+        params = _init(model, frames)
+        eps = recurrent.step_noise(jax.random.key(3), 13, 2, LATENT, jnp.float64)
+        logits = model.apply(params, x, eps, method=type(model).frame_logits)
+        joint = (as_model(model).joint_samples(params, x, jax.random.key(0), 2) if name == "rnn"
+                 else model.apply(params, x, eps, method=type(model).joint_samples_from_noise))
+    p = 1.0 / (1.0 + np.exp(-np.asarray(logits)[:9]))
+    log_p = np.sum(np.where(frames[:9, None] == 1, np.log(p), np.log1p(-p)), axis=(0, 2))
+    assert p.shape == (9, 1 if name == "rnn" else 2, KEYS)
+    np.testing.assert_allclose(np.broadcast_to(log_p, joint.log_likelihood.shape), np.asarray(joint.log_likelihood),
+                               rtol=1e-10)
+
+
 def test_the_baseline_is_a_distribution_over_sequences():
     """Its probabilities of all 2^(T D) binary sequences of T = 2 frames of D = 3 keys sum to 1."""
     model = recurrent.RNNBaseline(hidden=HIDDEN, features=FEATURES)
@@ -150,7 +172,7 @@ def test_the_baseline_is_a_distribution_over_sequences():
         assert abs(float(jnp.sum(jnp.exp(first))) - 1.0) < 1e-12
 
 
-@pytest.mark.parametrize("name", ["vrnn", "srnn"])
+@pytest.mark.parametrize("name", ["vrnn", "srnn", "dmm"])
 def test_the_elbo_of_a_latent_model_lies_below_its_importance_weighted_bound(name):
     model, frames = as_model(MODELS[name]), _rolls(7, 12)
     with jax.enable_x64(True):

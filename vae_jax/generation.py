@@ -19,7 +19,7 @@ from vae_jax.contract import Params
 
 
 class _Cell(recurrent.StepSizes):
-    """One step of ancestral sampling for the three models (`kind`): carry `(h, z, x_previous)` of `[S, ...]`."""
+    """One step of ancestral sampling for the four models (`kind`): carry `(h, z, x_previous)` of `[S, ...]`."""
 
     kind: str = "vrnn"
 
@@ -30,7 +30,10 @@ class _Cell(recurrent.StepSizes):
         prior_key, frame_key = jax.random.split(key)
         gaussian = lambda name, inputs: models.split_gaussian(  # noqa: E731
             nn.Dense(2 * self.latent_dim, name=name)(inputs), self.logvar_bound)
-        if self.kind == "srnn":  # h is d_t = GRU(d_t-1, x_t-1); z_t ~ p(z_t | z_t-1, d_t); x_t ~ p(x_t | z_t, d_t)
+        if self.kind == "dmm":  # z_t ~ p(z_t | z_t-1); x_t ~ p(x_t | z_t)
+            z = _draw(prior_key, recurrent.gated_transition(z, self))
+            decoded = mlp("decoder")(z)
+        elif self.kind == "srnn":  # h is d_t = GRU(d_t-1, x_t-1); z_t ~ p(z_t | z_t-1, d_t); x_t ~ p(x_t | z_t, d_t)
             h = recurrent.GRU(self.hidden, name="forward")(h, x_previous)
             z = _draw(prior_key, gaussian("prior_head", mlp("prior")(jnp.concatenate([z, h], axis=-1))))
             decoded = mlp("decoder")(jnp.concatenate([z, h], axis=-1))
@@ -42,7 +45,7 @@ class _Cell(recurrent.StepSizes):
             decoded = mlp("decoder")(h)
         probabilities = nn.sigmoid(nn.Dense(x_previous.shape[-1], name="logits")(decoded))
         x = jax.random.bernoulli(frame_key, probabilities).astype(probabilities.dtype)
-        if self.kind != "srnn":
+        if self.kind in ("rnn", "vrnn"):
             inputs = mlp("phi_x")(x)
             if self.kind == "vrnn":
                 inputs = jnp.concatenate([inputs, phi_z], axis=-1)
@@ -66,12 +69,12 @@ def _sampler_params(model: Any, params: Params) -> Params:
 
 def sample_rolls(model: Any, params: Params, key: jax.Array, num_sequences: int, num_frames: int,
                  num_keys: int = 88) -> tuple[jax.Array, jax.Array]:
-    """`num_sequences` piano rolls of `num_frames` frames drawn from `model` (an `RNNBaseline`, `VRNN` or `SRNN`
-    module) at `params`: `(rolls [N, T, num_keys] 0/1 floats, probabilities [N, T, num_keys])`, the probability of
+    """`num_sequences` piano rolls of `num_frames` frames drawn from `model` (an `RNNBaseline`, `VRNN`, `SRNN` or
+    `DMM` module) at `params`: `(rolls [N, T, num_keys] 0/1 floats, probabilities [N, T, num_keys])`, the probability of
     each key at each step given the draws before it."""
-    kinds = {recurrent.RNNBaseline: "rnn", recurrent.VRNN: "vrnn", recurrent.SRNN: "srnn"}
+    kinds = {recurrent.RNNBaseline: "rnn", recurrent.VRNN: "vrnn", recurrent.SRNN: "srnn", recurrent.DMM: "dmm"}
     if type(model) not in kinds:
-        raise TypeError(f"sample_rolls draws from RNNBaseline, VRNN or SRNN, got {type(model).__name__}")
+        raise TypeError(f"sample_rolls draws from RNNBaseline, VRNN, SRNN or DMM, got {type(model).__name__}")
     latent = getattr(model, "latent_dim", 1)
     cell = nn.scan(_Cell, variable_broadcast="params", split_rngs={"params": False}, in_axes=0, out_axes=0)(
         latent, model.hidden, model.features, model.activation, getattr(model, "logvar_bound", 0.0),

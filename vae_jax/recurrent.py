@@ -19,17 +19,22 @@ expectation the ELBO's is (Chung et al., 2015, eq. 11; Fraccaro et al., 2016, eq
 - `SRNN` (Fraccaro et al., 2016): a deterministic GRU d_t over x_<t, a stochastic chain p(z_t | z_t-1, d_t), and
   a smoothing posterior q(z_t | z_t-1, a_t) from a backward GRU a_t over (d_t:T, x_t:T), whose mean is the prior's
   plus a learned correction ("resq"); p(x_t | z_t, d_t).
+- `DMM`, the deep Markov model (Krishnan et al., 2017): a purely stochastic chain with a gated transition
+  p(z_t | z_t-1), p(x_t | z_t), and the structured posterior q(z_t | z_t-1, a_t) of a backward GRU a_t over x_t:T
+  (their "ST-R" combiner).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions, models
+from vae_jax import distributions, models, particles
 from vae_jax.contract import JointSamples
 from vae_jax.sequences import Sequence
 
@@ -113,6 +118,18 @@ def _scanned(cell: type[nn.Module], reverse: bool = False) -> type[nn.Module]:
                    reverse=reverse)
 
 
+def _scan_steps(cell: nn.Module, start: Any, inputs: tuple[jax.Array, ...]) -> tuple[Any, Any]:
+    """`cell(carry, inputs_t) -> (carry, outputs_t)` as one `lax.scan` over the leading axis of `inputs`, its
+    parameters (those of `cell`, by its name) shared by all steps: `(last carry, outputs [T, ...])`."""
+    return nn.scan(lambda module, carry, step_inputs: module(carry, step_inputs), variable_broadcast="params",
+                   split_rngs={"params": False})(cell, start, inputs)
+
+
+def _all_steps(cell: nn.Module, start: Any, inputs: tuple[jax.Array, ...]) -> tuple[StepTerms, jax.Array]:
+    """A latent model's pass: `(StepTerms [T, S, ...], logits [T, S, D])` of its step `cell` over `inputs`."""
+    return _scan_steps(cell, start, inputs)[1]
+
+
 def _mlp(width: int, activation: str, name: str) -> nn.Module:
     return models.MLP((width,), activation, name=name)
 
@@ -134,7 +151,7 @@ class _RNNStep(nn.Module):
         x, mask = inputs
         logits = nn.Dense(x.shape[-1], name="logits")(_mlp(self.features, self.activation, "decoder")(h))
         h_next = GRU(self.hidden, name="rnn")(h, _mlp(self.features, self.activation, "phi_x")(x))
-        return jnp.where(mask > 0, h_next, h), distributions.bernoulli_log_prob(x, logits) * mask
+        return jnp.where(mask > 0, h_next, h), (distributions.bernoulli_log_prob(x, logits) * mask, logits)
 
 
 class RNNBaseline(nn.Module):
@@ -151,14 +168,22 @@ class RNNBaseline(nn.Module):
     activation: str = "relu"
 
     @nn.compact
-    def __call__(self, x: Sequence, key: jax.Array, num_samples: int) -> JointSamples:
-        """The contract's samples: log p(x) as each sample's log-likelihood, log p(z) = log q(z) = 0."""
+    def _scan(self, x: Sequence) -> tuple[jax.Array, jax.Array]:
+        """`(log p(x_t | x_<t) [T], logits [T, D])`, 0 at padded steps."""
         frames, mask = _frames(x)
         step = _scanned(_RNNStep)(self.hidden, self.features, self.activation, name="step")
-        _, log_likelihood = step(jnp.zeros(self.hidden, frames.dtype), (frames, mask))
-        log_px = jnp.full((num_samples,), jnp.sum(log_likelihood))
+        return step(jnp.zeros(self.hidden, frames.dtype), (frames, mask))[1]
+
+    def __call__(self, x: Sequence, key: jax.Array, num_samples: int) -> JointSamples:
+        """The contract's samples: log p(x) as each sample's log-likelihood, log p(z) = log q(z) = 0."""
+        log_px = jnp.full((num_samples,), jnp.sum(self._scan(x)[0]))
         zeros = jnp.zeros_like(log_px)
         return JointSamples(log_px, zeros, zeros)
+
+    def frame_logits(self, x: Sequence, eps: jax.Array | None = None) -> jax.Array:
+        """`[T, 1, D]` the Bernoulli logits of p(x_t | x_<t): the one-step-ahead prediction of each key (no latent:
+        `eps` unused)."""
+        return self._scan(x)[1][:, None]
 
 
 class StepSizes(nn.Module):
@@ -187,12 +212,12 @@ class _VRNNStep(StepSizes):
         logits = nn.Dense(x.shape[-1], name="logits")(decoded)
         h_next = GRU(self.hidden, name="rnn")(h, jnp.concatenate([phi_x, phi_z], axis=-1))
         return (jnp.where(mask > 0, h_next, h),
-                gaussian_step_terms(x, logits, eps, posterior, prior, mask))
+                (gaussian_step_terms(x, logits, eps, posterior, prior, mask), logits))
 
 
 class _LatentSequenceModel(nn.Module):
-    """What the latent models share: the contract's `__call__` draws the noise, `joint_samples_from_noise` (each
-    model's own) uses it."""
+    """What the latent models share: the contract's `__call__` draws the noise; `joint_samples_from_noise` and
+    `frame_logits` read the terms and the logits of one pass, `_scan` (each model's own)."""
 
     latent_dim: int = 16
     hidden: int = 128
@@ -207,6 +232,23 @@ class _LatentSequenceModel(nn.Module):
 
     def joint_samples_from_noise(self, x: Sequence, eps: jax.Array) -> JointSamples:
         """The joint samples for given noise `eps [T, S, J]`."""
+        return sequence_samples(self._scan(x, eps)[0])
+
+    def fivo_bound(self, x: Sequence, key: jax.Array, num_particles: int) -> jax.Array:
+        """`[]` the FIVO estimate log p_hat(x) with `num_particles` particles (`vae_jax.particles`): their noise
+        `step_noise(fold_in(key, 0), ...)`, their resampling at step t keyed by `fold_in(fold_in(key, 1), t)`."""
+        eps = step_noise(jax.random.fold_in(key, 0), x.frames.shape[0], num_particles, self.latent_dim,
+                         jnp.result_type(float))
+        return self._scan(x, eps, functools.partial(particles.filter_steps, key=jax.random.fold_in(key, 1)))
+
+    def frame_logits(self, x: Sequence, eps: jax.Array) -> jax.Array:
+        """`[T, S, D]` the Bernoulli logits of p(x_t | z_t, .) with z_1:T drawn from q by `eps [T, S, J]` (zeros:
+        the posterior's means, step by step): the reconstruction of each key."""
+        return self._scan(x, eps)[1]
+
+    def _scan(self, x: Sequence, eps: jax.Array, run: Callable[..., Any] = _all_steps) -> Any:
+        """`run(cell, start, inputs)` for the model's step cell over the sequence with the noise `eps [T, S, J]`:
+        by default `(StepTerms of [T, S, ...], logits [T, S, D])`."""
         raise NotImplementedError
 
 
@@ -228,13 +270,10 @@ class VRNN(_LatentSequenceModel):
     """
 
     @nn.compact
-    def joint_samples_from_noise(self, x: Sequence, eps: jax.Array) -> JointSamples:
-        """The joint samples for given noise `eps [T, S, J]`."""
+    def _scan(self, x: Sequence, eps: jax.Array, run: Callable[..., Any] = _all_steps) -> Any:
         frames, mask = _frames(x)
-        step = _scanned(_VRNNStep)(self.latent_dim, self.hidden, self.features, self.activation, self.logvar_bound,
-                                   name="step")
-        _, terms = step(jnp.zeros((eps.shape[1], self.hidden), frames.dtype), (frames, eps, mask))
-        return sequence_samples(terms)
+        cell = _VRNNStep(self.latent_dim, self.hidden, self.features, self.activation, self.logvar_bound, name="step")
+        return run(cell, jnp.zeros((eps.shape[1], self.hidden), frames.dtype), (frames, eps, mask))
 
 
 class _GRUStep(nn.Module):
@@ -265,7 +304,8 @@ class _SRNNStep(nn.Module):
         posterior = (prior[0] + correction, logvar)
         z = distributions.reparameterize(*posterior, eps)
         logits = nn.Dense(x.shape[-1], name="logits")(mlp("decoder")(jnp.concatenate([z, d], axis=-1)))
-        return jnp.where(mask > 0, z, z_previous), gaussian_step_terms(x, logits, eps, posterior, prior, mask)
+        return (jnp.where(mask > 0, z, z_previous),
+                (gaussian_step_terms(x, logits, eps, posterior, prior, mask), logits))
 
 
 class SRNN(_LatentSequenceModel):
@@ -287,14 +327,70 @@ class SRNN(_LatentSequenceModel):
     """
 
     @nn.compact
-    def joint_samples_from_noise(self, x: Sequence, eps: jax.Array) -> JointSamples:
-        """The joint samples for given noise `eps [T, S, J]`."""
+    def _scan(self, x: Sequence, eps: jax.Array, run: Callable[..., Any] = _all_steps) -> Any:
         frames, mask = _frames(x)
         previous = jnp.concatenate([jnp.zeros_like(frames[:1]), frames[:-1]])
         start = jnp.zeros(self.hidden, frames.dtype)
         _, d = _scanned(_GRUStep)(self.hidden, name="forward")(start, (previous, mask))
         _, a = _scanned(_GRUStep, reverse=True)(self.hidden, name="backward")(
             start, (jnp.concatenate([d, frames], axis=-1), mask))
-        step = _scanned(_SRNNStep)(self.latent_dim, self.features, self.activation, self.logvar_bound, name="step")
-        _, terms = step(jnp.zeros(eps.shape[1:], frames.dtype), (frames, d, a, eps, mask))
-        return sequence_samples(terms)
+        cell = _SRNNStep(self.latent_dim, self.features, self.activation, self.logvar_bound, name="step")
+        return run(cell, jnp.zeros(eps.shape[1:], frames.dtype), (frames, d, a, eps, mask))
+
+
+def gated_transition(z_previous: jax.Array, sizes: StepSizes) -> tuple[jax.Array, jax.Array]:
+    """The DMM's gated transition p(z_t | z_t-1) (Krishnan et al., 2017, section 5): `(mean, logvar)`, each `[S, J]`,
+    of `z_previous [S, J]`, with layers `gate`, `proposal`, `proposed_mean`, `linear` and `prior_logvar` of the
+    calling module (a `StepSizes`)::
+
+        g = sigmoid(W_g mlp_g(z))     m = W_m mlp_p(z)     mean = (1 - g) * (W_l z + b_l) + g * m
+        logvar = bound(W_v relu(m))
+    """
+    mlp = lambda name: _mlp(sizes.features, sizes.activation, name)  # noqa: E731
+    gate = nn.sigmoid(nn.Dense(sizes.latent_dim, name="gate")(mlp("gate_hidden")(z_previous)))
+    proposed = nn.Dense(sizes.latent_dim, name="proposed_mean")(mlp("proposal")(z_previous))
+    mean = (1.0 - gate) * nn.Dense(sizes.latent_dim, name="linear")(z_previous) + gate * proposed
+    logvar = nn.Dense(sizes.latent_dim, name="prior_logvar")(nn.relu(proposed))
+    return mean, models.bound_logvar(logvar, sizes.logvar_bound)
+
+
+class _DMMStep(StepSizes):
+
+    @nn.compact
+    def __call__(self, z_previous: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, Any]:
+        x, a, eps, mask = inputs  # [D], [H], [S, J], []
+        prior = gated_transition(z_previous, self)
+        combined = 0.5 * (jnp.tanh(nn.Dense(self.hidden, name="combiner")(z_previous)) + a)
+        posterior = models.split_gaussian(nn.Dense(2 * self.latent_dim, name="encoder_head")(combined),
+                                          self.logvar_bound)
+        z = distributions.reparameterize(*posterior, eps)
+        logits = nn.Dense(x.shape[-1], name="logits")(_mlp(self.features, self.activation, "decoder")(z))
+        return (jnp.where(mask > 0, z, z_previous),
+                (gaussian_step_terms(x, logits, eps, posterior, prior, mask), logits))
+
+
+class DMM(_LatentSequenceModel):
+    """The deep Markov model (Krishnan, Shalit & Sontag, 2017), with the structured "ST-R" posterior.
+
+        prior     p(z_t | z_t-1) = N(gated_transition(z_t-1)),  z_0 = 0
+        decoder   p(x_t | z_t) = Bernoulli(f(z_t))
+        backward  a_t = GRU(a_t+1, x_t),  a_length+1 = 0
+        posterior q(z_t | z_t-1, a_t) = N(mu_q(c_t), sigma_q^2(c_t)),  c_t = (tanh(W z_t-1 + b) + a_t) / 2
+
+    All that passes from one step to the next is z_t: the past frames reach x_t only through the latents.
+
+    Attributes:
+        latent_dim: size J of z_t.
+        hidden: size of the backward GRU's state a_t.
+        features: width of each one-layer MLP (the transition's gate and proposal, the decoder's).
+        activation: a name in `configs.ACTIVATIONS`.
+        logvar_bound: as in `VRNN`.
+    """
+
+    @nn.compact
+    def _scan(self, x: Sequence, eps: jax.Array, run: Callable[..., Any] = _all_steps) -> Any:
+        frames, mask = _frames(x)
+        _, a = _scanned(_GRUStep, reverse=True)(self.hidden, name="backward")(
+            jnp.zeros(self.hidden, frames.dtype), (frames, mask))
+        cell = _DMMStep(self.latent_dim, self.hidden, self.features, self.activation, self.logvar_bound, name="step")
+        return run(cell, jnp.zeros(eps.shape[1:], frames.dtype), (frames, a, eps, mask))
