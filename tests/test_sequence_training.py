@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from vae_jax import buckets, configs, data, evaluate, protocol, recurrent, trainer
+from vae_jax import buckets, configs, data, evaluate, protocol, readback, recurrent, trainer
+from vae_jax.errors import ConfigError
 from vae_jax.sequences import PaddedSplit, Sequence
 
 MODEL = recurrent.VRNN(latent_dim=4, hidden=16, features=16)
@@ -105,8 +106,20 @@ def test_cli_trains_and_evaluates_in_nats_per_frame_with_a_card(polyphonic, tmp_
     assert result["num_frames"] == 4725 and result["num_examples"] == 77 and result["iwae_k"] == 4
     assert result["nll_per_frame"] == pytest.approx(result["nll"] * 77 / 4725)
     assert result["nelbo_per_frame"] >= result["nll_per_frame"] > 0
+    done = subprocess.run([sys.executable, "-m", "vae_jax", "eval", "--workdir", str(workdir), "--split", "test",
+                           "--iwae-samples", "4", "--bound", "fivo", *common], cwd=REPO, check=True,
+                          capture_output=True, text=True)
+    fivo = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (fivo["estimator"], fivo["iwae_k"], result["estimator"]) == ("fivo", 4, "iwae")
+    assert fivo["nelbo"] == result["nelbo"] and fivo["nelbo_per_frame"] > fivo["nll_per_frame"] > 0
     table = protocol.compare_tables(protocol.read_results([workdir / "eval.jsonl"]))
     assert "NLL (nats/frame)" in table and f"{result['nll_per_frame']:.2f} ±" in table
+    assert "estimator=fivo" in table and "estimator=iwae" in table and "they differ in estimator" in table
+
+
+def test_fivo_needs_a_model_with_a_particle_filter():
+    with pytest.raises(ConfigError, match="--bound fivo needs a sequence model .* RNNBaseline has none"):
+        readback._nll_bound(recurrent.RNNBaseline(), "fivo", 4, 10, 10, None, {})
 
 
 def test_a_sequence_dataset_refuses_other_forms_and_names_its_folder(tmp_path):

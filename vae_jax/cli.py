@@ -108,6 +108,9 @@ def _add_eval_command(commands: Any) -> None:
     evaluate.add_argument("--iwae-samples", type=int, default=0,
                           help="K: also estimate log p(x) by the importance-weighted bound (standard: 5000)")
     evaluate.add_argument("--iwae-chunk", type=int, default=500, help="importance samples at once (memory only)")
+    evaluate.add_argument("--bound", default="iwae", choices=("iwae", "fivo"),
+                          help="the log p(x) estimate with K = --iwae-samples: the importance-weighted bound, or FIVO "
+                               "(particle filter; latent sequence models)")
     evaluate.add_argument("--seed", type=int, default=0, help="evaluation seed (noise, dynamic binarization)")
     evaluate.add_argument("--sample-quality", type=int, default=0, metavar="N",
                           help="instead of the likelihood: FID, KID, precision/recall, density/coverage of N samples "
@@ -235,7 +238,7 @@ def _eval(args: argparse.Namespace) -> object:
     return readback.evaluate_checkpoint(
         args.workdir, args.split, model=_model(args), epoch=args.epoch, batch_size=args.batch_size,
         iwae_samples=args.iwae_samples, iwae_chunk=args.iwae_chunk, eval_seed=args.seed, data_dir=args.data_dir,
-        manual_dir=args.manual_dir, log=_notice, **_budget(args))
+        manual_dir=args.manual_dir, log=_notice, bound=args.bound, **_budget(args))
 
 
 def _gaps(args: argparse.Namespace) -> object:

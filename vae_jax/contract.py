@@ -85,7 +85,8 @@ class Model(Protocol):
         ...
 
 
-_OPTIONAL_METHODS = ("generate", "reconstruct", "encode", "decode", "posterior", "joint_samples_given_posterior")
+_OPTIONAL_METHODS = ("generate", "reconstruct", "encode", "decode", "posterior", "joint_samples_given_posterior",
+                     "fivo_bound")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +94,8 @@ class FlaxModel:
     """A Flax module that keeps the contract in its `__call__(x, key, num_samples) -> JointSamples`, as a `Model`.
 
     Its optional methods (`generate(key, num_images)`, `reconstruct(x)`, `encode(x)`, `decode(z)`, `posterior(x)`,
-    `joint_samples_given_posterior(x, mean, logvar, eps)`) are called through `module.apply(..., method=...)`; a
-    module's own `describe()` describes it.
+    `joint_samples_given_posterior(x, mean, logvar, eps)`, `fivo_bound(x, key, num_particles)`) are called through
+    `module.apply(..., method=...)`; a module's own `describe()` describes it.
 
     Attributes:
         module: the Flax module.

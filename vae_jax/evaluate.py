@@ -130,6 +130,32 @@ def evaluate_iwae(
     return map_over_split(chunk_bounds, pixels, batch_size, mesh, first_index, indices)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "num_particles", "batch_size", "mesh"))
+def evaluate_fivo(
+    model: Model,
+    params: Params,
+    sequences: Any,
+    key: jax.Array,
+    *,
+    num_particles: int,
+    batch_size: int = 100,
+    mesh: Mesh | None = None,
+    first_index: jax.Array | int = 0,
+    indices: jax.Array | None = None,
+) -> jax.Array:
+    """Per-sequence FIVO bounds log p_hat(x) with K = `num_particles` (`vae_jax.particles`) on a whole split of
+    `Sequence`s; `[N]` in nats. The model must have `fivo_bound(params, x, key, num_particles)`, as the latent models
+    of `vae_jax.recurrent` do. Sequence i is keyed by `fold_in(key, i)`, as in `evaluate_iwae`, so the result does
+    not depend on `batch_size` or the `mesh`; `first_index` and `indices` are those of `evaluate_elbo`."""
+    model = as_model(model)
+
+    def chunk_bounds(chunk: Any, chunk_indices: jax.Array) -> jax.Array:
+        return map_examples(lambda x, noise_key: model.fivo_bound(params, x, noise_key, num_particles), chunk,
+                            chunk_indices, key)
+
+    return map_over_split(chunk_bounds, sequences, batch_size, mesh, first_index, indices)
+
+
 def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
     """The mean of `[N]` values and its standard error (0 for a single value)."""
     stderr = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0

@@ -39,7 +39,7 @@ def _git_commit() -> str | None:
 
 def protocol_card(dataset: data.Dataset, split: str, num_examples: int, iwae_k: int | None, eval_seed: int,
                   config: dict[str, Any], inference: str = AMORTIZED, elbo_samples: int = 1,
-                  data_hash: str | None = None) -> dict[str, Any]:
+                  data_hash: str | None = None, bound: str = "iwae") -> dict[str, Any]:
     """Every field that decides whether two evaluation results can be compared, plus provenance.
 
     Args:
@@ -49,12 +49,14 @@ def protocol_card(dataset: data.Dataset, split: str, num_examples: int, iwae_k: 
             whose results come in nats per sequence and per time step (`units` "nats, nats/frame").
         split: the evaluated split.
         num_examples: how many of its examples were evaluated.
-        iwae_k: importance samples of the NLL estimate, or None for the ELBO alone.
+        iwae_k: K, the importance samples (or particles) of the NLL estimate, or None for the ELBO alone.
         eval_seed: seed of the evaluation's randomness.
         config: the model's config as a JSON-ready dict (`configs.to_dict`, or the model's own description).
         inference: `amortized` (the model's encoder), or a description of per-example inference.
         elbo_samples: samples of z per example in the ELBO estimate (its variance, not its expectation).
         data_hash: the evaluated split's content hash (`data.split_hash`), or None where it is unknown.
+        bound: the NLL estimate's bound, `iwae` (importance-weighted) or `fivo` (particle filter, sequences); the
+            card's `estimator` is this bound, or `elbo` without `iwae_k`.
     """
     from vae_jax import __version__
 
@@ -65,7 +67,7 @@ def protocol_card(dataset: data.Dataset, split: str, num_examples: int, iwae_k: 
         "split": split,
         "split_size": dataset.split_size(split),
         "num_examples": num_examples,
-        "estimator": "iwae" if iwae_k else "elbo",
+        "estimator": bound if iwae_k else "elbo",
         "iwae_k": iwae_k,
         "eval_seed": eval_seed,
         "units": "nats, bits/dim" if dataset.eight_bit else "nats, nats/frame" if dataset.sequential else "nats",

@@ -25,6 +25,8 @@ from vae_jax.sequences import PaddedSplit, Sequence
 from vae_jax.trainer import mesh_for
 from vae_jax.workdir import EVAL_FILE, append_json_line
 
+BOUNDS = ("iwae", "fivo")  # the NLL estimates of `evaluate_checkpoint`
+
 GAPS_DEFAULTS = configs.GapsConfig()
 
 
@@ -85,9 +87,10 @@ def evaluate_checkpoint(
     manual_dir: str | os.PathLike | None = None,
     device_memory_budget: int | str = stream.DEFAULT_DEVICE_MEMORY_BUDGET,
     log: Callable[[str], None] = print,
+    bound: str = "iwae",
 ) -> dict[str, Any]:
-    """Negative ELBO (and, with `iwae_samples` K > 0, the NLL estimate -log (1/K) sum_k w_k) of the best or a
-    given checkpoint on a whole split, with its protocol card; appends the result to `eval.jsonl`.
+    """Negative ELBO (and, with `iwae_samples` K > 0, an NLL estimate) of the best or a given checkpoint on a whole
+    split, with its protocol card; appends the result to `eval.jsonl`.
 
     Args:
         workdir: the run's work directory.
@@ -96,8 +99,8 @@ def evaluate_checkpoint(
             with; None for a preset run.
         epoch: the checkpoint; None takes the best by validation loss.
         batch_size: examples evaluated at once (memory only; default `eval_batch_size`, or 100 with K > 0).
-        iwae_samples: K importance samples per example; 0 skips the importance-weighted estimate.
-        iwae_chunk: importance samples evaluated at once (memory only).
+        iwae_samples: K importance samples (or particles) per example; 0 skips the NLL estimate.
+        iwae_chunk, bound: importance samples at once (memory only); the NLL estimate, `iwae` or `fivo` (sequences).
         eval_seed: seed of the evaluation's noise and dynamic binarization.
         data_dir, manual_dir: where TFDS keeps prepared datasets, and the original files.
         device_memory_budget, log: a split larger than this budget (bytes, or a size such as `2G`) streams from the
@@ -120,17 +123,32 @@ def evaluate_checkpoint(
     params, options = parallel.replicate(state.eval_params, mesh), {"dynamic_binarization": run.dataset.dynamic}
     over = _over_split(opened.pixels, budget, mesh, f"{run.config.dataset}/{split}", log)
     elbo = functools.partial(evaluate.evaluate_elbo, run.model, batch_size=elbo_batch, mesh=mesh, **options)
-    iwae = functools.partial(evaluate.evaluate_iwae, run.model, num_samples=iwae_samples, batch_size=iwae_batch,
-                             chunk_size=iwae_chunk, mesh=mesh, **options)
+    iwae = _nll_bound(run.model, bound, iwae_samples, iwae_batch, iwae_chunk, mesh, options)
     terms = over(elbo, elbo_batch)(params, opened.key)
     bounds = over(iwae, iwae_batch)(params, opened.key) if iwae_samples else None
     summary = evaluate.summarize(terms, bounds)
     per_frame = evaluate.per_frame(terms, bounds, opened.pixels.length) if run.dataset.sequential else {}
     result = {**summary, **per_frame, **in_bits_per_dim(summary, run.dataset), **opened.provenance(),
               **protocol.protocol_card(run.dataset, split, summary["num_examples"], iwae_samples or None,
-                                       eval_seed, run.metadata, data_hash=opened.data_hash)}
+                                       eval_seed, run.metadata, data_hash=opened.data_hash, bound=bound)}
     append_json_line(run.workdir / EVAL_FILE, result)
     return result
+
+
+def _nll_bound(model: Any, bound: str, num_samples: int, batch_size: int, chunk_size: int, mesh: Any,
+               options: dict[str, Any]) -> Callable[..., jax.Array]:
+    """`(params, key) -> [N]` the chosen bound over a split (`evaluate.evaluate_iwae` or `evaluate.evaluate_fivo`);
+    a `ConfigError` for an unknown bound, or FIVO with a model that has no `fivo_bound`."""
+    if bound not in BOUNDS:
+        raise ConfigError(f"unknown bound {bound!r}: choose one of {list(BOUNDS)}")
+    if bound == "iwae":
+        return functools.partial(evaluate.evaluate_iwae, model, num_samples=num_samples, batch_size=batch_size,
+                                 chunk_size=chunk_size, mesh=mesh, **options)
+    if not hasattr(contract.as_model(model), "fivo_bound"):
+        raise ConfigError(f"--bound fivo needs a sequence model with a fivo_bound method (VRNN, SRNN, DMM); "
+                          f"{type(getattr(model, 'module', model)).__name__} has none: use --bound iwae")
+    return functools.partial(evaluate.evaluate_fivo, model, num_particles=num_samples, batch_size=batch_size,
+                             mesh=mesh)
 
 
 def _over_split(pixels: Any, budget: int, mesh: Any, name: str, log: Callable[[str], None]) -> Callable[..., Any]:
