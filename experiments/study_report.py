@@ -33,12 +33,12 @@ def json_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def nll_line_on_test_split(run_dir: Path, iwae_k: int = 5000) -> dict:
-    """The last `eval --split test --iwae-samples K` line of a committed run: the whole test split, one-sample ELBO,
-    the importance-weighted bound (lines with more ELBO samples, e.g. of `gaps`, and FIVO lines are left out)."""
+def nll_line_on_test_split(run_dir: Path, iwae_k: int = 5000, estimator: str = "iwae") -> dict:
+    """The last `eval --split test --iwae-samples K [--bound fivo]` line of a committed run: the whole test split,
+    one-sample ELBO, the `estimator`'s bound (lines with more ELBO samples, e.g. of `gaps`, are left out)."""
     return [line for line in json_lines(run_dir / "eval.jsonl")
             if line.get("iwae_k") == iwae_k and line["split"] == "test" and line.get("elbo_samples", 1) == 1
-            and line.get("estimator", "iwae") == "iwae"][-1]
+            and line.get("estimator", "iwae") == estimator][-1]
 
 
 def draw_entropy(result: dict) -> float | None:
