@@ -86,6 +86,16 @@ def test_results_tables_are_what_compare_prints_over_the_committed_results(capsy
         assert line in page, f"docs/results.md lacks this line of `compare experiments/results`: {line}"
 
 
+def test_the_sequence_study_is_its_committed_report():
+    import sequence_report
+
+    report = sequence_report.markdown(sequence_report.rows(RESULTS / "sequences"))
+    assert report == (RESULTS / "sequences" / "results.md").read_text()
+    page = (REPO / "docs" / "studies.md").read_text()
+    for line in (line for line in report.splitlines() if line.startswith("| ")):  # the tables' rows
+        assert line in page, f"docs/studies.md lacks this line of experiments/results/sequences/results.md: {line}"
+
+
 def test_the_amortization_study_is_its_committed_report():
     import amortization
 
