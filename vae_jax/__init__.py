@@ -12,8 +12,8 @@ The Python API (each name loads its module on first use, so `import vae_jax` its
   `run_keys`, `params_ema` (Polyak averaging);
 - configs and what they build: `Config`, `ModelConfig`, `OptimConfig`, `get_config`, `build_model`,
   `build_optimizer`, `build_objective`;
-- evaluation: `evaluate_elbo`, `evaluate_iwae`, `summarize`; per-example inference and the amortization gaps:
-  `refine_posteriors`, `amortization_gaps`;
+- evaluation: `evaluate_elbo`, `evaluate_iwae`, `evaluate_fivo`, `summarize`; per-example inference and the
+  amortization gaps: `refine_posteriors`, `amortization_gaps`;
 - sample quality: features from classifiers trained here: `Classifier`, `Extractor`, `load_extractor`, `extract`,
   `train_classifier` (`vae_jax.features`); the measures `fid`, `kid`, `precision_recall`, `density_coverage`
   (`vae_jax.sample_quality`); `draw_images`, `evaluate_samples` (`vae_jax.samples`); codes beyond the prior:
@@ -43,7 +43,7 @@ _EXPORTS = {
                       "run_keys", "params_ema"),
     "vae_jax.configs": ("Config", "ModelConfig", "OptimConfig", "get_config"),
     "vae_jax.builders": ("build_model", "build_optimizer", "build_objective"),
-    "vae_jax.evaluate": ("evaluate_elbo", "evaluate_iwae", "summarize"),
+    "vae_jax.evaluate": ("evaluate_elbo", "evaluate_iwae", "evaluate_fivo", "summarize"),
     "vae_jax.inference": ("refine_posteriors", "amortization_gaps"),
     "vae_jax.features": ("Classifier", "Extractor", "load_extractor", "extract", "train_classifier"),
     "vae_jax.sample_quality": ("fid", "kid", "precision_recall", "density_coverage"),
