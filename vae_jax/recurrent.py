@@ -111,18 +111,12 @@ class GRU(nn.Module):
         return (1.0 - update) * candidate + update * h
 
 
-def _scanned(cell: type[nn.Module], reverse: bool = False) -> type[nn.Module]:
-    """`cell(carry, inputs) -> (carry, outputs)` as one `lax.scan` over the leading axis of `inputs`, its
-    parameters shared by all steps."""
-    return nn.scan(cell, variable_broadcast="params", split_rngs={"params": False}, in_axes=0, out_axes=0,
-                   reverse=reverse)
-
-
-def _scan_steps(cell: nn.Module, start: Any, inputs: tuple[jax.Array, ...]) -> tuple[Any, Any]:
-    """`cell(carry, inputs_t) -> (carry, outputs_t)` as one `lax.scan` over the leading axis of `inputs`, its
-    parameters (those of `cell`, by its name) shared by all steps: `(last carry, outputs [T, ...])`."""
+def _scan_steps(cell: nn.Module, start: Any, inputs: tuple[jax.Array, ...], reverse: bool = False) -> tuple[Any, Any]:
+    """`cell(carry, inputs_t) -> (carry, outputs_t)` as one `lax.scan` over the leading axis of `inputs` (from the
+    last step back with `reverse`), its parameters (those of `cell`, by its name) shared by all steps:
+    `(last carry, outputs [T, ...])`."""
     return nn.scan(lambda module, carry, step_inputs: module(carry, step_inputs), variable_broadcast="params",
-                   split_rngs={"params": False})(cell, start, inputs)
+                   split_rngs={"params": False}, reverse=reverse)(cell, start, inputs)
 
 
 def _all_steps(cell: nn.Module, start: Any, inputs: tuple[jax.Array, ...]) -> tuple[StepTerms, jax.Array]:
@@ -171,8 +165,8 @@ class RNNBaseline(nn.Module):
     def _scan(self, x: Sequence) -> tuple[jax.Array, jax.Array]:
         """`(log p(x_t | x_<t) [T], logits [T, D])`, 0 at padded steps."""
         frames, mask = _frames(x)
-        step = _scanned(_RNNStep)(self.hidden, self.features, self.activation, name="step")
-        return step(jnp.zeros(self.hidden, frames.dtype), (frames, mask))[1]
+        step = _RNNStep(self.hidden, self.features, self.activation, name="step")
+        return _scan_steps(step, jnp.zeros(self.hidden, frames.dtype), (frames, mask))[1]
 
     def __call__(self, x: Sequence, key: jax.Array, num_samples: int) -> JointSamples:
         """The contract's samples: log p(x) as each sample's log-likelihood, log p(z) = log q(z) = 0."""
@@ -331,9 +325,9 @@ class SRNN(_LatentSequenceModel):
         frames, mask = _frames(x)
         previous = jnp.concatenate([jnp.zeros_like(frames[:1]), frames[:-1]])
         start = jnp.zeros(self.hidden, frames.dtype)
-        _, d = _scanned(_GRUStep)(self.hidden, name="forward")(start, (previous, mask))
-        _, a = _scanned(_GRUStep, reverse=True)(self.hidden, name="backward")(
-            start, (jnp.concatenate([d, frames], axis=-1), mask))
+        _, d = _scan_steps(_GRUStep(self.hidden, name="forward"), start, (previous, mask))
+        _, a = _scan_steps(_GRUStep(self.hidden, name="backward"), start,
+                           (jnp.concatenate([d, frames], axis=-1), mask), reverse=True)
         cell = _SRNNStep(self.latent_dim, self.features, self.activation, self.logvar_bound, name="step")
         return run(cell, jnp.zeros(eps.shape[1:], frames.dtype), (frames, d, a, eps, mask))
 
@@ -390,7 +384,7 @@ class DMM(_LatentSequenceModel):
     @nn.compact
     def _scan(self, x: Sequence, eps: jax.Array, run: Callable[..., Any] = _all_steps) -> Any:
         frames, mask = _frames(x)
-        _, a = _scanned(_GRUStep, reverse=True)(self.hidden, name="backward")(
-            jnp.zeros(self.hidden, frames.dtype), (frames, mask))
+        _, a = _scan_steps(_GRUStep(self.hidden, name="backward"), jnp.zeros(self.hidden, frames.dtype),
+                           (frames, mask), reverse=True)
         cell = _DMMStep(self.latent_dim, self.hidden, self.features, self.activation, self.logvar_bound, name="step")
         return run(cell, jnp.zeros(eps.shape[1:], frames.dtype), (frames, a, eps, mask))
