@@ -36,9 +36,9 @@ def rows(results: Path) -> list[dict]:
     line, and the NLL of its last FIVO line with the same K (None without one)."""
     found = []
     for path in sorted(results.glob("*/eval.jsonl")):
-        lines = [json.loads(text) for text in path.read_text().splitlines()]
-        line = [line for line in lines if line["estimator"] == "iwae"][-1]
-        fivo = [f for f in lines if f["estimator"] == "fivo" and f["iwae_k"] == line["iwae_k"]]
+        evaluations = [json.loads(text) for text in path.read_text().splitlines()]
+        line = [e for e in evaluations if e["estimator"] == "iwae"][-1]
+        fivo = [e for e in evaluations if e["estimator"] == "fivo" and e["iwae_k"] == line["iwae_k"]]
         epochs = [json.loads(text) for text in (path.parent / "metrics.jsonl").read_text().splitlines()]
         description = data.describe(line["dataset"])
         sequences, frames = description.split_sizes[1], description.split_frames[1]  # the validation split's
