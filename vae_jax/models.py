@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions
+from vae_jax import convolution, distributions
 from vae_jax.contract import JointSamples, Params
 from vae_jax.likelihoods import Bernoulli  # re-exported: `vae_jax.models.Bernoulli` stays importable
 
@@ -185,7 +185,8 @@ class ConvEncoder(nn.Module):
         """`x [..., D] -> (mean [..., J], logvar [..., J])`, D = height * width * channels."""
         h = x.reshape(*x.shape[:-1], *self.image_shape)
         for channels in self.channels:
-            conv = nn.Conv(channels, (3, 3), strides=2, dtype=self.dtype, precision=self.precision)
+            conv = nn.Conv(channels, (3, 3), strides=2, dtype=self.dtype, precision=self.precision,
+                           conv_general_dilated=convolution.conv_general_dilated)
             h = _activation(self.activation)(conv(h))
         h = MLP(self.hidden, self.activation, self.dtype, self.precision)(h.reshape(*h.shape[:-3], -1))
         return gaussian_head(h, self.latent_dim, self.logvar_bound, self.dtype, self.precision)
@@ -241,7 +242,9 @@ class ConvDecoder(nn.Module):
         h = h.reshape(*h.shape[:-1], height, width, self.channels[-1])
         widths = (*self.channels[-2::-1], self.outputs_per_pixel or self.image_shape[-1])
         for index, (channels, (height, width)) in enumerate(zip(widths, sides[-2::-1], strict=True)):
-            h = nn.ConvTranspose(channels, (3, 3), strides=(2, 2), dtype=self.dtype, precision=self.precision)(h)
+            h = nn.Conv(channels, (3, 3), padding=[convolution.transpose_padding(3, 2)] * 2, input_dilation=2,
+                        dtype=self.dtype, precision=self.precision, name=f"ConvTranspose_{index}",
+                        conv_general_dilated=convolution.conv_general_dilated)(h)
             h = h[..., :height, :width, :]
             h = act(h) if index < len(widths) - 1 else h
         return float32_if_reduced(h.reshape(*h.shape[:-3], self.output_dim))
