@@ -140,15 +140,20 @@ def main() -> None:
     rows = [{"convolutions": conv_name, "step": where, "seconds_per_step": statistics.median(times),
              "ratio_to_pytorch": statistics.median(times) / baseline, "all_seconds_per_step": times}
             for (conv_name, where), times in seconds.items()]
-    save_report({"backend": jax.default_backend(), "steps": args.steps, "rounds": args.rounds, "cases": rows},
-                args.out, render)
+    save_report({"backend": jax.default_backend(), "jax": jax.__version__, "torch": torch.__version__,
+                 "steps": args.steps, "rounds": args.rounds, "cases": rows},
+                args.out, markdown_report)
 
 
-def render(report: dict) -> str:
+def markdown_report(report: dict) -> str:
+    """The table of `report` and the machine under it."""
     lines = ["| convolutions | step | s/step (median) | time vs PyTorch eager |", "| --- | --- | --- | --- |"]
     lines += [f"| {row['convolutions']} | {row['step']} | {row['seconds_per_step']:.3f} | "
               f"{row['ratio_to_pytorch']:.2f} |" for row in report["cases"]]
-    return markdown(lines + ["", f"{report['backend']}; {report['steps']} steps of 100, {report['rounds']} rounds."])
+    machine = report["machine"]
+    return markdown(lines + ["", f"Machine: {machine['cpu']}, {machine['cores']} cores ({report['backend']}); "
+                                 f"{report['steps']} steps of 100, {report['rounds']} rounds, torch "
+                                 f"{report['torch']}, jax {report['jax']}."])
 
 
 if __name__ == "__main__":
