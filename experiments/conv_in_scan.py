@@ -8,7 +8,7 @@ experiments/mnist_8bit_conv.sh), one Adam step on a batch of 100 random grey ima
 Python, and inside a `lax.scan` as `train.train_epoch` runs its steps; beside them the same network and step in
 eager PyTorch (`TorchConvVAE`: torch's own convolutions, PixelCNN++'s formula for the mixture). Each case compiles
 (or warms up) once, then runs `--steps` steps `--rounds` times, all cases in turn in each round; reports the median
-seconds per step and each case's ratio to PyTorch's.  Writes `--out`.
+seconds per step and each case's ratio to PyTorch's. Writes `--out`.
 """
 
 from __future__ import annotations
@@ -31,13 +31,6 @@ from torch import nn
 from vae_jax import builders, configs, convolution, data, train
 
 
-def lax_convolution(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-                    feature_group_count=1, precision=None):
-    """`lax.conv_general_dilated` everywhere: the conv networks as they ran before `vae_jax.convolution`."""
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                                    feature_group_count, precision=precision)
-
-
 class TorchConvVAE(nn.Module):
     """The `default` conv VAE with the mixture in eager PyTorch, for `[B, 784]` grey levels: 3x3 stride-2
     convolutions of 32 and 64 channels, ELU MLPs 512-512, z = 32, transposed convolutions back to 30 values per pixel
@@ -45,7 +38,6 @@ class TorchConvVAE(nn.Module):
 
     def __init__(self, latent: int = 32, components: int = 10) -> None:
         super().__init__()
-        self.components = components
         self.encoder = nn.Sequential(
             nn.Conv2d(1, 32, 3, 2, 1), nn.ELU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ELU(), nn.Flatten(),
             nn.Linear(7 * 7 * 64, 512), nn.ELU(), nn.Linear(512, 512), nn.ELU(), nn.Linear(512, 2 * latent))
@@ -96,8 +88,7 @@ def _runner(in_scan: bool, state: train.TrainState, batches: jax.Array):
         return train.train_step(current, batch, jnp.arange(batch.shape[0]), jax.random.key(1))[0]
 
     if in_scan:
-        scanned = jax.jit(lambda current: lax.scan(lambda c, b: (step(c, b), None), current, batches)[0])
-        return scanned
+        return jax.jit(lambda current: lax.scan(lambda c, b: (step(c, b), None), current, batches)[0])
     one = jax.jit(step)
 
     def looped(current: train.TrainState) -> train.TrainState:
@@ -119,7 +110,8 @@ def main() -> None:
                                      ["model.architecture=conv", "model.likelihood=logistic_mixture"])
     batches = jnp.asarray(np.random.default_rng(0).integers(0, 256, (args.steps, 100, dataset.num_pixels)), jnp.uint8)
     cases = {}
-    for conv_name, conv in (("lax", lax_convolution), ("patches", convolution.conv_general_dilated)):
+    # lax everywhere: the conv networks as they ran before `vae_jax.convolution`
+    for conv_name, conv in (("lax", lax.conv_general_dilated), ("patches", convolution.conv_general_dilated)):
         with mock.patch.object(convolution, "conv_general_dilated", conv):
             model = builders.build_model(config.model, dataset)
             state = train.create_train_state(jax.random.key(0), model, optax.adam(1e-3), (dataset.num_pixels,))
@@ -151,9 +143,9 @@ def markdown_report(report: dict) -> str:
     lines += [f"| {row['convolutions']} | {row['step']} | {row['seconds_per_step']:.3f} | "
               f"{row['ratio_to_pytorch']:.2f} |" for row in report["cases"]]
     machine = report["machine"]
-    return markdown(lines + ["", f"Machine: {machine['cpu']}, {machine['cores']} cores ({report['backend']}); "
-                                 f"{report['steps']} steps of 100, {report['rounds']} rounds, torch "
-                                 f"{report['torch']}, jax {report['jax']}."])
+    return markdown(lines + ["", f"Machine: {machine['cpu']}, {machine['cores']} cores ({report['backend']}).",
+                             f"{report['steps']} steps of 100, {report['rounds']} rounds; torch {report['torch']}, "
+                             f"jax {report['jax']}."])
 
 
 if __name__ == "__main__":
